@@ -1,0 +1,425 @@
+"""Finding the images and their labels: class folders, CSV manifests, MedMNIST ``.npz``.
+
+Every source becomes a :class:`DataIndex`: class names and, per split, a list of
+:class:`Sample` (path, label index, optional group). A data index is written to and read back
+from a split manifest CSV, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from ..config import DataConfig
+from .io import IMAGE_EXTENSIONS, is_image_file
+from .splits import stratified_split
+
+__all__ = [
+    "DataError",
+    "Sample",
+    "DataIndex",
+    "SPLITS",
+    "NPZ_SEP",
+    "bundled_breastmnist",
+    "build_index",
+    "index_folder",
+    "index_csv",
+    "index_npz",
+    "match_class_names",
+    "read_manifest",
+    "write_manifest",
+]
+
+SPLITS = ("train", "valid", "test")
+SPLIT_DIR_NAMES = {
+    "train": ("train", "training"),
+    "valid": ("valid", "val", "validation"),
+    "test": ("test", "testing"),
+}
+#: Separator of an image inside a ``.npz``: ``"<file.npz>::<split>::<index>"``.
+NPZ_SEP = "::"
+#: Class names of MedMNIST sets (from the MedMNIST v2 ``INFO`` table, Yang et al. 2023).
+MEDMNIST_CLASS_NAMES = {"breastmnist": ["malignant", "normal, benign"]}
+
+_PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "file", "filename")
+_ID_COLUMNS = ("image_id", "id", "image")
+_LABEL_COLUMNS = ("label", "dx", "class", "diagnosis", "target", "y")
+_GROUP_COLUMNS = ("group", "lesion_id", "patient_id", "patient", "subject_id", "subject")
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message names the file, folder or field and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: ``path`` (a file, or ``"<file.npz>::<split>::<index>"``), class index, group."""
+
+    path: str
+    label: int
+    group: Optional[str] = None
+
+
+@dataclass
+class DataIndex:
+    """The images of a data set by split (``train``, ``valid``, ``test``) and its class names."""
+
+    class_names: list[str]
+    splits: dict[str, list[Sample]] = field(default_factory=dict)
+    given_splits: bool = True  # False: medclass made the split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class name."""
+        return {
+            s: {c: sum(1 for x in items if x.label == i) for i, c in enumerate(self.class_names)}
+            for s, items in self.splits.items()
+        }
+
+
+def bundled_breastmnist() -> Path:
+    """Path of the BreastMNIST ``.npz`` shipped in the package (MedMNIST v2, CC BY 4.0)."""
+    return Path(str(resources.files("medclass") / "datasets" / "breastmnist.npz"))
+
+
+# --------------------------------------------------------------------------- class folders
+
+
+def match_class_names(
+    folder_names: Iterable[str], class_map: Optional[dict[str, str]] = None
+) -> dict[str, str]:
+    """Map class-folder names to class names, matching long and short spellings of one class.
+
+    A name that starts with another name followed by a separator (``_ - . space (``) is the same
+    class: ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib`` -> ``adenocarcinoma``. ``class_map``
+    (folder name -> class name) is applied first and overrides the matching.
+    """
+    class_map = dict(class_map or {})
+    names = sorted(set(folder_names))
+    free = [n for n in names if n not in class_map]
+    out: dict[str, str] = {}
+    for n in names:
+        if n in class_map:
+            out[n] = class_map[n]
+            continue
+        shorter = [
+            m for m in free if m != n and n.startswith(m) and re.match(r"[_\-. (]", n[len(m)])
+        ]
+        out[n] = max(shorter, key=len) if shorter else n
+    # a short name may itself extend an even shorter one: resolve to the root
+    for n in names:
+        while out[n] in out and out[out[n]] != out[n]:
+            out[n] = out[out[n]]
+    return out
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    for split, aliases in SPLIT_DIR_NAMES.items():
+        for alias in aliases:
+            if alias in children:
+                found[split] = children[alias]
+                break
+    return found
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
+    """Index ``root/{train,valid|val,test}/<class>/*`` or ``root/<class>/*``.
+
+    Without given splits (or without a valid split) a stratified split is made with
+    ``cfg.split_seed`` and the configured fractions.
+
+    Raises:
+        DataError: no class folders or images; classes that cannot be matched across splits
+            (the message lists them and suggests ``data.class_map``).
+    """
+    root = Path(root)
+    split_dirs = _find_split_dirs(root)
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root}: found {sorted(split_dirs)} folders but no train/ folder")
+    if not split_dirs:
+        split_dirs = {"all": root}
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    for split, d in split_dirs.items():
+        classes = _class_dirs(d)
+        if not classes:
+            raise DataError(f"{d}: no class folders; expected {d}/<class name>/<images>")
+        per_split[split] = {c.name: _images_in(c) for c in classes}
+    folder_to_class = match_class_names(
+        (n for folders in per_split.values() for n in folders), cfg.class_map
+    )
+    class_names = sorted(set(folder_to_class.values()))
+    if len(split_dirs) > 1:
+        classes_of = {s: {folder_to_class[n] for n in f} for s, f in per_split.items()}
+        unmatched = {
+            s: sorted(set(class_names) - have) for s, have in classes_of.items() if set(class_names) - have
+        }
+        if unmatched:
+            detail = "; ".join(
+                f"{s}/ lacks {', '.join(missing)} (folders there: {', '.join(sorted(per_split[s]))})"
+                for s, missing in unmatched.items()
+            )
+            raise DataError(
+                f"{root}: class folders cannot be matched across splits: {detail}. "
+                "Rename the folders or give data.class_map (folder name -> class name)."
+            )
+    label_of = {c: i for i, c in enumerate(class_names)}
+    index = DataIndex(class_names)
+    for split, folders in per_split.items():
+        index.splits[split] = [
+            Sample(str(p), label_of[folder_to_class[n]]) for n, files in sorted(folders.items()) for p in files
+        ]
+    empty = [s for s, items in index.splits.items() if not items]
+    if empty:
+        raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {empty}")
+    return _complete_splits(index, cfg)
+
+
+def _complete_splits(index: DataIndex, cfg: DataConfig) -> DataIndex:
+    """Make the missing splits: all of them from ``"all"``, or ``valid`` from ``train``."""
+    if "all" in index.splits:
+        items = index.splits.pop("all")
+        groups = [x.group for x in items] if any(x.group is not None for x in items) else None
+        if groups is not None and any(g is None for g in groups):
+            raise DataError("some rows have a group and others none: fill the group column for every row")
+        assign = stratified_split(
+            [x.label for x in items], groups, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+        )
+        index.splits = {s: [x for x, a in zip(items, assign) if a == s] for s in SPLITS}
+        index.given_splits = False
+    elif "valid" not in index.splits:
+        items = index.splits["train"]
+        groups = [x.group for x in items] if any(x.group is not None for x in items) else None
+        assign = stratified_split([x.label for x in items], groups, cfg.val_fraction, 0.0, cfg.split_seed)
+        index.splits["train"] = [x for x, a in zip(items, assign) if a == "train"]
+        index.splits["valid"] = [x for x, a in zip(items, assign) if a == "valid"]
+        index.given_splits = False
+    index.splits = {s: index.splits.get(s, []) for s in SPLITS}
+    return index
+
+
+# --------------------------------------------------------------------------- CSV manifests
+
+
+def _pick_column(header: list[str], given: Optional[str], candidates: tuple[str, ...], what: str, csv_path: Path, required: bool) -> Optional[str]:
+    if given:
+        if given not in header:
+            raise DataError(f"{csv_path}: no column {given!r} for the {what}; columns are {header}")
+        return given
+    lower = {h.lower(): h for h in header}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    if required:
+        raise DataError(
+            f"{csv_path}: cannot tell which column holds the {what} (looked for {list(candidates)}); "
+            f"columns are {header}. Set data.{what.replace(' ', '_')}_column."
+        )
+    return None
+
+
+def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
+    """Index a CSV manifest: a path or id column, a label column, optional group and split columns.
+
+    Paths are relative to the CSV's folder. Ids (e.g. HAM10000's ``image_id``) are looked up as
+    ``images/<id>.<ext>`` or ``<id>.<ext>`` beside the CSV. Label column candidates: ``label``,
+    ``dx``, ...; group: ``group``, ``lesion_id``, ``patient_id``, ...; or set them in the config.
+    Without a ``split`` column, a stratified split is made that keeps every group on one side.
+
+    Raises:
+        DataError: unreadable CSV, missing columns, ids with no image file, empty labels.
+    """
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV manifest {csv_path}: {e}") from e
+    if not rows:
+        raise DataError(f"{csv_path}: the manifest has no rows")
+    header = list(rows[0].keys())
+    path_col = _pick_column(header, cfg.path_column, _PATH_COLUMNS, "path", csv_path, False)
+    id_col = None if path_col else _pick_column(header, cfg.id_column, _ID_COLUMNS, "id", csv_path, False)
+    if path_col is None and id_col is None:
+        raise DataError(
+            f"{csv_path}: no path column ({list(_PATH_COLUMNS)}) or id column ({list(_ID_COLUMNS)}); "
+            f"columns are {header}. Set data.path_column or data.id_column."
+        )
+    label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
+    group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
+    split_col = "split" if "split" in header else None
+    base = csv_path.parent
+    by_stem: dict[str, Path] = {}
+    if id_col:
+        for folder in (base / "images", base):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.suffix.lower() in IMAGE_EXTENSIONS:
+                        by_stem.setdefault(p.stem, p)
+    paths, missing = [], []
+    for r in rows:
+        if path_col:
+            p = Path(r[path_col])
+            paths.append(p if p.is_absolute() else base / p)
+        else:
+            p = by_stem.get(r[id_col])
+            if p is None:
+                missing.append(r[id_col])
+                # kept with its expected name: with skip_corrupt it is listed as skipped when decoded
+                p = (base / "images" if (base / "images").is_dir() else base) / f"{r[id_col]}.jpg"
+            paths.append(p)
+    if missing and not cfg.skip_corrupt:
+        raise DataError(
+            f"{csv_path}: {len(missing)} ids have no image file in {base / 'images'} or {base} "
+            f"(first: {missing[:5]}); fix the ids, give a path column, or set data.skip_corrupt=true "
+            "to leave them out (they are listed in the run's report)"
+        )
+    labels_raw = [r[label_col].strip() for r in rows]
+    if any(not x for x in labels_raw):
+        bad = [i + 2 for i, x in enumerate(labels_raw) if not x][:5]
+        raise DataError(f"{csv_path}: empty {label_col!r} on lines {bad}")
+    class_names = sorted(set(cfg.class_map.get(x, x) for x in labels_raw))
+    label_of = {c: i for i, c in enumerate(class_names)}
+    samples = [
+        Sample(str(p), label_of[cfg.class_map.get(lab, lab)], (r[group_col] or None) if group_col else None)
+        for p, lab, r in zip(paths, labels_raw, rows)
+    ]
+    index = DataIndex(class_names)
+    if split_col:
+        for r, s in zip(rows, samples):
+            name = _canonical_split(r[split_col], csv_path)
+            index.splits.setdefault(name, []).append(s)
+    else:
+        index.splits["all"] = samples
+    return _complete_splits(index, cfg)
+
+
+def _canonical_split(name: str, where: Path) -> str:
+    low = name.strip().lower()
+    for split, aliases in SPLIT_DIR_NAMES.items():
+        if low in aliases:
+            return split
+    raise DataError(f"{where}: unknown split {name!r}; use train, valid or test")
+
+
+# --------------------------------------------------------------------------- MedMNIST npz
+
+
+def index_npz(npz_path: Path) -> DataIndex:
+    """Index a MedMNIST ``.npz`` (``{train,val,test}_images`` and ``_labels``).
+
+    Labels may have shape ``(N,)`` or ``(N, 1)``; multi-label ``(N, K>1)`` is refused.
+
+    Raises:
+        DataError: a missing array or multi-label labels.
+    """
+    npz_path = Path(npz_path)
+    try:
+        data = np.load(npz_path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {npz_path} as a MedMNIST .npz: {e}") from e
+    with data:
+        keys = set(data.files)
+        labels_by_split = {}
+        for split, prefix in (("train", "train"), ("valid", "val"), ("test", "test")):
+            if f"{prefix}_images" not in keys or f"{prefix}_labels" not in keys:
+                raise DataError(f"{npz_path}: no {prefix}_images/{prefix}_labels arrays (has {sorted(keys)})")
+            labels = np.asarray(data[f"{prefix}_labels"])
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1:
+                raise DataError(f"{npz_path}: {prefix}_labels has shape {labels.shape}; only single-label (N,) or (N, 1) is supported")
+            labels_by_split[split] = labels.astype(np.int64)
+    n_classes = int(max(l.max() for l in labels_by_split.values())) + 1
+    stem = npz_path.stem.lower()
+    names = MEDMNIST_CLASS_NAMES.get(stem, [str(i) for i in range(n_classes)])
+    index = DataIndex(list(names))
+    for split, labels in labels_by_split.items():
+        prefix = "val" if split == "valid" else split
+        index.splits[split] = [
+            Sample(f"{npz_path}{NPZ_SEP}{prefix}{NPZ_SEP}{i}", int(y)) for i, y in enumerate(labels)
+        ]
+    return index
+
+
+# --------------------------------------------------------------------------- manifests of runs
+
+
+MANIFEST_COLUMNS = ("split", "path", "label", "class_name", "group")
+
+
+def write_manifest(index: DataIndex, path: Path) -> None:
+    """Write the split as CSV (columns ``split, path, label, class_name, group``)."""
+    tmp = Path(path).with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_COLUMNS)
+        for split, items in index.splits.items():
+            for s in items:
+                w.writerow([split, s.path, s.label, index.class_names[s.label], s.group or ""])
+    tmp.replace(path)
+
+
+def read_manifest(path: Path) -> DataIndex:
+    """Read a split manifest written by :func:`write_manifest` (the split of an earlier run).
+
+    Raises:
+        DataError: missing columns or inconsistent label/class-name pairs.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f"cannot read split manifest {path}: {e}") from e
+    if not rows or any(c not in rows[0] for c in MANIFEST_COLUMNS):
+        raise DataError(f"{path}: a split manifest needs the columns {list(MANIFEST_COLUMNS)}")
+    names: dict[int, str] = {}
+    index = DataIndex([], {s: [] for s in SPLITS})
+    for r in rows:
+        label = int(r["label"])
+        if names.setdefault(label, r["class_name"]) != r["class_name"]:
+            raise DataError(f"{path}: label {label} is both {names[label]!r} and {r['class_name']!r}")
+        index.splits.setdefault(_canonical_split(r["split"], path), []).append(
+            Sample(r["path"], label, r["group"] or None)
+        )
+    index.class_names = [names[i] for i in range(max(names) + 1)]
+    return index
+
+
+def build_index(cfg: DataConfig) -> DataIndex:
+    """The :class:`DataIndex` for a data config: manifest, bundled default, npz, CSV or folder.
+
+    Raises:
+        DataError: the source does not exist or is of a kind medclass does not read.
+    """
+    if cfg.manifest:
+        return read_manifest(Path(cfg.manifest))
+    source = Path(cfg.source) if cfg.source else bundled_breastmnist()
+    if not source.exists():
+        raise DataError(f"data source {source} does not exist; give a folder, a .csv manifest or a .npz")
+    if source.is_dir():
+        return index_folder(source, cfg)
+    if source.suffix.lower() == ".npz":
+        return index_npz(source)
+    if source.suffix.lower() == ".csv":
+        return index_csv(source, cfg)
+    raise DataError(f"data source {source}: expected a folder, a .csv manifest or a MedMNIST .npz")
