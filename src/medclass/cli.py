@@ -1,0 +1,195 @@
+"""The ``medclass`` command line (Typer): it only wires the data, engine and evaluation stages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .config import PRESETS, ConfigError, RunConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
+
+#: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3) test results on BreastMNIST.
+PUBLISHED_BREASTMNIST = {"ResNet-50 (28)": {"accuracy": 0.812, "auroc": 0.857}, "ResNet-18 (28)": {"accuracy": 0.863, "auroc": 0.901}}
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _build_config(data: Optional[str], config: Optional[Path], sets: List[str], **options) -> RunConfig:
+    cfg = RunConfig()
+    try:
+        if config is None and data is None:
+            cfg.update(PRESETS["breastmnist"])
+        if config is not None:
+            cfg = RunConfig.load(config)
+        if data is not None:
+            cfg.data.source = data
+        for key, value in options.items():
+            if value is not None:
+                cfg.set(key, value)
+        for item in sets:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"--set expects section.key=value, got {item!r}")
+            cfg.set(key.strip(), value)
+    except ConfigError as e:
+        _fail(str(e))
+    return cfg
+
+
+def _print_eval(metrics: dict) -> None:
+    auc = metrics["auroc"]
+    typer.echo(
+        f"{metrics['split']}: n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  AUROC "
+        + (f"{auc:.4f}" if auc is not None else "n/a") + f"  loss {metrics['loss']:.4f}"
+    )
+    typer.echo(f"written to {metrics['out_dir']}/metrics.json")
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz; none: the bundled BreastMNIST."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name: the run goes to RUNS_DIR/NAME."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
+    skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
+    sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
+    evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
+) -> None:
+    """Train a model; then evaluate it on the test split."""
+    from .data import DataError, ImageReadError
+    from .engine import RunError
+    from .engine import train as run_training
+    from .evaluation import evaluate_run
+
+    run_dir = runs_dir / name if name else None
+    if resume:
+        if run_dir is None:
+            _fail("--resume needs --name of the run to continue")
+        cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if cfg is None:
+            _fail(f"cannot resume: {run_dir}/config.yaml not found")
+    else:
+        cfg = _build_config(
+            data, config, sets,
+            **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
+               "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
+               "data.skip_corrupt": skip_corrupt},
+        )
+        if run_dir is None:
+            from datetime import datetime
+
+            stem = Path(cfg.data.source).stem if cfg.data.source else "breastmnist"
+            run_dir = runs_dir / f"{stem}-{cfg.model.arch}-{datetime.now():%Y%m%d-%H%M%S}"
+    if not sys.stderr.isatty():
+        cfg.train.progress = False
+    try:
+        result = run_training(cfg, run_dir, resume=resume)
+        typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
+        if evaluate_test:
+            metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
+            _print_eval(metrics)
+            if cfg.data.source is None:
+                typer.echo("published MedMNIST v2 test results on BreastMNIST (Yang et al. 2023):")
+                for model, m in PUBLISHED_BREASTMNIST.items():
+                    typer.echo(f"  {model:15s} accuracy {m['accuracy']:.3f}  AUROC {m['auroc']:.3f}")
+                typer.echo(f"  {'medclass':15s} accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}")
+    except (DataError, ImageReadError, RunError, ConfigError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder."),
+    data: Optional[str] = typer.Option(None, "--data", help="Other labelled data; default: the run's own split."),
+    split: str = typer.Option("test", "--split", help="train, valid or test."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/eval-SPLIT)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+) -> None:
+    """Evaluate a run: metrics.json, confusion_matrix.png, roc.png, predictions.csv."""
+    from .data import DataError, ImageReadError
+    from .engine import CheckpointError, RunError
+    from .evaluation import evaluate_run
+
+    try:
+        _print_eval(evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty()))
+    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder."),
+    paths: List[Path] = typer.Argument(..., help="Image files or folders."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Predict the class of unseen images; unreadable files get an error line, the rest are predicted."""
+    from .engine import CheckpointError, RunError, load_run
+    from .evaluation import predict_images
+
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format must be table, csv or json, got {fmt!r}")
+    try:
+        loaded = load_run(run)
+    except (RunError, CheckpointError, ConfigError) as e:
+        _fail(str(e))
+    preds = predict_images(loaded, paths)
+    if not preds:
+        _fail("no image files found in the given paths")
+    names = loaded.class_names
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump([p.to_dict() for p in preds], buf, indent=1)
+        buf.write("\n")
+    elif fmt == "csv":
+        w = csv.writer(buf)
+        w.writerow(["path", "predicted", *[f"p_{n}" for n in names], "error"])
+        for p in preds:
+            probs = [f"{p.probabilities[n]:.6f}" for n in names] if p.probabilities else [""] * len(names)
+            w.writerow([p.path, p.predicted or "", *probs, p.error or ""])
+    else:
+        width = max(len(p.path) for p in preds)
+        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in names) + "\n")
+        for p in preds:
+            if p.error:
+                buf.write(f"{p.path:{width}s}  ERROR: {p.error}\n")
+            else:
+                buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
+                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in names) + "\n")
+    if output:
+        output.write_text(buf.getvalue())
+        typer.echo(f"wrote {len(preds)} predictions to {output}")
+    else:
+        typer.echo(buf.getvalue(), nl=False)
+    errors = [p for p in preds if p.error]
+    for p in errors:
+        typer.secho(f"error: {p.error}", fg=typer.colors.RED, err=True)
+    if len(errors) == len(preds):
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

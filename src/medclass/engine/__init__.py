@@ -1,0 +1,15 @@
+"""Engine: the training loop, LR schedules, early stopping, checkpoints, loading runs."""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .early_stopping import EarlyStopping
+from .inference import logits_to_probs, predict_logits, select_device
+from .run import LoadedRun, load_run
+from .schedules import SCHEDULES, LRSchedule, cosine_factor, monitor_mode
+from .trainer import RunError, RunFiles, TrainResult, make_loss, predicted_class, train
+
+__all__ = [
+    "CheckpointError", "load_checkpoint", "save_checkpoint", "EarlyStopping", "logits_to_probs",
+    "predict_logits", "select_device", "LoadedRun", "load_run", "SCHEDULES", "LRSchedule",
+    "cosine_factor", "monitor_mode", "RunError", "RunFiles", "TrainResult", "make_loss",
+    "predicted_class", "train",
+]

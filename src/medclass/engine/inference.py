@@ -1,0 +1,64 @@
+"""Device choice and batched inference shared by training, evaluation and prediction."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["select_device", "logits_to_probs", "predict_logits"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else Apple MPS, else CPU; otherwise the named device.
+
+    Raises:
+        RuntimeError: the named device is not available here.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    return dev
+
+
+def logits_to_probs(logits: Tensor) -> Tensor:
+    """Class probabilities ``(N, K)`` float32 from logits ``(N, K)`` (softmax) or ``(N, 1)``
+    (single-logit binary: ``[1 - sigmoid, sigmoid]``)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1.0 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    preprocess: nn.Module,
+    device: torch.device,
+    batch_size: int = 64,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Logits ``(N, K)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, in batches.
+
+    ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA) enables autocast.
+    """
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = preprocess(images[i : i + batch_size].to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out.append(model(x).float().cpu())
+    if not out:
+        return torch.empty((0, 0))
+    return torch.cat(out)

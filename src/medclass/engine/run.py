@@ -1,0 +1,53 @@
+"""Loading a finished (or interrupted) run for evaluation and prediction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import Preprocess
+from ..models import build_model
+from .checkpoint import load_checkpoint
+from .inference import select_device
+from .trainer import RunError, RunFiles
+
+__all__ = ["LoadedRun", "load_run"]
+
+
+@dataclass
+class LoadedRun:
+    """A run's config, class names and model (eval mode, on ``device``) with its preprocessing."""
+
+    files: RunFiles
+    cfg: RunConfig
+    class_names: list[str]
+    model: nn.Module
+    preprocess: Preprocess
+    device: torch.device
+    checkpoint_epoch: int
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
+    """Load ``run_dir``'s config and its ``best`` (or ``last``) checkpoint.
+
+    Raises:
+        RunError: not a run folder (no config.yaml / classes.json).
+        CheckpointError: the checkpoint is missing or unreadable.
+    """
+    files = RunFiles(Path(run_dir))
+    if not files.config.is_file() or not files.classes.is_file():
+        raise RunError(f"{run_dir} is not a medclass run folder (no config.yaml or classes.json)")
+    cfg = RunConfig.load(files.config)
+    class_names = json.loads(files.classes.read_text())
+    dev = select_device(device)
+    path = files.best if checkpoint == "best" else files.last
+    state = load_checkpoint(path, map_location="cpu")
+    model = build_model(cfg.model, len(class_names), cfg.data.channels)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    return LoadedRun(files, cfg, class_names, model, Preprocess.from_config(cfg.data).to(dev), dev, int(state["epoch"]))

@@ -1,0 +1,372 @@
+"""The training loop, readable top to bottom.
+
+``train(cfg, run_dir)`` does, in order: fix the seed and device; index, split and decode the
+data; build model, loss, optimizer and LR schedule; optionally resume from ``last.pt``; then for
+each epoch train over shuffled batches (augmentation batched on the device), validate, step the
+schedule, log (``metrics.csv``, TensorBoard, ``curves.png``), write ``best.pt``/``last.pt``
+atomically and check early stopping. It returns the history and where things were written.
+
+Resuming is exact at epoch boundaries: every epoch reseeds the global torch RNG and the
+sampler's generator from ``(seed, epoch)``, so a resumed run makes the same draws as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..data import DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, write_manifest
+from ..models import build_model, count_parameters, weight_decay_param_groups
+from .checkpoint import load_checkpoint, save_checkpoint
+from .early_stopping import EarlyStopping
+from .inference import predict_logits, select_device
+from .schedules import LRSchedule
+
+__all__ = ["train", "TrainResult", "RunFiles", "RunError"]
+
+METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used (exists without ``--resume``, unwritable, nothing to resume)."""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps its files: ``runs/<name>/...``."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path: return self.root / "config.yaml"
+    @property
+    def manifest(self) -> Path: return self.root / "manifest.csv"
+    @property
+    def classes(self) -> Path: return self.root / "classes.json"
+    @property
+    def best(self) -> Path: return self.root / "checkpoints" / "best.pt"
+    @property
+    def last(self) -> Path: return self.root / "checkpoints" / "last.pt"
+    @property
+    def metrics_csv(self) -> Path: return self.root / "metrics.csv"
+    @property
+    def curves(self) -> Path: return self.root / "curves.png"
+    @property
+    def summary(self) -> Path: return self.root / "train_summary.json"
+    @property
+    def tensorboard(self) -> Path: return self.root / "tensorboard"
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: per-epoch ``history`` rows (the columns of ``metrics.csv``), the
+    best epoch of the monitored metric, and the run's files."""
+
+    files: RunFiles
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_value: float
+    stopped_early: bool
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def make_loss(cfg: RunConfig, train_labels: Tensor, num_classes: int) -> nn.Module:
+    """Softmax cross-entropy (optionally label-smoothed), or BCE-with-logits for a single logit.
+    With ``data.class_balance=loss``, classes are weighted by ``N / (K * count)`` (scikit-learn's
+    "balanced" heuristic; for BCE as ``pos_weight = negatives / positives``)."""
+    counts = torch.bincount(train_labels, minlength=num_classes).float().clamp(min=1)
+    balanced = cfg.data.class_balance == "loss"
+    if cfg.model.single_logit:
+        pos_weight = (counts[0] / counts[1]).reshape(1) if balanced else None
+        return _BCEOneLogit(pos_weight, cfg.train.label_smoothing)
+    weight = counts.sum() / (num_classes * counts) if balanced else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+
+
+class _BCEOneLogit(nn.Module):
+    """BCE with logits for logits ``(N, 1)`` and integer targets ``(N,)`` in {0, 1}."""
+
+    def __init__(self, pos_weight: Optional[Tensor], smoothing: float) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
+        self.smoothing = smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        t = target.float().unsqueeze(1)
+        if self.smoothing:
+            t = t * (1 - self.smoothing) + 0.5 * self.smoothing
+        return F.binary_cross_entropy_with_logits(logits.float(), t, pos_weight=self.pos_weight)
+
+
+def predicted_class(logits: Tensor) -> Tensor:
+    """Class index ``(N,)`` from logits ``(N, K)`` or a single logit ``(N, 1)`` (threshold 0)."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum) over decay / no-decay parameter groups."""
+    t = cfg.train
+    groups = weight_decay_param_groups(model, t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
+    if t.optimizer == "adam":  # L2 added to the gradient, as Keras' kernel_regularizer
+        return torch.optim.Adam(groups, lr=t.lr)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
+    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose adam, adamw or sgd")
+
+
+def make_loader(cfg: RunConfig, split: DecodedSplit, generator: torch.Generator) -> DataLoader:
+    """Shuffled batches of ``(uint8 images, labels)``; weighted sampling with
+    ``data.class_balance=sampler`` (each class drawn equally often on average)."""
+    ds = TensorDataset(split.images, split.labels)
+    if cfg.data.class_balance == "sampler":
+        counts = torch.bincount(split.labels).float()
+        weights = (1.0 / counts)[split.labels]
+        sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(ds, generator=generator)
+    drop_last = len(ds) > cfg.train.batch_size  # a batch of 1 breaks batch norm
+    return DataLoader(
+        ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row[k] for k in METRIC_COLUMNS})
+    tmp.replace(path)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Training and validation loss and accuracy per epoch (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [r[key] for r in history], marker="o", label=f"train {key}")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], marker="o", label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def prepare_run_dir(files: RunFiles, resume: bool) -> None:
+    """Create the run folder and check it is writable before any work.
+
+    Raises:
+        RunError: the folder holds a run and ``resume`` is off; ``resume`` without ``last.pt``;
+            the folder cannot be written (the message says which).
+    """
+    if resume and not files.last.is_file():
+        raise RunError(f"cannot resume: no {files.last}; start the run without --resume")
+    if not resume and files.last.exists():
+        raise RunError(f"{files.root} already holds a run; pass --resume to continue it or choose another --name")
+    try:
+        (files.root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = files.root / ".write_test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"run folder {files.root} is not writable: {e}") from e
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
+    """Train the configured model on the configured data, writing everything to ``run_dir``.
+
+    Raises:
+        RunError: see :func:`prepare_run_dir`.
+        medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
+    """
+    t_start = time.time()
+    files = RunFiles(Path(run_dir))
+    prepare_run_dir(files, resume)
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    device = select_device(tc.device)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    # ---- data: index and split (the saved manifest when resuming), decode once
+    if resume:
+        cfg.data.manifest = str(files.manifest)
+    index = build_index(cfg.data)
+    if not resume:
+        write_manifest(index, files.manifest)
+        cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
+        cfg.save(files.config)
+        files.classes.write_text(json.dumps(index.class_names, indent=1))
+    size, ch = cfg.data.image_size, cfg.data.channels
+    train_split = decode_split(index.splits["train"], ch, size, cfg.data.skip_corrupt, "decode train", tc.progress)
+    val_split = decode_split(index.splits["valid"], ch, size, cfg.data.skip_corrupt, "decode valid", tc.progress)
+    skipped = train_split.skipped + val_split.skipped
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
+    preprocess = Preprocess.from_config(cfg.data).to(device)
+    augment = build_augmentation(cfg.data)
+
+    # ---- model, loss, optimizer, schedule
+    model = build_model(cfg.model, index.num_classes, ch).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
+    optimizer = make_optimizer(cfg, model)
+    generator = torch.Generator()
+    loader = make_loader(cfg, train_split, generator)
+    steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
+    schedule = LRSchedule(tc, optimizer, steps_per_epoch)
+    tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+
+    # ---- resume
+    if resume:
+        state = load_checkpoint(files.last, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        tracker.load_state_dict(state["tracker"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(files.tensorboard))
+    except ImportError:  # tensorboard is a dependency; tolerate its absence in trimmed installs
+        pass
+    print(
+        f"medclass: {cfg.model.arch} ({count_parameters(model):,} parameters) on {device}; "
+        f"{index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images at {size} px"
+    )
+    stopped_early = tracker.should_stop
+    for epoch in range(start_epoch, tc.epochs + 1):
+        if stopped_early:
+            break
+        t0 = time.time()
+        # -- train one epoch
+        torch.manual_seed(tc.seed * 100_003 + epoch)
+        generator.manual_seed(tc.seed * 100_003 + epoch)
+        model.train()
+        sum_loss, n_correct, n_seen = 0.0, 0, 0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", disable=not tc.progress, leave=False)
+        for step, (images, labels) in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            x = preprocess.to_unit(images)
+            if augment is not None:
+                x = augment(x)
+            x = preprocess.normalize_(x)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = criterion(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step_batch()
+            sum_loss += loss.item() * len(labels)
+            n_correct += (predicted_class(logits.detach()) == labels).sum().item()
+            n_seen += len(labels)
+            bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{schedule.lr:.2e}")
+        bar.close()
+
+        # -- validate
+        val_logits = predict_logits(model, val_split.images, preprocess, device, 2 * tc.batch_size, amp_dtype)
+        val_loss = criterion(val_logits.to(device), val_split.labels.to(device)).item()
+        val_acc = (predicted_class(val_logits) == val_split.labels).float().mean().item()
+        row = {
+            "epoch": epoch,
+            "loss": sum_loss / max(1, n_seen),
+            "accuracy": n_correct / max(1, n_seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": schedule.lr,
+            "seconds": time.time() - t0,
+        }
+        history.append(row)
+        schedule.step_epoch(row[tc.monitor])
+
+        # -- checkpoint (best first, then last: last.pt is the resume point) and log
+        if tracker.update(row[tc.monitor], epoch):
+            save_checkpoint(
+                {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
+                 "class_names": index.class_names, "config": cfg.to_dict()},
+                files.best,
+            )
+        save_checkpoint(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "tracker": tracker.state_dict(), "history": history, "epoch": epoch,
+             "class_names": index.class_names, "config": cfg.to_dict()},
+            files.last,
+        )
+        write_metrics_csv(history, files.metrics_csv)
+        if writer is not None:
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+                writer.add_scalar(k, row[k], epoch)
+            writer.flush()
+        print(
+            f"epoch {epoch:3d}/{tc.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+            + ("  *" if tracker.best_epoch == epoch else ""),
+            flush=True,
+        )
+        stopped_early = tracker.should_stop
+        if stopped_early:
+            print(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
+
+    if writer is not None:
+        writer.close()
+    if history:
+        plot_curves(history, files.curves)
+    seconds = time.time() - t_start
+    summary: dict[str, Any] = {
+        "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "best_value": tracker.best,
+        "epochs_run": len(history), "stopped_early": stopped_early,
+        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, across resumes
+        "wall_seconds_this_invocation": seconds,
+        "train_images": len(train_split), "valid_images": len(val_split), "device": str(device),
+        "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    files.summary.write_text(json.dumps(summary, indent=1))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
+    return TrainResult(files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped)
