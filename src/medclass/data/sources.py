@@ -95,30 +95,38 @@ def bundled_breastmnist() -> Path:
 
 
 def match_class_names(
-    folder_names: Iterable[str], class_map: Optional[dict[str, str]] = None
+    folder_names: Iterable[str],
+    class_map: Optional[dict[str, str]] = None,
+    together: Iterable[Iterable[str]] = (),
 ) -> dict[str, str]:
     """Map class-folder names to class names, matching long and short spellings of one class.
 
     A name that starts with another name followed by a separator (``_ - . space (``) is the same
-    class: ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib`` -> ``adenocarcinoma``. ``class_map``
-    (folder name -> class name) is applied first and overrides the matching.
+    class: ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib`` -> ``adenocarcinoma``. Names that occur
+    together in one split (each collection in ``together``) are different classes and never
+    merged (``pneumonia/`` beside ``pneumonia_viral/``). ``class_map`` (folder name -> class name)
+    overrides the matching; a name that matches a mapped name takes its mapping too.
     """
     class_map = dict(class_map or {})
     names = sorted(set(folder_names))
-    free = [n for n in names if n not in class_map]
+    side_by_side = [set(group) for group in together]
+
+    def same_split(a: str, b: str) -> bool:
+        return any(a in g and b in g for g in side_by_side)
+
+    parent: dict[str, str] = {}
+    for n in names:
+        shorter = [
+            m for m in names
+            if m != n and n.startswith(m) and re.match(r"[_\-. (]", n[len(m)]) and not same_split(m, n)
+        ]
+        parent[n] = max(shorter, key=len) if shorter else n
     out: dict[str, str] = {}
     for n in names:
-        if n in class_map:
-            out[n] = class_map[n]
-            continue
-        shorter = [
-            m for m in free if m != n and n.startswith(m) and re.match(r"[_\-. (]", n[len(m)])
-        ]
-        out[n] = max(shorter, key=len) if shorter else n
-    # a short name may itself extend an even shorter one: resolve to the root
-    for n in names:
-        while out[n] in out and out[out[n]] != out[n]:
-            out[n] = out[out[n]]
+        root = n
+        while root not in class_map and parent[root] != root:  # resolve chains to the root
+            root = parent[root]
+        out[n] = class_map.get(n, class_map.get(root, root))
     return out
 
 
@@ -164,7 +172,7 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
             raise DataError(f"{d}: no class folders; expected {d}/<class name>/<images>")
         per_split[split] = {c.name: _images_in(c) for c in classes}
     folder_to_class = match_class_names(
-        (n for folders in per_split.values() for n in folders), cfg.class_map
+        (n for folders in per_split.values() for n in folders), cfg.class_map, per_split.values()
     )
     class_names = sorted(set(folder_to_class.values()))
     if len(split_dirs) > 1:
@@ -181,6 +189,16 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
                 f"{root}: class folders cannot be matched across splits: {detail}. "
                 "Rename the folders or give data.class_map (folder name -> class name)."
             )
+    imageless = sorted(
+        c for c in class_names
+        if not any(files for folders in per_split.values() for n, files in folders.items() if folder_to_class[n] == c)
+    )
+    if imageless:
+        # a class without images cannot be learnt, and a split manifest could not name it
+        raise DataError(
+            f"{root}: class folders without images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+            f"{', '.join(imageless)}; add images or remove the folders"
+        )
     label_of = {c: i for i, c in enumerate(class_names)}
     index = DataIndex(class_names)
     for split, folders in per_split.items():
@@ -401,6 +419,9 @@ def read_manifest(path: Path) -> DataIndex:
         index.splits.setdefault(_canonical_split(r["split"], path), []).append(
             Sample(r["path"], label, r["group"] or None)
         )
+    gaps = [i for i in range(max(names) + 1) if i not in names]
+    if gaps or min(names) < 0:
+        raise DataError(f"{path}: no rows for labels {gaps or [min(names)]}; labels must be 0..K-1 with a name each")
     index.class_names = [names[i] for i in range(max(names) + 1)]
     return index
 

@@ -1,0 +1,236 @@
+"""Training loop: schedules, early stopping, checkpoints, resume, run folder."""
+
+import csv
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medclass.config import RunConfig, TrainConfig
+from medclass.engine import (
+    CheckpointError,
+    EarlyStopping,
+    LRSchedule,
+    RunError,
+    load_checkpoint,
+    load_run,
+    save_checkpoint,
+    train,
+)
+from medclass.engine import trainer as trainer_module
+
+
+def make_folder_dataset(root, per_class=12, size=20):
+    """Two classes that differ in brightness and a stripe: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for cls, base in (("dark", 50), ("bright", 190)):
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = np.clip(rng.normal(base, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            if cls == "bright":
+                arr[:, size // 2 : size // 2 + 2] = 255
+            Image.fromarray(arr).save(d / f"{cls}_{i}.png")
+    return root
+
+
+def tiny_config(source, **train):
+    cfg = RunConfig()
+    cfg.data.source = str(source)
+    cfg.data.image_size = 16
+    cfg.data.val_fraction = 0.25
+    cfg.data.test_fraction = 0.25
+    cfg.model.arch = "resnet18"
+    cfg.model.stem = "small"
+    cfg.train.batch_size = 4
+    cfg.train.epochs = 3
+    cfg.train.progress = False
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def lrs_over(cfg, steps_per_epoch, epochs, metric=None):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=cfg.lr)
+    sched = LRSchedule(cfg, opt, steps_per_epoch)
+    out = []
+    for e in range(epochs):
+        for _ in range(steps_per_epoch):
+            out.append(sched.lr)
+            opt.step()
+            sched.step_batch()
+        sched.step_epoch(metric[e] if metric else 0.0)
+    return out
+
+
+def test_exponential_decay_is_kerass_continuous_formula():
+    cfg = TrainConfig(schedule="exponential", lr=1e-4, decay_steps=40, decay_rate=0.96, epochs=2)
+    lrs = lrs_over(cfg, 50, 2)
+    for step in (0, 1, 40, 77, 99):
+        assert lrs[step] == pytest.approx(1e-4 * 0.96 ** (step / 40), rel=1e-9)
+
+
+def test_cosine_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(schedule="cosine", lr=1.0, warmup_epochs=1, epochs=5, min_lr_ratio=0.01)
+    lrs = lrs_over(cfg, 10, 5)
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay
+    assert lrs[30] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 20 / 40)))
+    assert lrs[-1] > 0.01 and lrs[-1] < 0.02
+
+
+def test_reduce_on_plateau_cuts_lr_after_patience():
+    cfg = TrainConfig(schedule="plateau", lr=1.0, plateau_factor=0.5, plateau_patience=2, monitor="val_loss", epochs=6)
+    lrs = lrs_over(cfg, 1, 6, metric=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9])
+    # best at epoch 2 (0.9); epochs 3 and 4 do not improve; the cut happens after the 3rd bad epoch
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]
+
+
+def test_unknown_schedule_is_an_error():
+    with pytest.raises(ValueError, match="schedule"):
+        lrs_over(TrainConfig(schedule="linear"), 1, 1)
+
+
+def test_early_stopping_patience_min_delta_and_mode():
+    es = EarlyStopping("val_loss", patience=2, min_delta=0.05)
+    assert es.update(1.0, 1)
+    assert not es.update(0.97, 2)  # better, but by less than min_delta
+    assert not es.should_stop
+    assert not es.update(0.99, 3)
+    assert es.should_stop and es.best_epoch == 1
+    acc = EarlyStopping("val_accuracy", patience=1)
+    assert acc.mode == "max" and acc.update(0.5, 1) and acc.update(0.6, 2) and not acc.update(0.6, 3)
+    assert acc.should_stop and acc.best == 0.6
+    never = EarlyStopping("val_loss", patience=None)
+    for e in range(20):
+        never.update(1.0, e)
+    assert not never.should_stop
+
+
+def test_training_stops_early_and_restores_best(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    # with min_delta larger than any possible change, only epoch 1 counts as an improvement:
+    # training stops after 1 + patience epochs and the best checkpoint is epoch 1's
+    cfg = tiny_config(data, epochs=10, early_stopping=True, patience=2, min_delta=100.0)
+    result = train(cfg, tmp_path / "run")
+    assert result.stopped_early
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert load_checkpoint(result.files.best)["epoch"] == 1
+
+
+def test_run_folder_contents_and_metrics_csv(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    result = train(tiny_config(data, epochs=2), tmp_path / "run")
+    root = result.files.root
+    for name in ("config.yaml", "manifest.csv", "classes.json", "metrics.csv", "curves.png", "train_summary.json"):
+        assert (root / name).is_file(), name
+    assert (root / "checkpoints" / "best.pt").is_file() and (root / "checkpoints" / "last.pt").is_file()
+    assert any((root / "tensorboard").iterdir())
+    rows = list(csv.DictReader(open(root / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    assert json.loads((root / "classes.json").read_text()) == ["bright", "dark"]
+    assert RunConfig.load(root / "config.yaml").train.epochs == 2
+    # a run that exists is not overwritten
+    with pytest.raises(RunError, match="--resume"):
+        train(tiny_config(data, epochs=2), root)
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    a = train(tiny_config(data, epochs=2), tmp_path / "a")
+    b = train(tiny_config(data, epochs=2), tmp_path / "b")
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_folder_dataset(tmp_path / "data")
+    straight = train(tiny_config(data, epochs=3), tmp_path / "straight")
+
+    real_write = trainer_module.write_metrics_csv
+
+    def crash_after_epoch_2(history, path):
+        real_write(history, path)
+        if len(history) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(trainer_module, "write_metrics_csv", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data, epochs=3), tmp_path / "resumed")
+    monkeypatch.setattr(trainer_module, "write_metrics_csv", real_write)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 2
+
+    cfg = RunConfig.load(tmp_path / "resumed" / "config.yaml")
+    cfg.train.progress = False
+    resumed = train(cfg, tmp_path / "resumed", resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.history, resumed.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    sa = load_checkpoint(straight.files.last)
+    sb = load_checkpoint(resumed.files.last)
+    for k, v in sa["model"].items():
+        assert torch.allclose(v.float(), sb["model"][k].float(), atol=1e-5), k
+    assert sa["optimizer"]["state"].keys() == sb["optimizer"]["state"].keys()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(RunError, match="last.pt"):
+        train(tiny_config(tmp_path), tmp_path / "nothing", resume=True)
+
+
+def test_unwritable_run_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunError, match="not writable"):
+        train(tiny_config(tmp_path), blocker / "run")
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"w": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left
+
+
+def test_malicious_checkpoint_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_single_logit_binary_and_class_weighted_loss_train(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = tiny_config(data, epochs=1)
+    cfg.model.single_logit = True
+    cfg.data.class_balance = "loss"
+    result = train(cfg, tmp_path / "run")
+    run = load_run(result.files.root)
+    assert run.model.fc.out_features == 1
+    cfg = tiny_config(data, epochs=1)
+    cfg.data.class_balance = "sampler"
+    assert train(cfg, tmp_path / "run2").history[0]["loss"] > 0
