@@ -149,6 +149,11 @@ class RunConfig:
         if isinstance(value, str):
             value = yaml.safe_load(value) if value != "" else None
         current = getattr(obj, key)
+        if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
+            try:  # YAML 1.1 reads "3e-4" as a string
+                value = type(current)(value)
+            except ValueError:
+                pass
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if current is not None and value is not None and not isinstance(value, type(current)):
