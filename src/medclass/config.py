@@ -166,12 +166,15 @@ class RunConfig:
 
 
 #: Named recipes applied by ``medclass train`` when no data or config is given.
-#: ``breastmnist``: the bundled default (28 px greyscale ultrasound); ImageNet stem on an image
-#: upsampled to 56 px keeps the ResNet-50 fast on a CPU while leaving layer4 a 2x2 map.
+#: ``breastmnist``: the bundled default (28 px greyscale ultrasound), ResNet-50 with the ImageNet
+#: stem at the native 28 px (about 8 s an epoch on 2 CPU cores, so 50 epochs fit in 10 minutes).
+#: The best checkpoint is chosen by validation accuracy: on this set's 78 validation images the
+#: minimum of val_loss was a one-epoch spike (epoch 18 of results/breastmnist-val-loss) while
+#: validation accuracy held 0.90-0.92 over the last 10 epochs of the cosine schedule.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "breastmnist": {
         "data": {"image_size": 28, "channels": 1, "rotation_degrees": 10.0, "crop_scale": [0.8, 1.0]},
         "model": {"arch": "resnet50", "stem": "imagenet"},
-        "train": {"epochs": 50, "batch_size": 32, "lr": 1e-3, "schedule": "cosine", "monitor": "val_loss"},
+        "train": {"epochs": 50, "batch_size": 32, "lr": 1e-3, "schedule": "cosine", "monitor": "val_accuracy"},
     },
 }

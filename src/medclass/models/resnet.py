@@ -18,7 +18,7 @@ others are "identity blocks".
 
 from __future__ import annotations
 
-from typing import Sequence, Type, Union
+from typing import Optional, Sequence, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +47,11 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
-    """The shortcut of a "convolutional block": 1x1 conv (with the block's stride) + batch norm."""
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> Optional[nn.Sequential]:
+    """The shortcut of a "convolutional block": 1x1 conv (with the block's stride) + batch norm;
+    None (identity shortcut) when the block keeps both the shape and the resolution."""
+    if stride == 1 and in_planes == out_planes:
+        return None
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
@@ -67,12 +70,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        out_planes = planes * self.expansion
-        self.downsample = (
-            projection_shortcut(in_planes, out_planes, stride)
-            if stride != 1 or in_planes != out_planes
-            else None
-        )
+        self.downsample = projection_shortcut(in_planes, planes * self.expansion, stride)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -105,11 +103,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            projection_shortcut(in_planes, out_planes, stride)
-            if stride != 1 or in_planes != out_planes
-            else None
-        )
+        self.downsample = projection_shortcut(in_planes, out_planes, stride)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:

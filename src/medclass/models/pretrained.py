@@ -1,0 +1,852 @@
+"""Pretrained weights for the from-scratch ResNet: ImageNet checkpoints, weight files, Keras
+conversion, and the freezing / learning-rate helpers of fine-tuning.
+
+Sources:
+    torchvision model zoo (``torchvision.models.ResNet50_Weights``): ``IMAGENET1K_V1``
+    (``resnet50-0676ba61.pth``, the original recipe, reported top-1 76.130 %) and ``IMAGENET1K_V2``
+    (``resnet50-11ad3fa6.pth``, the improved "new training recipe", reported top-1 80.858 %).
+    Both are plain ``state_dict`` files whose keys and shapes equal those of :func:`resnet50`
+    (ResNet v1.5), so they load without renaming. They expect RGB input in [0, 1] normalised
+    with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
+    Keras Applications (``keras.applications.ResNet50``,
+    ``resnet50_weights_tf_dim_ordering_tf_kernels.h5`` and ``..._notop.h5``): converted by
+    :func:`convert_keras_resnet50`, which documents the differences between the two models.
+    He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
+    (arXiv:1512.03385): the architecture both follow.
+
+The download cache is torch.hub's: ``Path(torch.hub.get_dir()) / "checkpoints"``, that is
+``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints`` by default), with torch.hub's
+integrity rule: the hex digits after the last ``-`` of the file name (``0676ba61`` in
+``resnet50-0676ba61.pth``) must be the start of the file's SHA-256.
+
+Nothing here is imported by ``medclass.models``; import this module explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .resnet import RESNET_DEPTHS, Bottleneck, ResNet
+
+__all__ = [
+    "PretrainedError",
+    "HubCheckpoint",
+    "IMAGENET_CHECKPOINTS",
+    "IMAGENET_ALIASES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KERAS_CAFFE_MEAN_BGR",
+    "KERAS_BN_EPSILON",
+    "KERAS_LEGACY_BN_EPSILON",
+    "hub_checkpoint_dir",
+    "hash_prefix_of",
+    "cached_checkpoint_path",
+    "imagenet_checkpoint_path",
+    "load_state_dict_file",
+    "convert_keras_resnet50",
+    "load_pretrained",
+    "freeze_backbone",
+    "set_backbone_bn_eval",
+    "unfreeze_all",
+    "param_groups_with_lrs",
+]
+
+#: Per-channel mean of RGB ImageNet images in [0, 1] (torchvision's normalisation for its weights).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: Per-channel standard deviation matching :data:`IMAGENET_MEAN` (torchvision).
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Keras' "caffe" preprocessing (``keras.applications.resnet50.preprocess_input``): RGB -> BGR,
+#: then subtract this per-channel mean (BGR order, 0-255 pixel scale), no scaling.
+KERAS_CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
+#: Batch-norm epsilon of Keras' ``ResNet50`` (``keras.applications.resnet`` / ``resnet_common``).
+KERAS_BN_EPSILON = 1.001e-5
+#: Batch-norm epsilon of the legacy Keras ``resnet50.py`` (layer names ``res2a_branch2a``):
+#: Keras' default, 1e-3.
+KERAS_LEGACY_BN_EPSILON = 1e-3
+#: PyTorch's ``nn.BatchNorm2d`` default epsilon, the one our model uses.
+TORCH_BN_EPSILON = 1e-5
+
+
+class PretrainedError(RuntimeError):
+    """Pretrained weights cannot be found, fetched, read or fitted to the model.
+    The message names the file (and, where it helps, the folder and URL) or the keys at fault."""
+
+
+# -- checkpoints in the torch hub cache ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """One downloadable checkpoint: ``filename`` (carrying torch.hub's SHA-256 prefix) at ``url``;
+    ``weights`` names it in torchvision's terms."""
+
+    name: str
+    weights: str
+    filename: str
+    url: str
+
+
+#: The ImageNet checkpoints of ResNet-50 (torchvision model zoo), by name.
+IMAGENET_CHECKPOINTS: dict[str, HubCheckpoint] = {
+    "imagenet-v1": HubCheckpoint(
+        "imagenet-v1",
+        "torchvision ResNet50_Weights.IMAGENET1K_V1",
+        "resnet50-0676ba61.pth",
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    ),
+    "imagenet-v2": HubCheckpoint(
+        "imagenet-v2",
+        "torchvision ResNet50_Weights.IMAGENET1K_V2",
+        "resnet50-11ad3fa6.pth",
+        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ),
+}
+#: Other names of entries of :data:`IMAGENET_CHECKPOINTS`.
+IMAGENET_ALIASES: dict[str, str] = {"imagenet": "imagenet-v1"}
+
+#: torch.hub's rule (``torch.hub.HASH_REGEX``): the hash prefix is the hex run after a ``-``
+#: and before a ``.`` in the file name.
+HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
+
+
+def hub_checkpoint_dir() -> Path:
+    """torch.hub's checkpoint cache, ``Path(torch.hub.get_dir()) / "checkpoints"``; honours
+    ``torch.hub.set_dir`` and ``$TORCH_HOME`` (default ``~/.cache/torch/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def hash_prefix_of(filename: str) -> Optional[str]:
+    """The SHA-256 prefix a torch.hub file name promises (``"0676ba61"`` for
+    ``resnet50-0676ba61.pth``), or None when the name carries none."""
+    m = HASH_REGEX.search(filename)
+    return m.group(1) if m else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_instructions(filename: str, url: str, folder: Path) -> str:
+    return (
+        f"On a machine with internet access download {url} and copy it, keeping the file name "
+        f"{filename}, into the folder {folder} (torch.hub's cache, $TORCH_HOME/hub/checkpoints; "
+        f"set TORCH_HOME to use another folder), or pass the downloaded file's path as the "
+        f"pretrained source."
+    )
+
+
+def cached_checkpoint_path(
+    filename: str,
+    url: str,
+    download: bool = True,
+    progress: bool = True,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+) -> Path:
+    """The local path of ``filename`` in the cache, downloading it from ``url`` when absent.
+
+    A cached file is verified as torch.hub verifies a download (``check_hash``): when the name
+    carries a hash prefix (:func:`hash_prefix_of`), the file's SHA-256 must start with it. A
+    download goes through ``torch.hub.download_url_to_file(url, dst, hash_prefix=...)``, which
+    writes to a temporary file and moves it into place only when complete and verified.
+
+    Args:
+        filename: file name in the cache, e.g. ``"resnet50-0676ba61.pth"``.
+        url: where to download it from.
+        download: when False a missing file is an error instead of a download.
+        progress: show torch.hub's download progress bar.
+        cache_dir: the cache folder; default :func:`hub_checkpoint_dir`.
+
+    Returns:
+        The path of the verified file.
+
+    Raises:
+        PretrainedError: the cached file fails the hash check (the message names the file, the
+            expected prefix and the actual digest); or the file is missing and ``download`` is
+            False, or the download fails (offline, HTTP error, hash mismatch) -- the message then
+            says which file name to put in which folder and the URL to fetch it from.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else hub_checkpoint_dir()
+    path = folder / filename
+    prefix = hash_prefix_of(filename)
+    if path.is_file():
+        if prefix:
+            digest = _sha256(path)
+            if not digest.startswith(prefix):
+                raise PretrainedError(
+                    f"{path} fails its hash check: its name says the SHA-256 starts with "
+                    f"{prefix!r}, the file's SHA-256 is {digest}. The file is incomplete, corrupt or "
+                    f"a different checkpoint; delete it and download {url} again."
+                )
+        return path
+    how = _fetch_instructions(filename, url, folder)
+    if not download:
+        raise PretrainedError(f"{filename} is not in {folder} and downloading is off. {how}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PretrainedError(f"cannot create the cache folder {folder} for {filename}: {e}. {how}") from e
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
+    except (URLError, OSError, http.client.HTTPException) as e:  # URLError/HTTPError are OSErrors
+        raise PretrainedError(
+            f"cannot download {filename} from {url} ({type(e).__name__}: {e}); this machine may "
+            f"be offline. {how}"
+        ) from e
+    except RuntimeError as e:  # torch.hub: 'invalid hash value (expected ..., got ...)'
+        raise PretrainedError(
+            f"the download of {filename} from {url} failed its SHA-256 check ({e}); nothing was "
+            f"saved. {how}"
+        ) from e
+    if not path.is_file():
+        raise PretrainedError(f"the download of {filename} left no file at {path}. {how}")
+    return path
+
+
+def _imagenet_entry(name: str) -> HubCheckpoint:
+    key = name.strip().lower()
+    key = IMAGENET_ALIASES.get(key, key)
+    if key not in IMAGENET_CHECKPOINTS:
+        known = sorted(set(IMAGENET_CHECKPOINTS) | set(IMAGENET_ALIASES))
+        raise PretrainedError(f"unknown pretrained checkpoint {name!r}; known: {', '.join(known)}")
+    return IMAGENET_CHECKPOINTS[key]
+
+
+def imagenet_checkpoint_path(name: str = "imagenet", download: bool = True, progress: bool = True) -> Path:
+    """Path of the ImageNet ResNet-50 checkpoint ``name`` (``imagenet`` = ``imagenet-v1``,
+    ``imagenet-v2``) in the torch hub cache, verified, downloaded first when absent.
+    See :func:`cached_checkpoint_path` for the checks.
+
+    Raises:
+        PretrainedError: unknown name; hash mismatch; missing and not downloadable (the message
+            gives the file name, the folder and the URL).
+    """
+    entry = _imagenet_entry(name)
+    return cached_checkpoint_path(entry.filename, entry.url, download=download, progress=progress)
+
+
+# -- reading weight files ------------------------------------------------------------------------
+
+
+def _strip_wrapper_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop a prefix every key shares from a wrapper: ``module.`` (DataParallel, DDP) or
+    ``_orig_mod.`` (``torch.compile``)."""
+    changed = True
+    while changed and sd:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def _as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise PretrainedError(
+            f"{path} holds no state dict: expected a mapping of parameter names to tensors, or a "
+            f"dict with a 'model' or 'state_dict' entry, got {type(obj).__name__}"
+        )
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise PretrainedError(
+            f"{path} is not a state dict: {len(bad)} entries are not tensors, e.g. {', '.join(bad[:10])}"
+        )
+    return _strip_wrapper_prefix(dict(obj))
+
+
+def load_state_dict_file(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
+    """Read a state dict (parameter name -> tensor, on the CPU) from a weights file.
+
+    - ``.pth`` / ``.pt``: ``torch.load(weights_only=True)`` (tensors and plain containers only; a
+      file that needs arbitrary unpickling is refused). A raw state dict, or a dict with a
+      ``"model"`` entry (medclass checkpoints) or a ``"state_dict"`` entry.
+    - ``.safetensors``: ``safetensors.torch.load_file``.
+    - ``.h5`` / ``.hdf5``: a Keras ResNet-50 weights file, through :func:`convert_keras_resnet50`.
+
+    A ``module.`` / ``_orig_mod.`` prefix shared by every key is removed. Tensors keep the
+    file's dtype (``load_state_dict`` casts them to the model's).
+
+    Raises:
+        PretrainedError: the file is missing, has another suffix, cannot be read, or holds no
+            state dict; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedError(f"no weights file at {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a bad or unsafe file
+            raise PretrainedError(f"cannot read {path} with torch.load(weights_only=True): {e}") from e
+        return _as_state_dict(obj, path)
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise PretrainedError(f"reading {path} needs the safetensors package (pip install safetensors)") from e
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as e:
+            raise PretrainedError(f"cannot read {path} as safetensors: {e}") from e
+        return _as_state_dict(obj, path)
+    if suffix in (".h5", ".hdf5"):
+        return convert_keras_resnet50(path)
+    raise PretrainedError(
+        f"{path}: unsupported weights file type {suffix or '(no suffix)'!r}; "
+        "use .pth, .pt, .safetensors or a Keras .h5"
+    )
+
+
+# -- Keras Applications ResNet-50 ----------------------------------------------------------------
+
+_KERAS_VARS = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"}
+_MODERN_BLOCK = re.compile(r"^conv([2-5])_block(\d+)_([0-3])_(conv|bn)$")
+_LEGACY_BLOCK = re.compile(r"^(res|bn)([2-5])([a-z])_branch(1|2a|2b|2c)$")
+_LEGACY_BRANCH = {"1": 0, "2a": 1, "2b": 2, "2c": 3}
+_HEAD_NAMES = ("predictions", "probs", "fc1000")
+
+
+def _h5_string_list(group: Any, name: str) -> Optional[list[str]]:
+    """An attribute holding a list of strings, as Keras writes it (also split into ``name0``,
+    ``name1``, ... when it outgrew HDF5's 64 KiB attribute limit); None when absent."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    elif f"{name}0" in group.attrs:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values += list(group.attrs[f"{name}{i}"])
+            i += 1
+    else:
+        return None
+    return [v.decode("utf8") if isinstance(v, (bytes, np.bytes_)) else str(v) for v in values]
+
+
+def _canonical_keras_layer(name: str) -> tuple[Optional[str], bool]:
+    """Keras layer name -> (name in the ``conv1_conv`` / ``conv2_block1_1_bn`` / ``predictions``
+    scheme or None when not a ResNet layer, whether it was a legacy ``res2a_branch2a`` name)."""
+    if name in ("conv1_conv", "conv1_bn") or _MODERN_BLOCK.match(name):
+        return name, False
+    if name in _HEAD_NAMES:
+        return "predictions", name == "fc1000"
+    if name == "conv1":
+        return "conv1_conv", True
+    if name == "bn_conv1":
+        return "conv1_bn", True
+    m = _LEGACY_BLOCK.match(name)
+    if m:
+        kind = "conv" if m.group(1) == "res" else "bn"
+        block = ord(m.group(3)) - ord("a") + 1
+        return f"conv{m.group(2)}_block{block}_{_LEGACY_BRANCH[m.group(4)]}_{kind}", True
+    return None, False
+
+
+def _read_keras_h5(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], bool, list[str]]:
+    """All ResNet layers' arrays of a Keras 2 HDF5 file, by canonical layer name and variable
+    name; whether legacy names were seen; the weighted layers that were not ResNet layers."""
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise PretrainedError(f"reading {path} needs the h5py package (pip install h5py)") from e
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    legacy_seen = False
+    ignored: list[str] = []
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise PretrainedError(f"cannot open {path} as HDF5: {e}") from e
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f  # full-model save vs save_weights
+        group_names = _h5_string_list(root, "layer_names")
+        if group_names is None:
+            group_names = [k for k in root.keys() if isinstance(root[k], h5py.Group)]
+        for group_name in group_names:
+            group = root[group_name]
+            weight_names = _h5_string_list(group, "weight_names")
+            if weight_names is None:
+                if "vars" in group or "layers" in root:
+                    raise PretrainedError(
+                        f"{path} looks like a Keras 3 '.weights.h5' file, which is not supported: "
+                        "load it in Keras and re-save it in the Keras 2 HDF5 format "
+                        "(tf.keras model.save_weights('weights.h5'))"
+                    )
+                continue
+            for weight_name in weight_names:
+                # "conv1_conv/kernel:0"; a nested model's weights sit in one group whose weight
+                # names still carry each layer's name before the variable's.
+                parts = weight_name.split("/")
+                var = parts[-1].split(":")[0]
+                layer = parts[-2] if len(parts) >= 2 else group_name
+                canonical, legacy = _canonical_keras_layer(layer)
+                if canonical is None:
+                    if layer not in ignored:
+                        ignored.append(layer)
+                    continue
+                if var not in _KERAS_VARS:
+                    raise PretrainedError(
+                        f"{path}: layer {layer!r} has a variable {weight_name!r} this converter does not "
+                        f"know (expected one of {sorted(_KERAS_VARS)}; Keras 1 files are not supported)"
+                    )
+                legacy_seen |= legacy
+                layers.setdefault(canonical, {})[var] = np.asarray(group[weight_name])
+    return layers, legacy_seen, ignored
+
+
+def _expected_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of ``resnet{depth}()`` (1000 classes, no ``num_batches_tracked``),
+    built on the meta device (no memory, no initialisation cost)."""
+    block, stage_depths = RESNET_DEPTHS[depth]
+    with torch.device("meta"):
+        model = ResNet(block, stage_depths)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def _torch_prefix(canonical: str) -> tuple[str, str]:
+    """``conv2_block1_1_conv`` -> ("layer1.0.conv1", "conv"); ``..._0_bn`` -> ("layer1.0.downsample.1", "bn")."""
+    if canonical == "conv1_conv":
+        return "conv1", "conv"
+    if canonical == "conv1_bn":
+        return "bn1", "bn"
+    if canonical == "predictions":
+        return "fc", "dense"
+    m = _MODERN_BLOCK.match(canonical)
+    assert m is not None
+    stage, block, branch, kind = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+    base = f"layer{stage - 1}.{block - 1}"
+    if branch == 0:
+        return f"{base}.downsample.{0 if kind == 'conv' else 1}", kind
+    return f"{base}.{kind}{branch}", kind
+
+
+def convert_keras_resnet50(
+    h5_path: Union[str, os.PathLike],
+    epsilon: Optional[float] = None,
+    rgb_input: bool = False,
+) -> dict[str, Tensor]:
+    """Convert Keras Applications' ResNet-50 ImageNet weights to a state dict of :func:`resnet50`.
+
+    Reads ``resnet50_weights_tf_dim_ordering_tf_kernels.h5`` (with the 1000-class ``predictions``
+    layer) or ``..._notop.h5`` (no classifier) with h5py: the Keras 2 HDF5 layout, either a
+    weights-only save (layer groups at the top level, the Applications files) or a full-model
+    save (under ``model_weights``); each layer group lists its datasets in the ``weight_names``
+    attribute (e.g. ``conv1_conv/kernel:0``). A ResNet-50 nested in a larger Keras model works too;
+    other weighted layers (a custom head) are skipped with a warning. Keras 3 ``.weights.h5``
+    files and Keras 1 files are not supported.
+
+    Layer names (``keras.applications.resnet``): ``conv1_conv``, ``conv1_bn``,
+    ``conv{S}_block{K}_{B}_conv`` / ``_bn`` for stage S = 2..5, block K, branch B
+    (0 = projection shortcut, 1..3 = the bottleneck's convolutions), ``predictions`` (also
+    ``probs``). The legacy ``keras_applications/resnet50.py`` names (``conv1``, ``bn_conv1``,
+    ``res2a_branch2a``, ``bn2a_branch1``, ``fc1000``) are mapped to the same. They become
+    ``conv1``, ``bn1``, ``layer{S-1}.{K-1}.conv{B}`` / ``bn{B}``, ``...downsample.0`` / ``.1``, ``fc``.
+    Stage depths are read from the file, so Keras' ResNet-101/152 convert as well.
+
+    Tensor layouts: a Keras conv kernel ``(kh, kw, in, out)`` becomes ``(out, in, kh, kw)``; a
+    dense kernel ``(in, out)`` becomes ``(out, in)``; BN ``gamma, beta, moving_mean,
+    moving_variance`` become ``weight, bias, running_mean, running_var``. All float32.
+
+    Differences folded in, so that every conv + BN pair computes exactly what Keras computes
+    (to float32 rounding):
+
+    - Keras' ResNet convolutions have biases, ours have none (a BN follows each). A conv bias
+      ``b`` only shifts the BN input, so it is folded into the BN:
+      ``running_mean = moving_mean - b``.
+    - Keras' BN epsilon is 1.001e-5 (legacy files: Keras' default 1e-3), PyTorch's 1e-5; the
+      difference is added to the variance: ``running_var = moving_variance + eps_keras - 1e-5``.
+
+    Differences that remain (document them wherever these weights are used):
+
+    - Stride placement. Keras' ResNet50 is ResNet v1 (He et al. 2016): a down-sampling block
+      (first block of stages 3-5) has its stride 2 in the FIRST 1x1 convolution
+      (``_1_conv``). Ours is v1.5 (torchvision): the stride sits in the 3x3 (``conv2``). The
+      parameters have the same shapes and are used as trained, but the network computes a
+      slightly different function, so the converted model does NOT reproduce Keras' outputs or
+      accuracy exactly; fine-tuning absorbs the difference. (Stem and stage 2 are identical.)
+    - Keras' "same" padding of a strided 3x3 conv is asymmetric (bottom/right); ours is
+      symmetric padding 1. Only matters together with the point above.
+    - The stem: Keras pads 3 then applies a valid 7x7/2 conv (= our ``padding=3``), and pads
+      1 with zeros before a valid 3x3/2 max-pool, which equals PyTorch's ``padding=1`` max-pool
+      here because its input follows a ReLU (non-negative). The legacy ``resnet50.py`` has no
+      padding before the max-pool (one row/column smaller feature maps).
+    - Input convention: these weights expect Keras' "caffe" preprocessing
+      (``keras.applications.resnet50.preprocess_input``): BGR channel order, pixel values in
+      0-255 minus :data:`KERAS_CAFFE_MEAN_BGR` ``(103.939, 116.779, 123.68)``, no scaling --
+      not torchvision's RGB [0, 1] / :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`. With
+      ``rgb_input=True`` the input channels of ``conv1.weight`` are reversed so the model takes
+      RGB; then with images in [0, 1] the exact equivalent is normalising with
+      ``mean = (123.68/255, 116.779/255, 103.939/255)`` and ``std = (1/255, 1/255, 1/255)``.
+
+    Args:
+        h5_path: the Keras HDF5 weights file.
+        epsilon: the Keras BN epsilon; None picks 1.001e-5, or 1e-3 for legacy layer names.
+        rgb_input: reverse ``conv1.weight``'s input channels (BGR -> RGB input).
+
+    Returns:
+        ``{name: float32 tensor}`` with exactly the keys of ``resnet50().state_dict()`` except the
+        ``num_batches_tracked`` counters, without ``fc.*`` for a notop file.
+
+    Raises:
+        PretrainedError: the file cannot be read, or it lacks layers or variables of a
+            bottleneck ResNet, or a shape does not fit (the message lists them).
+    """
+    path = Path(h5_path)
+    if not path.is_file():
+        raise PretrainedError(f"no Keras weights file at {path}")
+    layers, legacy, ignored = _read_keras_h5(path)
+    if ignored:
+        warnings.warn(
+            f"{path}: skipped {len(ignored)} weighted layers that are not ResNet-50 layers: "
+            + ", ".join(ignored[:10]) + (", ..." if len(ignored) > 10 else ""),
+            stacklevel=2,
+        )
+    if not layers:
+        raise PretrainedError(
+            f"{path} has no Keras ResNet layers (conv1_conv, conv2_block1_1_conv, ...): not a Keras "
+            "ResNet-50 weights file"
+        )
+    eps = epsilon if epsilon is not None else (KERAS_LEGACY_BN_EPSILON if legacy else KERAS_BN_EPSILON)
+
+    # Stage depths from the block numbers present -> the matching bottleneck ResNet.
+    blocks_in_stage = {2: 0, 3: 0, 4: 0, 5: 0}
+    for name in layers:
+        m = _MODERN_BLOCK.match(name)
+        if m:
+            stage = int(m.group(1))
+            blocks_in_stage[stage] = max(blocks_in_stage[stage], int(m.group(2)))
+    stage_depths = tuple(blocks_in_stage[s] for s in (2, 3, 4, 5))
+    depth = next((d for d, (blk, ls) in RESNET_DEPTHS.items() if blk is Bottleneck and tuple(ls) == stage_depths), None)
+    if depth is None:
+        raise PretrainedError(
+            f"{path}: blocks per stage {list(stage_depths)} match no bottleneck ResNet "
+            f"(ResNet-50 has [3, 4, 6, 3]); is this a Keras ResNet weights file?"
+        )
+    expected = _expected_resnet_shapes(depth)
+
+    def need(layer: str, var: str, dtype: type = np.float64) -> np.ndarray:
+        arrays = layers.get(layer, {})
+        if var not in arrays:
+            raise PretrainedError(f"{path}: Keras layer {layer!r} lacks its {var!r} weights")
+        return np.asarray(arrays[var], dtype=dtype)
+
+    out: dict[str, Tensor] = {}
+    problems: list[str] = []
+    for canonical in layers:
+        prefix, kind = _torch_prefix(canonical)
+        if kind == "conv":
+            kernel = need(canonical, "kernel", np.float32)
+            if kernel.ndim != 4:
+                problems.append(f"{canonical}/kernel has shape {kernel.shape}, expected (kh, kw, in, out)")
+                continue
+            out[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+        elif kind == "bn":
+            conv = canonical[: -len("bn")] + "conv"
+            bias = layers.get(conv, {}).get("bias")
+            mean = need(canonical, "moving_mean")
+            if bias is not None:
+                if np.shape(bias) != mean.shape:
+                    problems.append(f"{conv}/bias has shape {np.shape(bias)}, its BN {mean.shape}")
+                    continue
+                mean = mean - np.asarray(bias, dtype=np.float64)
+            var = need(canonical, "moving_variance") + (eps - TORCH_BN_EPSILON)
+            for key, value in (("weight", need(canonical, "gamma")), ("bias", need(canonical, "beta")),
+                               ("running_mean", mean), ("running_var", var)):
+                out[f"{prefix}.{key}"] = torch.from_numpy(value.astype(np.float32))
+        else:  # dense classifier
+            kernel = need(canonical, "kernel", np.float32)
+            if kernel.ndim != 2:
+                problems.append(f"{canonical}/kernel has shape {kernel.shape}, expected (in, out)")
+                continue
+            out["fc.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+            out["fc.bias"] = torch.from_numpy(need(canonical, "bias").astype(np.float32))
+    if rgb_input and "conv1.weight" in out and out["conv1.weight"].shape[1] == 3:
+        out["conv1.weight"] = out["conv1.weight"].flip(1).contiguous()
+
+    backbone = {k: s for k, s in expected.items() if not k.startswith("fc.")}
+    missing = [k for k in backbone if k not in out]
+    problems += [f"{k}: no such parameter in resnet{depth}" for k in out if not k.startswith("fc.") and k not in backbone]
+    for k, s in out.items():
+        if k.startswith("fc."):
+            if k == "fc.weight" and s.shape[1] != expected["fc.weight"][1]:
+                problems.append(f"fc.weight has {s.shape[1]} inputs, the model's pooled features {expected['fc.weight'][1]}")
+        elif k in backbone and tuple(s.shape) != backbone[k]:
+            problems.append(f"{k}: converted {tuple(s.shape)} vs model {backbone[k]}")
+    if missing or problems:
+        raise PretrainedError(
+            f"{path} does not convert to a resnet{depth}: "
+            + _listing("missing", missing) + "; " + _listing("problems", problems)
+        )
+    order = list(expected)
+    return {k: out[k] for k in order if k in out}
+
+
+# -- loading into a model -----------------------------------------------------------------------
+
+
+def _listing(title: str, items: list[str]) -> str:
+    head = ", ".join(items[:10]) + (", ..." if len(items) > 10 else "")
+    return f"{title} ({len(items)}): {head or '-'}"
+
+
+def _is_head_key(name: str) -> bool:
+    return name == "fc" or name.startswith("fc.")
+
+
+def _head_outputs(model: nn.Module) -> Optional[int]:
+    head = getattr(model, "fc", None)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
+    return linears[-1].out_features if linears else None
+
+
+def _reset_head(model: nn.Module) -> None:
+    """Re-initialise the classifier head as the constructor does (``nn.Linear``'s and
+    ``nn.BatchNorm1d``'s own ``reset_parameters``)."""
+    head = getattr(model, "fc", None)
+    if head is None:
+        return
+    for m in head.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def _mismatch_hints(mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
+    hints = []
+    if "conv1.weight" in mismatched:
+        (src, dst) = mismatched["conv1.weight"]
+        if len(src) == 4 and len(dst) == 4 and src[1] != dst[1]:
+            hints.append(f"the weights take {src[1]}-channel images, the model {dst[1]} (set data.channels={src[1]})")
+        if len(src) == 4 and len(dst) == 4 and src[2:] != dst[2:]:
+            hints.append(f"the weights have a {src[2]}x{src[3]} stem conv, the model {dst[2]}x{dst[3]} "
+                         f"(model.stem=imagenet has 7x7)")
+    return (" Hint: " + "; ".join(hints) + ".") if hints else ""
+
+
+def _resolve_source(source: Any, download: bool) -> tuple[dict[str, Tensor], Optional[Path]]:
+    if isinstance(source, Mapping):
+        return _strip_wrapper_prefix(dict(source)), None
+    if isinstance(source, str):
+        key = source.strip().lower()
+        if key in IMAGENET_CHECKPOINTS or key in IMAGENET_ALIASES:
+            path = imagenet_checkpoint_path(key, download=download)
+            return load_state_dict_file(path), path
+    path = Path(source)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise PretrainedError(f"{path} is a folder but not a medclass run: no {best}")
+        return load_state_dict_file(best), best
+    if path.is_file():
+        return load_state_dict_file(path), path
+    known = ", ".join(sorted(set(IMAGENET_CHECKPOINTS) | set(IMAGENET_ALIASES)))
+    raise PretrainedError(
+        f"pretrained source {str(source)!r} is neither a known checkpoint ({known}) nor an existing "
+        "weights file (.pth, .pt, .safetensors, .h5) nor a medclass run folder"
+    )
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: Union[str, os.PathLike, Mapping[str, Tensor]],
+    num_classes: Optional[int] = None,
+    download: bool = True,
+    reset_head: bool = False,
+) -> dict[str, Any]:
+    """Load pretrained weights into ``model`` (a :class:`ResNet`), all or nothing.
+
+    ``source``:
+
+    - ``"imagenet"`` / ``"imagenet-v1"`` / ``"imagenet-v2"``: torchvision's ResNet-50 checkpoints
+      (:data:`IMAGENET_CHECKPOINTS`, via :func:`imagenet_checkpoint_path`). A name wins over a
+      file or folder of the same name.
+    - a weights file (``.pth``, ``.pt``, ``.safetensors``, Keras ``.h5``; :func:`load_state_dict_file`);
+    - a medclass run folder: its ``checkpoints/best.pt`` (the ``"model"`` entry);
+    - a state dict (mapping of names to tensors).
+
+    The classifier head (keys starting with ``fc.``) is taken from the source only when its keys
+    and shapes equal the model's and ``reset_head`` is False; otherwise (another class count, a
+    notop file, a different head kind) the model's head is re-initialised as the constructor
+    does. Every other key must match in name and shape: ``num_batches_tracked`` counters may be
+    absent (torchvision's v1 file has none; the model's are kept). Tensors are cast to the
+    model's dtype and device by ``load_state_dict``.
+
+    Args:
+        model: the network, e.g. ``build_model(cfg.model, num_classes, in_channels)``.
+        source: see above.
+        num_classes: the task's class count, checked against the head's outputs when given
+            (a single-logit head, 1 output, counts as 2 classes).
+        download: allow downloading an ImageNet checkpoint missing from the cache.
+        reset_head: re-initialise the head even when the source's fits.
+
+    Returns:
+        ``{"source": str, "file": str | None, "loaded_keys": int (tensors copied from the source),
+        "head_reinitialised": bool}``.
+
+    Raises:
+        PretrainedError: the source cannot be found, fetched or read; or keys outside the head are
+            missing, unexpected or of another shape -- the message lists the first 10 of each with
+            their counts, and the model is left unchanged.
+        ValueError: ``num_classes`` does not match the model's head.
+    """
+    outputs = _head_outputs(model)
+    if num_classes is not None and outputs is not None and outputs != num_classes and not (outputs == 1 and num_classes == 2):
+        raise ValueError(f"the model's head has {outputs} outputs, the task {num_classes} classes")
+    src, file = _resolve_source(source, download)
+    label = str(file) if file is not None else ("<state dict>" if isinstance(source, Mapping) else str(source))
+
+    target = model.state_dict()
+    missing, unexpected, mismatched = [], [], {}
+    for k, v in target.items():
+        if _is_head_key(k) or k.endswith("num_batches_tracked"):
+            continue
+        if k not in src:
+            missing.append(k)
+        elif tuple(src[k].shape) != tuple(v.shape):
+            mismatched[k] = (tuple(src[k].shape), tuple(v.shape))
+    for k in src:
+        if not _is_head_key(k) and k not in target:
+            unexpected.append(k)
+    if missing or unexpected or mismatched:
+        shapes = [f"{k}: source {s} vs model {d}" for k, (s, d) in mismatched.items()]
+        raise PretrainedError(
+            f"the weights of {label} do not fit this {type(model).__name__}: "
+            + _listing("missing keys", missing) + "; "
+            + _listing("unexpected keys", unexpected) + "; "
+            + _listing("shape mismatches", shapes) + "."
+            + _mismatch_hints(mismatched)
+        )
+
+    head_target = {k: tuple(v.shape) for k, v in target.items() if _is_head_key(k)}
+    head_src = {k: tuple(v.shape) for k, v in src.items() if _is_head_key(k)}
+    # A head's BatchNorm1d counter may be absent from the source, as in the backbone.
+    head_src_cmp = {k: s for k, s in head_src.items() if not k.endswith("num_batches_tracked")}
+    head_target_cmp = {k: s for k, s in head_target.items() if not k.endswith("num_batches_tracked")}
+    take_head = not reset_head and bool(head_target_cmp) and head_src_cmp == head_target_cmp
+    if not take_head:
+        _reset_head(model)
+        target = model.state_dict()
+
+    merged: dict[str, Tensor] = {}
+    loaded = 0
+    for k, v in target.items():
+        if _is_head_key(k) and not take_head:
+            merged[k] = v
+        elif k in src:
+            merged[k] = src[k]
+            loaded += 1
+        else:  # a num_batches_tracked counter the source lacks
+            merged[k] = v
+    model.load_state_dict(merged, strict=True)
+    return {"source": label, "file": str(file) if file is not None else None,
+            "loaded_keys": loaded, "head_reinitialised": not take_head}
+
+
+# -- fine-tuning helpers ------------------------------------------------------------------------
+
+
+def freeze_backbone(model: nn.Module, freeze_bn_stats: bool = True) -> None:
+    """Linear probing / head-first fine-tuning: every parameter except the head's (``fc``) gets
+    ``requires_grad=False``.
+
+    With ``freeze_bn_stats`` the backbone's batch norms are also put in eval mode
+    (:func:`set_backbone_bn_eval`), so they normalise with the pretrained running statistics and
+    do not update them. ``model.train()`` puts them back in training mode: the training loop must
+    call :func:`set_backbone_bn_eval` after every ``model.train()`` while the backbone is frozen.
+    Build the optimizer after freezing (frozen parameters are left out of its groups).
+    """
+    for name, p in model.named_parameters():
+        if not _is_head_key(name):
+            p.requires_grad_(False)
+    if freeze_bn_stats:
+        set_backbone_bn_eval(model)
+
+
+def set_backbone_bn_eval(model: nn.Module) -> int:
+    """Put every batch norm outside the head (``fc``) in eval mode: it then normalises with its
+    running statistics and leaves them unchanged. Call it after ``model.train()``. The head's
+    layers (e.g. a ``BatchNorm1d`` head, dropout) keep the model's mode.
+
+    Returns:
+        The number of batch-norm layers set to eval mode.
+    """
+    n = 0
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm) and not _is_head_key(name):
+            m.eval()
+            n += 1
+    return n
+
+
+def unfreeze_all(model: nn.Module) -> None:
+    """Make every parameter trainable again and put every layer back in the model's own mode
+    (undoing :func:`set_backbone_bn_eval`). Rebuild the optimizer (or ``add_param_group``) so the
+    backbone's parameters are in it."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train(model.training)
+
+
+def param_groups_with_lrs(
+    model: nn.Module,
+    base_lr: float,
+    backbone_lr_mult: float,
+    *,
+    weight_decay: float,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for discriminative fine-tuning: the head (``fc``) at
+    ``base_lr``, the rest at ``base_lr * backbone_lr_mult``; within each, weight decay only on
+    conv and linear weights (the split of :func:`medclass.models.weight_decay_param_groups`,
+    applied to the head and to the backbone's modules).
+
+    Only trainable parameters are included (freeze first, then build the optimizer); empty
+    groups are dropped. The head's groups come first, so ``optimizer.param_groups[0]["lr"]`` is the
+    base LR. Per-group schedules (``LambdaLR``, ``ReduceLROnPlateau``) scale every group by the
+    same factor, so the ratio is kept. Each group has a ``"name"`` entry
+    (``head/decay``, ``head/no_decay``, ``backbone/decay``, ``backbone/no_decay``).
+
+    Returns:
+        ``[{"params": [...], "lr": float, "weight_decay": float, "name": str}, ...]``.
+
+    Raises:
+        ValueError: ``base_lr <= 0``, ``backbone_lr_mult < 0``, or the model has no ``fc`` head
+            or parameters outside its children.
+    """
+    from . import weight_decay_param_groups  # here: this module may be imported by the package
+
+    if base_lr <= 0:
+        raise ValueError(f"base_lr must be positive, got {base_lr}")
+    if backbone_lr_mult < 0:
+        raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
+    head = getattr(model, "fc", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no 'fc' head")
+    if any(p.requires_grad for p in model.parameters(recurse=False)):
+        raise ValueError(f"{type(model).__name__} has parameters outside its child modules")
+    backbone = nn.ModuleList([m for name, m in model.named_children() if name != "fc"])
+    groups: list[dict[str, Any]] = []
+    for part, module, lr in (("head", head, base_lr), ("backbone", backbone, base_lr * backbone_lr_mult)):
+        decay, no_decay = weight_decay_param_groups(module, weight_decay)
+        for kind, group in (("decay", decay), ("no_decay", no_decay)):
+            if group["params"]:
+                groups.append({**group, "lr": lr, "name": f"{part}/{kind}"})
+    return groups
