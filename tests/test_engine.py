@@ -234,3 +234,49 @@ def test_single_logit_binary_and_class_weighted_loss_train(tmp_path):
     cfg = tiny_config(data, epochs=1)
     cfg.data.class_balance = "sampler"
     assert train(cfg, tmp_path / "run2").history[0]["loss"] > 0
+
+
+def test_domain_transfer_from_a_run_with_frozen_backbone_and_two_phases(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    source = train(tiny_config(data, epochs=1), tmp_path / "source")
+    start = load_checkpoint(source.files.best)["model"]
+
+    cfg = tiny_config(data, epochs=2)
+    cfg.model.pretrained = str(source.files.root)
+    cfg.model.finetune = "feature_extraction"
+    frozen = train(cfg, tmp_path / "frozen")
+    after = load_checkpoint(frozen.files.last)["model"]
+    backbone = [k for k in start if not k.startswith("fc.")]
+    # backbone weights and BN statistics are exactly the source run's; the head trained
+    assert all(torch.equal(start[k], after[k]) for k in backbone)
+    assert not torch.equal(start["fc.weight"], after["fc.weight"])
+
+    cfg = tiny_config(data, epochs=2)
+    cfg.model.pretrained = str(source.files.root)
+    cfg.model.finetune = "two_phase"
+    cfg.model.head_epochs = 1
+    cfg.model.backbone_lr_mult = 0.1
+    two = train(cfg, tmp_path / "two")
+    final = load_checkpoint(two.files.last)
+    assert not torch.equal(start["layer1.0.conv1.weight"], final["model"]["layer1.0.conv1.weight"])
+    lrs = sorted({round(g["lr"] / cfg.train.lr, 6) for g in final["optimizer"]["param_groups"]})
+    schedule_factor = two.history[-1]["lr"] / cfg.train.lr
+    assert lrs == sorted({round(0.1 * schedule_factor, 6), round(schedule_factor, 6)})
+
+
+def test_imagenet_weights_turn_on_imagenet_normalisation_and_missing_file_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = tiny_config(data, epochs=1)
+    cfg.model.pretrained = "imagenet"
+    import medclass.models.pretrained as pre
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(pre.torch.hub, "download_url_to_file", offline)
+    with pytest.raises(pre.PretrainedError, match="resnet50-0676ba61.pth"):
+        train(cfg, tmp_path / "run")
+    saved = RunConfig.load(tmp_path / "run" / "config.yaml")
+    assert saved.data.normalize and saved.data.mean == [0.485, 0.456, 0.406]

@@ -69,6 +69,9 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr"),
     arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
     single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
+    pretrained: Optional[str] = typer.Option(
+        None, "--pretrained", help="imagenet|imagenet-v1|imagenet-v2, a .pth/.pt/.safetensors/.h5 file, or a run folder."
+    ),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
@@ -77,6 +80,7 @@ def train(
     from .data import DataError, ImageReadError
     from .engine import RunError
     from .engine import train as run_training
+    from .models.pretrained import PretrainedError
     from .evaluation import evaluate_run
 
     run_dir = runs_dir / name if name else None
@@ -90,7 +94,7 @@ def train(
         cfg = _build_config(
             data, config, sets,
             **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
-               "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
+               "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit, "model.pretrained": pretrained,
                "data.skip_corrupt": skip_corrupt},
         )
         if run_dir is None:
@@ -111,7 +115,7 @@ def train(
                 for model, m in PUBLISHED_BREASTMNIST.items():
                     typer.echo(f"  {model:15s} accuracy {m['accuracy']:.3f}  AUROC {m['auroc']:.3f}")
                 typer.echo(f"  {'medclass':15s} accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}")
-    except (DataError, ImageReadError, RunError, ConfigError, ValueError) as e:
+    except (DataError, ImageReadError, RunError, ConfigError, PretrainedError, ValueError) as e:
         _fail(str(e))
 
 

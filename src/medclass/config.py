@@ -67,6 +67,11 @@ class ModelConfig:
     dropout: float = 0.0
     head_kind: str = "dense"  # dense | bn
     single_logit: bool = False  # binary tasks: one logit, sigmoid + BCE
+    # starting weights: imagenet | imagenet-v1 | imagenet-v2 | a .pth/.pt/.safetensors/.h5 file | a run folder
+    pretrained: Optional[str] = None
+    finetune: str = "full"  # full | feature_extraction (frozen backbone) | two_phase
+    head_epochs: int = 0  # two_phase: epochs that train the head alone before unfreezing
+    backbone_lr_mult: float = 1.0  # backbone LR = train.lr * this (per-group learning rates)
 
 
 @dataclass

@@ -30,6 +30,16 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data import DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, write_manifest
 from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..models.pretrained import (
+    IMAGENET_ALIASES,
+    IMAGENET_CHECKPOINTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    freeze_backbone,
+    load_pretrained,
+    param_groups_with_lrs,
+    unfreeze_all,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
 from .inference import predict_logits, select_device
@@ -120,10 +130,27 @@ def predicted_class(logits: Tensor) -> Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
+FINETUNE_STRATEGIES = ("full", "feature_extraction", "two_phase")
+
+
+def backbone_frozen(cfg: RunConfig, epoch: int) -> bool:
+    """Whether the backbone trains in ``epoch`` (1-based): never with ``feature_extraction``,
+    not in the first ``head_epochs`` with ``two_phase``, always with ``full``."""
+    f = cfg.model.finetune
+    if f not in FINETUNE_STRATEGIES:
+        raise ValueError(f"unknown model.finetune {f!r}; choose one of {FINETUNE_STRATEGIES}")
+    return f == "feature_extraction" or (f == "two_phase" and epoch <= cfg.model.head_epochs)
+
+
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum) over decay / no-decay parameter groups."""
+    """Adam, AdamW or SGD (Nesterov momentum) over decay / no-decay parameter groups; with
+    ``model.backbone_lr_mult`` != 1 the backbone groups get ``lr * backbone_lr_mult``.
+    Built over all parameters: a frozen backbone has no gradients, which the optimizers skip."""
     t = cfg.train
-    groups = weight_decay_param_groups(model, t.weight_decay)
+    if cfg.model.backbone_lr_mult != 1.0:
+        groups = param_groups_with_lrs(model, t.lr, cfg.model.backbone_lr_mult, weight_decay=t.weight_decay)
+    else:
+        groups = weight_decay_param_groups(model, t.weight_decay)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     if t.optimizer == "adam":  # L2 added to the gradient, as Keras' kernel_regularizer
@@ -222,6 +249,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     # ---- data: index and split (the saved manifest when resuming), decode once
     if resume:
         cfg.data.manifest = str(files.manifest)
+    pretrained = cfg.model.pretrained
+    if pretrained and pretrained.lower() in {*IMAGENET_CHECKPOINTS, *IMAGENET_ALIASES} and not cfg.data.normalize:
+        # ImageNet weights expect ImageNet normalisation (torchvision's constants)
+        cfg.data.normalize, cfg.data.mean, cfg.data.std = True, list(IMAGENET_MEAN), list(IMAGENET_STD)
     index = build_index(cfg.data)
     if not resume:
         write_manifest(index, files.manifest)
@@ -238,7 +269,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     augment = build_augmentation(cfg.data)
 
     # ---- model, loss, optimizer, schedule
-    model = build_model(cfg.model, index.num_classes, ch).to(device)
+    model = build_model(cfg.model, index.num_classes, ch)
+    if pretrained and not resume:  # a resumed run takes its weights from last.pt
+        report = load_pretrained(model, pretrained, index.num_classes)
+        print(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
+              + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
@@ -281,6 +317,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         torch.manual_seed(tc.seed * 100_003 + epoch)
         generator.manual_seed(tc.seed * 100_003 + epoch)
         model.train()
+        if backbone_frozen(cfg, epoch):  # feature extraction: backbone weights and BN statistics fixed
+            freeze_backbone(model)
+        else:
+            unfreeze_all(model)
         sum_loss, n_correct, n_seen = 0.0, 0, 0
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", disable=not tc.progress, leave=False)
         for step, (images, labels) in enumerate(bar):
