@@ -25,7 +25,7 @@ def row(run: Path) -> dict:
     model += f" ({'single logit' if cfg['model']['single_logit'] else 'softmax'}, {cfg['model']['stem']} stem)"
     return {
         "run": run.name,
-        "data": metrics["data"].replace("../shared/data/", ""),
+        "data": metrics["data"].replace("../shared/data/", "").split("/")[0].replace("bundled breastmnist", "breastmnist (bundled)"),
         "model": model,
         "resolution_px": cfg["data"]["image_size"],
         "epochs": summary["epochs_run"],
@@ -45,11 +45,11 @@ def main() -> None:
     rows = [row(r) for r in runs]
     (ROOT / "table.json").write_text(json.dumps(rows, indent=1))
     out = sys.stdout
-    out.write("| data | model | resolution | epochs (best) | wall time | hardware | test n | test accuracy | balanced accuracy | AUROC |\n")
-    out.write("|---|---|---|---|---|---|---|---|---|---|\n")
+    out.write("| run | data | model | resolution | epochs (best) | wall time | hardware | test n | test accuracy | balanced accuracy | AUROC |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
         out.write(
-            f"| {r['data']} | {r['model']} | {r['resolution_px']} px | {r['epochs']} ({r['best_epoch']}) | "
+            f"| [{r['run']}](results/{r['run']}) | {r['data']} | {r['model']} | {r['resolution_px']} px | {r['epochs']} ({r['best_epoch']}) | "
             f"{r['wall_seconds'] / 60:.1f} min | {r['hardware']} | {r['test_n']} | {r['test_accuracy']:.3f} | "
             f"{r['balanced_accuracy']:.3f} | {r['auroc']:.3f} |\n"
         )
