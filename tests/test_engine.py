@@ -280,3 +280,30 @@ def test_imagenet_weights_turn_on_imagenet_normalisation_and_missing_file_is_exp
         train(cfg, tmp_path / "run")
     saved = RunConfig.load(tmp_path / "run" / "config.yaml")
     assert saved.data.normalize and saved.data.mean == [0.485, 0.456, 0.406]
+
+
+def test_custom_cnn_and_chained_model_train_evaluate_and_load(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = tiny_config(data, epochs=1)
+    cfg.model.arch = "custom_cnn"
+    cfg.model.cnn_widths = [8, 16]
+    cfg.model.dropout = 0.3
+    cnn = train(cfg, tmp_path / "cnn")
+    assert type(load_run(cnn.files.root).model).__name__ == "CustomCNN"
+
+    # a ResNet-50 run as the source of the chained model's ResNet part, kept frozen
+    src_cfg = tiny_config(data, epochs=1)
+    src_cfg.model.arch = "resnet50"
+    source = train(src_cfg, tmp_path / "resnet")
+    start = load_checkpoint(source.files.best)["model"]
+    cfg = tiny_config(data, epochs=2)
+    cfg.model.arch = "chained"
+    cfg.model.chain_stage = 1
+    cfg.model.cnn_widths = [16]
+    cfg.model.pretrained = str(source.files.root)
+    cfg.model.chain_freeze_resnet = True
+    chained = train(cfg, tmp_path / "chained")
+    after = load_checkpoint(chained.files.last)["model"]
+    resnet_keys = [k for k in after if k.startswith("resnet.")]
+    assert resnet_keys and all(torch.equal(after[k], start[k[len("resnet."):]]) for k in resnet_keys)
+    assert type(load_run(chained.files.root).model).__name__ == "ChainedModel"

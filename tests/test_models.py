@@ -152,3 +152,55 @@ def test_weight_decay_only_on_conv_and_linear_weights():
             expect = isinstance(mod, (nn.Conv2d, nn.Linear)) and name == "weight"
             assert (id(p) in decay_ids) == expect, (type(mod).__name__, name)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+def test_custom_cnn_blocks_and_head():
+    from medclass.models import CustomCNN
+
+    m = CustomCNN(1, 3, widths=(8, 16, 32), convs_per_block=2, head_hidden=(16,), dropout=0.5)
+    assert len(m.features) == 3
+    first = m.features[0]
+    assert [type(l).__name__ for l in first] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    assert m.features(torch.randn(2, 1, 32, 32)).shape == (2, 32, 4, 4)  # 3 blocks halve 32 three times
+    with pytest.raises(ValueError):
+        CustomCNN(1, 2, widths=())
+
+
+@pytest.mark.parametrize("stage, channels, stride", [(1, 256, 4), (2, 512, 8), (3, 1024, 16)])
+def test_chained_model_cuts_the_resnet_and_reuses_its_weights(stage, channels, stride):
+    from medclass.models import ChainedModel
+
+    full = resnet50()
+    full.eval()
+    chained = ChainedModel(resnet50(), stage, num_classes=4, widths=(32,))
+    assert chained.cnn[0][0].in_channels == channels
+    n = chained.load_resnet_state_dict(full.state_dict())
+    assert n == len(chained.resnet.state_dict())
+    chained.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = full.maxpool(full.relu(full.bn1(full.conv1(x))))
+        for k in range(1, stage + 1):
+            want = getattr(full, f"layer{k}")(want)
+        got = chained.resnet.forward_features(x)
+    assert got.shape == (1, channels, 64 // stride, 64 // stride)
+    assert torch.equal(got, want)
+    assert chained(x).shape == (1, 4)
+    # the stages after the cut are gone, not just unused
+    assert count_parameters(chained) < count_parameters(full)
+
+
+def test_chained_freeze_resnet_keeps_weights_and_bn_statistics():
+    from medclass.models import ChainedModel
+
+    m = ChainedModel(resnet18(), 2, num_classes=2, widths=(16,))
+    before = {k: v.clone() for k, v in m.resnet.state_dict().items()}
+    m.train()
+    m.freeze_resnet()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    loss = m(torch.randn(4, 3, 32, 32)).sum()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in m.resnet.state_dict().items())
+    assert all(p.grad is not None for p in m.fc.parameters())

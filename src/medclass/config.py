@@ -58,7 +58,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture: ``arch`` in resnet18/34/50/101/152; see :class:`medclass.models.ResNet`."""
+    """Architecture: ``arch`` in resnet18/34/50/101/152 (:class:`medclass.models.ResNet`),
+    ``custom_cnn`` (:class:`medclass.models.CustomCNN`) or ``chained`` (a ResNet-50 cut after
+    ``chain_stage`` feeding a custom CNN, :class:`medclass.models.ChainedModel`)."""
 
     arch: str = "resnet50"
     stem: str = "imagenet"  # imagenet | small
@@ -72,6 +74,10 @@ class ModelConfig:
     finetune: str = "full"  # full | feature_extraction (frozen backbone) | two_phase
     head_epochs: int = 0  # two_phase: epochs that train the head alone before unfreezing
     backbone_lr_mult: float = 1.0  # backbone LR = train.lr * this (per-group learning rates)
+    cnn_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # custom_cnn / chained
+    cnn_convs_per_block: int = 1
+    chain_stage: int = 2  # chained: cut the ResNet-50 after layer1..layer4
+    chain_freeze_resnet: bool = False  # chained: keep the ResNet part fixed
 
 
 @dataclass

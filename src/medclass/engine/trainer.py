@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data import DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, write_manifest
-from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..models import ChainedModel, build_model, count_parameters, weight_decay_param_groups
 from ..models.pretrained import (
     IMAGENET_ALIASES,
     IMAGENET_CHECKPOINTS,
@@ -37,6 +37,7 @@ from ..models.pretrained import (
     IMAGENET_STD,
     freeze_backbone,
     load_pretrained,
+    resolve_source as resolve_pretrained_source,
     param_groups_with_lrs,
     unfreeze_all,
 )
@@ -271,9 +272,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     # ---- model, loss, optimizer, schedule
     model = build_model(cfg.model, index.num_classes, ch)
     if pretrained and not resume:  # a resumed run takes its weights from last.pt
-        report = load_pretrained(model, pretrained, index.num_classes)
-        print(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
-              + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+        if isinstance(model, ChainedModel):
+            n = model.load_resnet_state_dict(resolve_pretrained_source(pretrained, download=True)[0])
+            print(f"pretrained: {n} tensors of the ResNet part from {pretrained}")
+        else:
+            report = load_pretrained(model, pretrained, index.num_classes)
+            print(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
+                  + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -321,6 +326,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             freeze_backbone(model)
         else:
             unfreeze_all(model)
+        if isinstance(model, ChainedModel) and cfg.model.chain_freeze_resnet:
+            model.freeze_resnet()
         sum_loss, n_correct, n_seen = 0.0, 0, 0
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", disable=not tc.progress, leave=False)
         for step, (images, labels) in enumerate(bar):

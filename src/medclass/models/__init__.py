@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import ModelConfig
+from .custom_cnn import ChainedModel, CustomCNN, conv_block
 from .resnet import (
     RESNET_DEPTHS,
     BasicBlock,
@@ -19,6 +20,9 @@ from .resnet import (
 )
 
 __all__ = [
+    "ChainedModel",
+    "CustomCNN",
+    "conv_block",
     "BasicBlock",
     "Bottleneck",
     "ClassifierHead",
@@ -34,29 +38,32 @@ __all__ = [
 ]
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> ResNet:
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """Build the configured network with ``num_classes`` outputs (1 when ``cfg.single_logit``).
+
+    Returns a :class:`ResNet`, :class:`CustomCNN` or :class:`ChainedModel`; every one has its
+    classifier head as ``fc``.
 
     Raises:
         ValueError: unknown ``arch``, or ``single_logit`` with other than 2 classes.
     """
-    if not cfg.arch.startswith("resnet") or not cfg.arch[6:].isdigit() or int(cfg.arch[6:]) not in RESNET_DEPTHS:
-        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose one of "
-                         + ", ".join(f"resnet{d}" for d in RESNET_DEPTHS))
     if cfg.single_logit and num_classes != 2:
         raise ValueError(f"model.single_logit needs a binary task, this data has {num_classes} classes")
-    block, layers = RESNET_DEPTHS[int(cfg.arch[6:])]
-    return ResNet(
-        block,
-        layers,
-        num_classes=1 if cfg.single_logit else num_classes,
-        in_channels=in_channels,
-        stem=cfg.stem,
-        zero_init_residual=cfg.zero_init_residual,
-        head_hidden=tuple(cfg.head_hidden),
-        dropout=cfg.dropout,
-        head_kind=cfg.head_kind,
-    )
+    outputs = 1 if cfg.single_logit else num_classes
+    head = dict(head_hidden=tuple(cfg.head_hidden), dropout=cfg.dropout, head_kind=cfg.head_kind)
+    if cfg.arch == "custom_cnn":
+        return CustomCNN(in_channels, outputs, tuple(cfg.cnn_widths), cfg.cnn_convs_per_block, **head)
+    if cfg.arch == "chained":
+        resnet = ResNet(*RESNET_DEPTHS[50], in_channels=in_channels, stem=cfg.stem,
+                        zero_init_residual=cfg.zero_init_residual)
+        return ChainedModel(resnet, cfg.chain_stage, outputs, tuple(cfg.cnn_widths), cfg.cnn_convs_per_block, **head)
+    depth = cfg.arch[6:]
+    if not cfg.arch.startswith("resnet") or not depth.isdigit() or int(depth) not in RESNET_DEPTHS:
+        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose custom_cnn, chained or one of "
+                         + ", ".join(f"resnet{d}" for d in RESNET_DEPTHS))
+    block, layers = RESNET_DEPTHS[int(depth)]
+    return ResNet(block, layers, num_classes=outputs, in_channels=in_channels, stem=cfg.stem,
+                  zero_init_residual=cfg.zero_init_residual, **head)
 
 
 def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -42,6 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .resnet import RESNET_DEPTHS, Bottleneck, ResNet
 
 __all__ = [
+    "resolve_source",
     "PretrainedError",
     "HubCheckpoint",
     "IMAGENET_CHECKPOINTS",
@@ -642,7 +643,13 @@ def _mismatch_hints(mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]
     return (" Hint: " + "; ".join(hints) + ".") if hints else ""
 
 
-def _resolve_source(source: Any, download: bool) -> tuple[dict[str, Tensor], Optional[Path]]:
+def resolve_source(source: Any, download: bool) -> tuple[dict[str, Tensor], Optional[Path]]:
+    """The state dict named by ``source`` (a mapping, an ImageNet checkpoint name, a weights file
+    or a medclass run folder) and the file it came from (None for a mapping).
+
+    Raises:
+        PretrainedError: unknown name, missing or unreadable file, offline without the cached file.
+    """
     if isinstance(source, Mapping):
         return _strip_wrapper_prefix(dict(source)), None
     if isinstance(source, str):
@@ -711,7 +718,7 @@ def load_pretrained(
     outputs = _head_outputs(model)
     if num_classes is not None and outputs is not None and outputs != num_classes and not (outputs == 1 and num_classes == 2):
         raise ValueError(f"the model's head has {outputs} outputs, the task {num_classes} classes")
-    src, file = _resolve_source(source, download)
+    src, file = resolve_source(source, download)
     label = str(file) if file is not None else ("<state dict>" if isinstance(source, Mapping) else str(source))
 
     target = model.state_dict()
