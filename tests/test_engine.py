@@ -307,3 +307,58 @@ def test_custom_cnn_and_chained_model_train_evaluate_and_load(tmp_path):
     resnet_keys = [k for k in after if k.startswith("resnet.")]
     assert resnet_keys and all(torch.equal(after[k], start[k[len("resnet."):]]) for k in resnet_keys)
     assert type(load_run(chained.files.root).model).__name__ == "ChainedModel"
+
+
+def test_ensemble_soft_votes_and_compare_writes_the_table(tmp_path):
+    from medclass.engine import logits_to_probs, predict_logits
+    from medclass.evaluation import compare_runs, evaluate_run, fit_ensemble_weights, make_ensemble
+
+    data = make_folder_dataset(tmp_path / "data")
+    a = train(tiny_config(data, epochs=1), tmp_path / "a")
+    cfg = tiny_config(data, epochs=1)
+    cfg.model.arch = "custom_cnn"
+    cfg.model.cnn_widths = [8]
+    cfg.data.normalize = True  # members may normalise differently
+    b = train(cfg, tmp_path / "b")
+    spec = make_ensemble([a.files.root, b.files.root], tmp_path / "ens", [3, 1], progress=False)
+    assert spec["weights"] == [0.75, 0.25]
+
+    ens, ra, rb = load_run(tmp_path / "ens"), load_run(a.files.root), load_run(b.files.root)
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    p = lambda r: logits_to_probs(predict_logits(r.model, images, r.preprocess, r.device))
+    assert torch.allclose(p(ens), 0.75 * p(ra) + 0.25 * p(rb), atol=1e-5)
+    metrics = evaluate_run(tmp_path / "ens", progress=False)
+    assert metrics["n"] == 6
+
+    # weights fitted on validation put everything on a perfect member
+    y = np.array([0, 1, 1, 0])
+    perfect = np.eye(2)[y] * 0.98 + 0.01
+    useless = np.full((4, 2), 0.5)
+    w = fit_ensemble_weights([useless, perfect], y)
+    assert w[1] > 0.99 and abs(sum(w) - 1) < 1e-9
+    auto = make_ensemble([a.files.root, b.files.root], tmp_path / "auto", "auto", progress=False)
+    assert abs(sum(auto["weights"]) - 1) < 1e-6
+
+    rows = compare_runs([a.files.root, b.files.root, tmp_path / "ens"], tmp_path / "cmp", progress=False)
+    assert [r["run"] for r in rows] == ["a", "b", "ens"]
+    assert rows[2]["parameters"] == rows[0]["parameters"] + rows[1]["parameters"]
+    assert rows[2]["train_seconds"] == pytest.approx(rows[0]["train_seconds"] + rows[1]["train_seconds"])
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "soft-voting ensemble (a x0.75, b x0.25)" in md and md.count("\n") == 5
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))) == 3
+
+
+def test_ensemble_refuses_members_with_other_classes_or_splits(tmp_path):
+    from medclass.data import DataError
+    from medclass.evaluation import make_ensemble
+
+    data = make_folder_dataset(tmp_path / "data")
+    a = train(tiny_config(data, epochs=1), tmp_path / "a")
+    cfg = tiny_config(data, epochs=1)
+    cfg.data.split_seed = 5
+    other_split = train(cfg, tmp_path / "b")
+    with pytest.raises(DataError, match="valid split"):
+        make_ensemble([a.files.root, other_split.files.root], tmp_path / "e", progress=False)
+    with pytest.raises(RunError, match="at least two"):
+        make_ensemble([a.files.root], tmp_path / "e1", progress=False)

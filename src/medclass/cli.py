@@ -190,6 +190,51 @@ def predict(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="Member run folders (same data split, classes and image size)."),
+    name: str = typer.Option(..., "--name", help="The ensemble run goes to RUNS_DIR/NAME."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    weights: str = typer.Option("equal", "--weights", help="equal, auto (fit on validation) or w1,w2,..."),
+    evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate it on the test split."),
+) -> None:
+    """Soft-voting ensemble of runs, saved as a run of its own that refers to its members."""
+    from .data import DataError
+    from .engine import CheckpointError, RunError
+    from .evaluation import evaluate_run, make_ensemble
+
+    try:
+        w = weights if weights in ("equal", "auto") else [float(x) for x in weights.split(",")]
+    except ValueError:
+        _fail(f"--weights must be equal, auto or comma-separated numbers, got {weights!r}")
+    progress = sys.stderr.isatty()
+    try:
+        spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
+        typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
+                   + f"; run in {runs_dir / name}")
+        if evaluate_test:
+            _print_eval(evaluate_run(runs_dir / name, progress=progress))
+    except (DataError, RunError, CheckpointError, ConfigError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders (trained or ensembles)."),
+    out: Path = typer.Option(Path("comparison"), "--out", help="Folder for comparison.md/.csv/.png."),
+) -> None:
+    """Compare runs side by side: a Markdown and CSV table and a bar chart."""
+    from .engine import CheckpointError, RunError
+    from .evaluation import compare_runs
+
+    try:
+        compare_runs(runs, out, progress=sys.stderr.isatty())
+    except (RunError, CheckpointError, ConfigError) as e:
+        _fail(str(e))
+    typer.echo((out / "comparison.md").read_text(), nl=False)
+    typer.echo(f"written to {out}/comparison.md, comparison.csv, comparison.png")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import Preprocess
-from ..models import build_model
+from ..models import SoftVotingEnsemble, build_model
 from .checkpoint import load_checkpoint
 from .inference import select_device
 from .trainer import RunError, RunFiles
@@ -40,6 +40,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
         CheckpointError: the checkpoint is missing or unreadable.
     """
     files = RunFiles(Path(run_dir))
+    if files.ensemble.is_file():
+        return _load_ensemble(files, device)
     if not files.config.is_file() or not files.classes.is_file():
         raise RunError(f"{run_dir} is not a medclass run folder (no config.yaml or classes.json)")
     cfg = RunConfig.load(files.config)
@@ -51,3 +53,25 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     model.load_state_dict(state["model"])
     model.to(dev).eval()
     return LoadedRun(files, cfg, class_names, model, Preprocess.from_config(cfg.data).to(dev), dev, int(state["epoch"]))
+
+
+def _load_ensemble(files: RunFiles, device: str) -> LoadedRun:
+    """An ensemble run: its members' models, each behind its own normalisation, voting softly."""
+    spec = json.loads(files.ensemble.read_text())
+    members = [load_run(Path(m), spec.get("checkpoint", "best"), device) for m in spec["members"]]
+    class_names = json.loads(files.classes.read_text())
+    cfg = RunConfig.load(files.config)
+    wrapped = [nn.Sequential(_Normalise(m.preprocess), m.model) for m in members]
+    model = SoftVotingEnsemble(wrapped, spec["weights"]).to(members[0].device).eval()
+    return LoadedRun(files, cfg, class_names, model, Preprocess().to(members[0].device), members[0].device, -1)
+
+
+class _Normalise(nn.Module):
+    """A member's mean/std normalisation applied to a batch already scaled to [0, 1]."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.normalize_(x)

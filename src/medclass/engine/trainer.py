@@ -79,6 +79,8 @@ class RunFiles:
     def summary(self) -> Path: return self.root / "train_summary.json"
     @property
     def tensorboard(self) -> Path: return self.root / "tensorboard"
+    @property
+    def ensemble(self) -> Path: return self.root / "ensemble.json"
 
 
 @dataclass

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .custom_cnn import ChainedModel, CustomCNN, conv_block
+from .ensemble import SoftVotingEnsemble, member_probabilities
 from .resnet import (
     RESNET_DEPTHS,
     BasicBlock,
@@ -20,6 +21,8 @@ from .resnet import (
 )
 
 __all__ = [
+    "SoftVotingEnsemble",
+    "member_probabilities",
     "ChainedModel",
     "CustomCNN",
     "conv_block",
