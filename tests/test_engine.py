@@ -251,6 +251,19 @@ def test_domain_transfer_from_a_run_with_frozen_backbone_and_two_phases(tmp_path
     assert all(torch.equal(start[k], after[k]) for k in backbone)
     assert not torch.equal(start["fc.weight"], after["fc.weight"])
 
+    # a source run with other class names (same count): its head is not reused
+    relabelled = tmp_path / "relabelled"
+    import shutil
+    shutil.copytree(source.files.root, relabelled)
+    (relabelled / "classes.json").write_text(json.dumps(["x", "y"]))
+    cfg = tiny_config(data, epochs=1)
+    cfg.model.pretrained = str(relabelled)
+    cfg.model.finetune = "feature_extraction"
+    cfg.train.lr = 0.0
+    fresh = load_checkpoint(train(cfg, tmp_path / "fresh-head").files.last)["model"]
+    assert not torch.equal(start["fc.weight"], fresh["fc.weight"])
+    assert torch.equal(start["layer1.0.conv1.weight"], fresh["layer1.0.conv1.weight"])
+
     cfg = tiny_config(data, epochs=2)
     cfg.model.pretrained = str(source.files.root)
     cfg.model.finetune = "two_phase"

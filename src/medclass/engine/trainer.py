@@ -278,7 +278,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             n = model.load_resnet_state_dict(resolve_pretrained_source(pretrained, download=True)[0])
             print(f"pretrained: {n} tensors of the ResNet part from {pretrained}")
         else:
-            report = load_pretrained(model, pretrained, index.num_classes)
+            source_classes = Path(pretrained) / "classes.json"
+            other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
+            # a run of another task: its classifier means other classes, even with the same count
+            report = load_pretrained(model, pretrained, index.num_classes, reset_head=other_task)
             print(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
                   + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
     model = model.to(device)
