@@ -41,7 +41,7 @@ def row(run: Path) -> dict:
 
 
 def main() -> None:
-    runs = sorted(p for p in ROOT.iterdir() if (p / "eval-test" / "metrics.json").is_file())
+    runs = sorted(p for p in ROOT.iterdir() if (p / "eval-test" / "metrics.json").is_file() and (p / "train_summary.json").is_file())
     rows = [row(r) for r in runs]
     (ROOT / "table.json").write_text(json.dumps(rows, indent=1))
     out = sys.stdout
