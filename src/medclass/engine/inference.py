@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..models import logits_to_probs
+
 __all__ = ["select_device", "logits_to_probs", "predict_logits"]
 
 
@@ -26,16 +28,6 @@ def select_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
     return dev
-
-
-def logits_to_probs(logits: Tensor) -> Tensor:
-    """Class probabilities ``(N, K)`` float32 from logits ``(N, K)`` (softmax) or ``(N, 1)``
-    (single-logit binary: ``[1 - sigmoid, sigmoid]``)."""
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1.0 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 
 from ..data import DataError, decode_split, read_manifest
 from ..engine import RunError, RunFiles, load_run, predict_logits
-from ..models import member_probabilities
+from ..engine import logits_to_probs
 
 __all__ = ["make_ensemble", "fit_ensemble_weights"]
 
@@ -88,7 +88,7 @@ def make_ensemble(
         c = first.cfg.data
         val = decode_split(manifests[0].splits["valid"], c.channels, c.image_size, c.skip_corrupt, "decode valid", progress)
         probs = [
-            member_probabilities(predict_logits(m.model, val.images, m.preprocess, m.device)).numpy() for m in members
+            logits_to_probs(predict_logits(m.model, val.images, m.preprocess, m.device)).numpy() for m in members
         ]
         w = fit_ensemble_weights(probs, val.labels.numpy())
     else:

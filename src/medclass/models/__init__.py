@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .custom_cnn import ChainedModel, CustomCNN, conv_block
-from .ensemble import SoftVotingEnsemble, member_probabilities
+from .ensemble import SoftVotingEnsemble, logits_to_probs
 from .resnet import (
     RESNET_DEPTHS,
     BasicBlock,
@@ -22,7 +22,7 @@ from .resnet import (
 
 __all__ = [
     "SoftVotingEnsemble",
-    "member_probabilities",
+    "logits_to_probs",
     "ChainedModel",
     "CustomCNN",
     "conv_block",

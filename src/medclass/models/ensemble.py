@@ -7,12 +7,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SoftVotingEnsemble", "member_probabilities"]
+__all__ = ["SoftVotingEnsemble", "logits_to_probs"]
 
 
-def member_probabilities(logits: Tensor) -> Tensor:
-    """Probabilities ``(N, K)`` from a member's logits: softmax, or ``[1 - sigmoid, sigmoid]`` for
-    a single logit ``(N, 1)``."""
+def logits_to_probs(logits: Tensor) -> Tensor:
+    """Class probabilities ``(N, K)`` float32 from logits ``(N, K)`` (softmax) or a single logit
+    ``(N, 1)`` (binary: ``[1 - sigmoid, sigmoid]``). The one conversion used everywhere."""
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits.float())
         return torch.cat([1.0 - p, p], dim=1)
@@ -43,5 +43,5 @@ class SoftVotingEnsemble(nn.Module):
         self.register_buffer("weights", w / w.sum())
 
     def forward(self, x: Tensor) -> Tensor:
-        probs = sum(w * member_probabilities(m(x)) for w, m in zip(self.weights, self.members))
+        probs = sum(w * logits_to_probs(m(x)) for w, m in zip(self.weights, self.members))
         return torch.log(probs.clamp_min(1e-12))
