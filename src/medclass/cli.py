@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -97,6 +98,8 @@ def train(
                "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit, "model.pretrained": pretrained,
                "data.skip_corrupt": skip_corrupt},
         )
+        if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _fail("under torchrun give --name, so that every process uses the same run folder")
         if run_dir is None:
             from datetime import datetime
 
@@ -106,6 +109,8 @@ def train(
         cfg.train.progress = False
     try:
         result = run_training(cfg, run_dir, resume=resume)
+        if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
+            return
         typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
         if evaluate_test:
             metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)

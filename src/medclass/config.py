@@ -42,6 +42,10 @@ class DataConfig:
     label_column: Optional[str] = None
     group_column: Optional[str] = None
     skip_corrupt: bool = False
+    # decoded images are cached at the training size (uint8 .npy, memory-mapped), keyed by file
+    # content and preprocessing; cache_dir None: $MEDCLASS_CACHE_DIR or ~/.cache/medclass/decoded
+    cache: bool = True
+    cache_dir: Optional[str] = None
     normalize: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
@@ -106,7 +110,9 @@ class TrainConfig:
     restore_best: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader worker processes; -1: 4 on CUDA, 0 on CPU (the model needs the cores)
+    sync_bn: bool = False  # DDP: batch norm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
     progress: bool = True
 

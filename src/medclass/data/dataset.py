@@ -1,12 +1,24 @@
-"""Decoding a split once into memory: a uint8 tensor ``(N, C, size, size)`` and its labels."""
+"""Decoding a split once: a uint8 tensor ``(N, C, size, size)`` and its labels.
+
+With a cache folder, the decoded split is written once as a memory-mapped ``.npy`` file at the
+training size and read back on later runs without decoding. The cache key is a hash of every
+file's bytes (BLAKE2b) and of the preprocessing (channels, size, resize filter, medclass's cache
+format version), so a changed file or setting builds a new entry and a renamed folder does not.
+Peak memory does not grow with the original image sizes: each image is decoded and resized on
+its own (a few threads at a time) and written straight into the preallocated array.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +28,20 @@ from tqdm.auto import tqdm
 from .io import ImageReadError, read_image, to_channels
 from .sources import NPZ_SEP, Sample
 
-__all__ = ["DecodedSplit", "load_sample", "decode_split"]
+__all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "file_digest", "CACHE_VERSION"]
+
+#: Bump when decoding changes (resize filter, channel conversion): old cache entries are then unused.
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$MEDCLASS_CACHE_DIR``, else ``$XDG_CACHE_HOME/medclass/decoded``, else
+    ``~/.cache/medclass/decoded``."""
+    env = os.environ.get("MEDCLASS_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "medclass" / "decoded"
 
 
 @lru_cache(maxsize=4)
@@ -42,21 +67,90 @@ def load_sample(path: str, channels: int, size: int) -> np.ndarray:
     return read_image(path, channels, size)
 
 
+@lru_cache(maxsize=65536)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """BLAKE2b-128 hex digest of a file's bytes (of the ``.npz`` plus the item for npz samples);
+    ``"missing"`` for a file that cannot be opened (decoding then reports it). Memoised per
+    process by ``(path, size, mtime)``."""
+    item = ""
+    if NPZ_SEP in path:
+        path, prefix, i = path.split(NPZ_SEP)
+        item = f"::{prefix}::{i}"
+    try:
+        st = os.stat(path)
+        return _digest_cached(path, st.st_size, st.st_mtime_ns) + item
+    except OSError:
+        return "missing" + item
+
+
 @dataclass
 class DecodedSplit:
-    """A split decoded once: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``.
+    """A split decoded once: ``images`` uint8 ``(N, C, H, W)`` (in memory, or memory-mapped from
+    the cache file ``cache_path``), ``labels`` int64 ``(N,)``.
 
     ``samples`` are those kept (same order); ``skipped`` lists ``(path, reason)`` of unreadable
-    files left out with ``skip_corrupt``.
+    files left out with ``skip_corrupt``. ``cache_hit`` says whether decoding was skipped.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    cache_path: Optional[Path] = None
+    cache_hit: bool = False
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def cache_key(samples: Sequence[Sample], channels: int, size: int) -> str:
+    """Hex key of a decoded split: the file contents in order, channels, size, filter, version."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps({"version": CACHE_VERSION, "channels": channels, "size": size,
+                         "resize": "pillow-bilinear-squash"}).encode())
+    for s in samples:
+        h.update(file_digest(s.path).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size: int, skip_corrupt: bool,
+                 desc: str, progress: bool, threads: int) -> tuple[list[int], list[tuple[str, str]]]:
+    """Decode ``samples`` into ``out`` rows ``0..k-1`` (kept ones, in order); returns kept sample
+    indices and skipped ``(path, reason)``. Work is submitted in windows so that at most a few
+    hundred resized images wait in memory."""
+
+    def one(s: Sample):
+        try:
+            return load_sample(s.path, channels, size)
+        except ImageReadError as e:
+            if not skip_corrupt:
+                raise
+            return e
+
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    window = max(64, 16 * threads)
+    bar = tqdm(total=len(samples), desc=desc, disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for start in range(0, len(samples), window):
+            for j, r in enumerate(pool.map(one, samples[start : start + window]), start):
+                if isinstance(r, ImageReadError):
+                    skipped.append((r.path, r.reason))
+                else:
+                    out[len(kept)] = r.transpose(2, 0, 1)
+                    kept.append(j)
+                bar.update(1)
+    bar.close()
+    return kept, skipped
 
 
 def decode_split(
@@ -67,32 +161,68 @@ def decode_split(
     desc: str = "decode",
     progress: bool = True,
     threads: int = 4,
+    cache_dir: Optional[str | Path] = None,
 ) -> DecodedSplit:
     """Decode and resize every image of a split once (threads: Pillow releases the GIL).
+
+    With ``cache_dir``, an entry ``<key>.npy`` (uint8 ``(N, C, size, size)``) plus ``<key>.json``
+    is reused when present and otherwise written there (atomically: a temporary file renamed
+    into place, the JSON last), and the images are memory-mapped from it copy-on-write.
 
     Raises:
         ImageReadError: an unreadable file, unless ``skip_corrupt`` (then it is listed in
             ``skipped``, never dropped silently).
+        OSError: the cache folder cannot be written (the message names it and the settings).
     """
+    samples = list(samples)
+    n = len(samples)
+    if cache_dir is None:
+        buf = np.empty((n, channels, size, size), dtype=np.uint8)
+        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads)
+        return _result(torch.from_numpy(buf)[: len(kept)], samples, kept, skipped)
 
-    def one(s: Sample):
+    cache_dir = Path(cache_dir)
+    key = cache_key(samples, channels, size)
+    npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if meta_path.is_file() and npy.is_file():
         try:
-            return load_sample(s.path, channels, size)
-        except ImageReadError as e:
-            if not skip_corrupt:
-                raise
-            return e
+            meta = json.loads(meta_path.read_text())
+            arr = np.load(npy, mmap_mode="c")
+            if arr.shape[1:] == (channels, size, size) and meta.get("version") == CACHE_VERSION:
+                skipped = [tuple(x) for x in meta["skipped"]]
+                if skip_corrupt or not skipped:
+                    images = torch.from_numpy(arr)[: len(meta["kept"])]
+                    return _result(images, samples, meta["kept"], skipped, npy, hit=True)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry: decode again and replace it
+    tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npy"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        buf = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
+    except OSError as e:
+        raise OSError(
+            f"cannot write the decode cache in {cache_dir} ({e}); set data.cache_dir to a writable folder "
+            "(or MEDCLASS_CACHE_DIR), or data.cache=false to decode into memory"
+        ) from e
+    try:
+        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads)
+        buf.flush()
+        del buf
+        os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"version": CACHE_VERSION, "channels": channels, "size": size, "n_samples": n, "kept": kept,
+            "skipped": [list(s) for s in skipped], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "first_file": samples[0].path if samples else None}
+    tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)
+    images = torch.from_numpy(np.load(npy, mmap_mode="c"))[: len(kept)]
+    return _result(images, samples, kept, skipped, npy)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(
-            tqdm(pool.map(one, samples), total=len(samples), desc=desc, disable=not progress, leave=False)
-        )
-    kept = [(s, r) for s, r in zip(samples, results) if not isinstance(r, ImageReadError)]
-    skipped = [(r.path, r.reason) for r in results if isinstance(r, ImageReadError)]
-    if kept:
-        arr = np.stack([r for _, r in kept]).transpose(0, 3, 1, 2)
-        images = torch.from_numpy(np.ascontiguousarray(arr))
-    else:
-        images = torch.empty((0, channels, size, size), dtype=torch.uint8)
-    labels = torch.tensor([s.label for s, _ in kept], dtype=torch.int64)
-    return DecodedSplit(images, labels, [s for s, _ in kept], skipped)
+
+def _result(images: torch.Tensor, samples: list[Sample], kept: Sequence[int], skipped, path=None,
+            hit: bool = False) -> DecodedSplit:
+    kept_samples = [samples[i] for i in kept]
+    labels = torch.tensor([s.label for s in kept_samples], dtype=torch.int64)
+    return DecodedSplit(images, labels, kept_samples, list(skipped), path, hit)

@@ -24,11 +24,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..data import DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, write_manifest
+from ..data import (
+    DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, default_cache_dir, write_manifest,
+)
 from ..models import ChainedModel, build_model, count_parameters, weight_decay_param_groups
 from ..models.pretrained import (
     IMAGENET_ALIASES,
@@ -42,6 +45,9 @@ from ..models.pretrained import (
     unfreeze_all,
 )
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import (
+    DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
+)
 from .early_stopping import EarlyStopping
 from .inference import predict_logits, select_device
 from .schedules import LRSchedule
@@ -95,6 +101,7 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    is_main: bool = True  # False on DDP ranks other than 0, which write nothing
 
 
 # --------------------------------------------------------------------------- pieces of the loop
@@ -163,20 +170,38 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose adam, adamw or sgd")
 
 
-def make_loader(cfg: RunConfig, split: DecodedSplit, generator: torch.Generator) -> DataLoader:
-    """Shuffled batches of ``(uint8 images, labels)``; weighted sampling with
-    ``data.class_balance=sampler`` (each class drawn equally often on average)."""
+def make_loader(
+    cfg: RunConfig,
+    split: DecodedSplit,
+    generator: torch.Generator,
+    ctx: DistContext = DistContext(),
+    device: torch.device = torch.device("cpu"),
+) -> DataLoader:
+    """Shuffled batches of ``(uint8 images, labels)`` for this rank: ``train.batch_size`` is the
+    global batch, each of ``world_size`` ranks loads ``batch_size / world_size`` (see
+    :class:`ShardedSampler`); weighted sampling with ``data.class_balance=sampler`` (each class
+    drawn equally often on average). ``train.num_workers`` -1 means 4 worker processes on CUDA
+    (pinned memory) and 0 on CPU, where the model needs every core.
+
+    Raises:
+        ValueError: the global batch is not divisible by the number of ranks.
+    """
+    bs, world = cfg.train.batch_size, ctx.world_size
+    if bs % world:
+        raise ValueError(f"train.batch_size {bs} (the global batch) must be divisible by the {world} processes")
     ds = TensorDataset(split.images, split.labels)
+    weights = None
     if cfg.data.class_balance == "sampler":
-        counts = torch.bincount(split.labels).float()
+        counts = torch.bincount(split.labels).double()
         weights = (1.0 / counts)[split.labels]
-        sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=generator)
-    else:
-        sampler = RandomSampler(ds, generator=generator)
-    drop_last = len(ds) > cfg.train.batch_size  # a batch of 1 breaks batch norm
+    sampler = ShardedSampler(len(ds), generator, ctx.rank, world, weights)
+    drop_last = len(ds) > bs  # a batch of 1 breaks batch norm
+    workers = cfg.train.num_workers
+    if workers < 0:
+        workers = 4 if device.type == "cuda" else 0
     return DataLoader(
-        ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last,
-        num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
+        ds, batch_size=bs // world, sampler=sampler, drop_last=drop_last,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
 
 
@@ -234,8 +259,32 @@ def prepare_run_dir(files: RunFiles, resume: bool) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSplit:
+    """Decode a split through the cache; in DDP rank 0 builds the cache entry while the others wait,
+    then they map the same file."""
+    cache_dir = (cfg.data.cache_dir or default_cache_dir()) if cfg.data.cache else None
+    args = (samples, cfg.data.channels, cfg.data.image_size, cfg.data.skip_corrupt, f"decode {split}")
+    if cache_dir is None or not ctx.enabled:
+        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir)
+    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir) if ctx.is_main else None
+    barrier(ctx)
+    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir)
+
+
+def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's batch-norm running statistics (DDP syncs them only before a
+    training forward), so that validation shards are scored by the same model."""
+    if ctx.enabled:
+        for b in model.buffers():
+            torch.distributed.broadcast(b, src=0)
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     """Train the configured model on the configured data, writing everything to ``run_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this is DistributedDataParallel training: every rank
+    runs this function on its shard of each global batch, metrics are reduced across ranks and
+    only rank 0 writes files (see :mod:`medclass.engine.distributed`).
 
     Raises:
         RunError: see :func:`prepare_run_dir`.
@@ -243,13 +292,18 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     """
     t_start = time.time()
     files = RunFiles(Path(run_dir))
-    prepare_run_dir(files, resume)
     tc = cfg.train
+    ctx = init_distributed(tc.device)
+    main = ctx.is_main
+    log = print if main else (lambda *a, **k: None)
+    if main:
+        prepare_run_dir(files, resume)
+    barrier(ctx)
     torch.manual_seed(tc.seed)
-    device = select_device(tc.device)
+    device = ctx.device if ctx.enabled else select_device(tc.device)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
 
-    # ---- data: index and split (the saved manifest when resuming), decode once
+    # ---- data: index and split (the saved manifest when resuming), decode once (cached)
     if resume:
         cfg.data.manifest = str(files.manifest)
     pretrained = cfg.model.pretrained
@@ -258,16 +312,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         cfg.data.normalize, cfg.data.mean, cfg.data.std = True, list(IMAGENET_MEAN), list(IMAGENET_STD)
     index = build_index(cfg.data)
     if not resume:
-        write_manifest(index, files.manifest)
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
-        cfg.save(files.config)
-        files.classes.write_text(json.dumps(index.class_names, indent=1))
+        if main:
+            write_manifest(index, files.manifest)
+            cfg.save(files.config)
+            files.classes.write_text(json.dumps(index.class_names, indent=1))
     size, ch = cfg.data.image_size, cfg.data.channels
-    train_split = decode_split(index.splits["train"], ch, size, cfg.data.skip_corrupt, "decode train", tc.progress)
-    val_split = decode_split(index.splits["valid"], ch, size, cfg.data.skip_corrupt, "decode valid", tc.progress)
+    train_split = _decode(cfg, index.splits["train"], "train", ctx)
+    val_split = _decode(cfg, index.splits["valid"], "valid", ctx)
     skipped = train_split.skipped + val_split.skipped
     if len(train_split) == 0 or len(val_split) == 0:
         raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
+    if train_split.cache_path is not None:
+        log(f"decoded images: {'cached' if train_split.cache_hit else 'cache written'} in {train_split.cache_path.parent}")
     preprocess = Preprocess.from_config(cfg.data).to(device)
     augment = build_augmentation(cfg.data)
 
@@ -276,26 +333,36 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if pretrained and not resume:  # a resumed run takes its weights from last.pt
         if isinstance(model, ChainedModel):
             n = model.load_resnet_state_dict(resolve_pretrained_source(pretrained, download=True)[0])
-            print(f"pretrained: {n} tensors of the ResNet part from {pretrained}")
+            log(f"pretrained: {n} tensors of the ResNet part from {pretrained}")
         else:
             source_classes = Path(pretrained) / "classes.json"
             other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
             # a run of another task: its classifier means other classes, even with the same count
             report = load_pretrained(model, pretrained, index.num_classes, reset_head=other_task)
-            print(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
-                  + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+            log(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
+                + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+    if ctx.enabled and tc.sync_bn:
+        model = convert_sync_batchnorm(model, device)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = torch.compile(model) if tc.compile else model  # what runs forward
+    if ctx.enabled:
+        freezing = cfg.model.finetune != "full" or (isinstance(model, ChainedModel) and cfg.model.chain_freeze_resnet)
+        net = DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=freezing
+        )
     criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator()
-    loader = make_loader(cfg, train_split, generator)
+    loader = make_loader(cfg, train_split, generator, ctx, device)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
     schedule = LRSchedule(tc, optimizer, steps_per_epoch)
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
     history: list[dict[str, float]] = []
     start_epoch = 1
+    val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
+    val_images = val_split.images[val_shard] if ctx.enabled else val_split.images
 
     # ---- resume
     if resume:
@@ -308,23 +375,25 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         start_epoch = int(state["epoch"]) + 1
 
     writer = None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
+    if main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(files.tensorboard))
-    except ImportError:  # tensorboard is a dependency; tolerate its absence in trimmed installs
-        pass
-    print(
-        f"medclass: {cfg.model.arch} ({count_parameters(model):,} parameters) on {device}; "
-        f"{index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images at {size} px"
+            writer = SummaryWriter(str(files.tensorboard))
+        except ImportError:  # tensorboard is a dependency; tolerate its absence in trimmed installs
+            pass
+    log(
+        f"medclass: {cfg.model.arch} ({count_parameters(model):,} parameters) on {device}"
+        + (f" x {ctx.world_size} processes (DDP, global batch {tc.batch_size})" if ctx.enabled else "")
+        + f"; {index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images at {size} px"
     )
     stopped_early = tracker.should_stop
     for epoch in range(start_epoch, tc.epochs + 1):
         if stopped_early:
             break
         t0 = time.time()
-        # -- train one epoch
-        torch.manual_seed(tc.seed * 100_003 + epoch)
+        # -- train one epoch (the sampler's seed is the same on every rank, augmentation's is not)
+        torch.manual_seed(tc.seed * 100_003 + epoch + 7_919 * ctx.rank)
         generator.manual_seed(tc.seed * 100_003 + epoch)
         model.train()
         if backbone_frozen(cfg, epoch):  # feature extraction: backbone weights and BN statistics fixed
@@ -334,7 +403,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         if isinstance(model, ChainedModel) and cfg.model.chain_freeze_resnet:
             model.freeze_resnet()
         sum_loss, n_correct, n_seen = 0.0, 0, 0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", disable=not tc.progress, leave=False)
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}",
+                   disable=not (tc.progress and main), leave=False)
         for step, (images, labels) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
@@ -347,12 +417,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
+                logits = net(x)
                 loss = criterion(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over ranks here
             optimizer.step()
             schedule.step_batch()
             sum_loss += loss.item() * len(labels)
@@ -360,9 +430,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             n_seen += len(labels)
             bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{schedule.lr:.2e}")
         bar.close()
+        sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, device)
 
-        # -- validate
-        val_logits = predict_logits(model, val_split.images, preprocess, device, 2 * tc.batch_size, amp_dtype)
+        # -- validate: each rank scores its shard, the logits are gathered on every rank
+        _broadcast_buffers(model, ctx)
+        local_logits = predict_logits(model, val_images, preprocess, device, 2 * tc.batch_size, amp_dtype)
+        val_logits = all_gather_rows(local_logits.to(device), val_shard, len(val_split), ctx).cpu()
         val_loss = criterion(val_logits.to(device), val_split.labels.to(device)).item()
         val_acc = (predicted_class(val_logits) == val_split.labels).float().mean().item()
         row = {
@@ -377,25 +450,27 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         history.append(row)
         schedule.step_epoch(row[tc.monitor])
 
-        # -- checkpoint (best first, then last: last.pt is the resume point) and log
-        if tracker.update(row[tc.monitor], epoch):
+        # -- checkpoint (best first, then last: last.pt is the resume point) and log; rank 0 only
+        improved = tracker.update(row[tc.monitor], epoch)
+        if main:
+            if improved:
+                save_checkpoint(
+                    {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
+                     "class_names": index.class_names, "config": cfg.to_dict()},
+                    files.best,
+                )
             save_checkpoint(
-                {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "tracker": tracker.state_dict(), "history": history, "epoch": epoch,
                  "class_names": index.class_names, "config": cfg.to_dict()},
-                files.best,
+                files.last,
             )
-        save_checkpoint(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "tracker": tracker.state_dict(), "history": history, "epoch": epoch,
-             "class_names": index.class_names, "config": cfg.to_dict()},
-            files.last,
-        )
-        write_metrics_csv(history, files.metrics_csv)
-        if writer is not None:
-            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
-                writer.add_scalar(k, row[k], epoch)
-            writer.flush()
-        print(
+            write_metrics_csv(history, files.metrics_csv)
+            if writer is not None:
+                for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+                    writer.add_scalar(k, row[k], epoch)
+                writer.flush()
+        log(
             f"epoch {epoch:3d}/{tc.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
             + ("  *" if tracker.best_epoch == epoch else ""),
@@ -403,22 +478,27 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         )
         stopped_early = tracker.should_stop
         if stopped_early:
-            print(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
+            log(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
 
-    if writer is not None:
-        writer.close()
-    if history:
-        plot_curves(history, files.curves)
     seconds = time.time() - t_start
-    summary: dict[str, Any] = {
-        "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "best_value": tracker.best,
-        "epochs_run": len(history), "stopped_early": stopped_early,
-        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, across resumes
-        "wall_seconds_this_invocation": seconds,
-        "train_images": len(train_split), "valid_images": len(val_split), "device": str(device),
-        "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
-    }
-    files.summary.write_text(json.dumps(summary, indent=1))
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
-    return TrainResult(files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped)
+    if main:
+        if writer is not None:
+            writer.close()
+        if history:
+            plot_curves(history, files.curves)
+        summary: dict[str, Any] = {
+            "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "best_value": tracker.best,
+            "epochs_run": len(history), "stopped_early": stopped_early,
+            "train_seconds": sum(r["seconds"] for r in history),  # all epochs, across resumes
+            "wall_seconds_this_invocation": seconds,
+            "train_images": len(train_split), "valid_images": len(val_split), "device": str(device),
+            "world_size": ctx.world_size, "global_batch": tc.batch_size,
+            "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
+        }
+        files.summary.write_text(json.dumps(summary, indent=1))
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
+    if ctx.enabled:
+        barrier(ctx)
+        torch.distributed.destroy_process_group()
+    return TrainResult(files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped, main)
