@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .io import ImageReadError, read_image, to_channels
 from .sources import NPZ_SEP, Sample
 
-__all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "file_digest", "CACHE_VERSION"]
+__all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "cache_dir_for", "file_digest", "CACHE_VERSION"]
 
 #: Bump when decoding changes (resize filter, channel conversion): old cache entries are then unused.
 CACHE_VERSION = 1
@@ -42,6 +42,14 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "medclass" / "decoded"
+
+
+def cache_dir_for(data_cfg) -> Optional[Path]:
+    """The decode cache folder of a :class:`medclass.config.DataConfig`: ``cache_dir``, else
+    :func:`default_cache_dir`; None when ``cache`` is off."""
+    if not getattr(data_cfg, "cache", True):
+        return None
+    return Path(data_cfg.cache_dir) if getattr(data_cfg, "cache_dir", None) else default_cache_dir()
 
 
 @lru_cache(maxsize=4)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data import (
-    DecodedSplit, Preprocess, build_augmentation, build_index, decode_split, default_cache_dir, write_manifest,
+    DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, write_manifest,
 )
 from ..models import ChainedModel, build_model, count_parameters, weight_decay_param_groups
 from ..models.pretrained import (
@@ -262,7 +262,7 @@ def prepare_run_dir(files: RunFiles, resume: bool) -> None:
 def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSplit:
     """Decode a split through the cache; in DDP rank 0 builds the cache entry while the others wait,
     then they map the same file."""
-    cache_dir = (cfg.data.cache_dir or default_cache_dir()) if cfg.data.cache else None
+    cache_dir = cache_dir_for(cfg.data)
     args = (samples, cfg.data.channels, cfg.data.image_size, cfg.data.skip_corrupt, f"decode {split}")
     if cache_dir is None or not ctx.enabled:
         return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir)

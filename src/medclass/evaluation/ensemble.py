@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from scipy.optimize import minimize
 
-from ..data import DataError, decode_split, read_manifest
+from ..data import DataError, cache_dir_for, decode_split, read_manifest
 from ..engine import RunError, RunFiles, load_run, predict_logits
 from ..engine import logits_to_probs
 
@@ -86,7 +86,8 @@ def make_ensemble(
         w = [1.0] * len(members)
     elif isinstance(weights, str) and weights == "auto":
         c = first.cfg.data
-        val = decode_split(manifests[0].splits["valid"], c.channels, c.image_size, c.skip_corrupt, "decode valid", progress)
+        val = decode_split(manifests[0].splits["valid"], c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
+                           cache_dir=cache_dir_for(c))
         probs = [
             logits_to_probs(predict_logits(m.model, val.images, m.preprocess, m.device)).numpy() for m in members
         ]

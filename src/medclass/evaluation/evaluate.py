@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..data import DataError, build_index, decode_split, read_manifest
+from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from .metrics import classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
@@ -60,7 +60,8 @@ def evaluate_run(
     run = load_run(Path(run_dir), checkpoint)
     samples = _samples_for(run, data, split)
     c = run.cfg.data
-    decoded = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, f"decode {split}", progress)
+    decoded = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, f"decode {split}", progress,
+                           cache_dir=cache_dir_for(c))
     logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
