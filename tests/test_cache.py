@@ -83,3 +83,21 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="data.cache_dir"):
         decode_split(samples, 3, 8, progress=False, cache_dir=blocker / "cache")
+
+
+def test_worker_processes_load_the_same_batches_from_the_mapped_cache(tmp_path):
+    from medclass.config import RunConfig
+    from medclass.engine.trainer import make_loader
+
+    samples = _images(tmp_path / "img", n=10)
+    split = decode_split(samples, 3, 8, progress=False, cache_dir=tmp_path / "cache")
+    cfg = RunConfig()
+    cfg.train.batch_size = 4
+    batches = {}
+    for workers in (0, 2):
+        cfg.train.num_workers = workers
+        loader = make_loader(cfg, split, torch.Generator().manual_seed(3))
+        batches[workers] = [(x.clone(), y.clone()) for x, y in loader]
+    assert len(batches[0]) == 2  # 10 images, batch 4, last partial batch dropped
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
