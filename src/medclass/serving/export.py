@@ -112,7 +112,6 @@ def export_onnx(
                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                     )
-                program.save(tmp, external_data=False)
             except ImportError as exc:
                 raise ImportError(
                     'the dynamo ONNX exporter needs onnxscript: pip install -c constraints.txt -e ".[bench]"'
@@ -121,6 +120,8 @@ def export_onnx(
                 dynamo_error = exc
                 warnings.warn(f"dynamo ONNX export failed ({type(exc).__name__}: {exc}); "
                               "falling back to the legacy TorchScript exporter", RuntimeWarning, stacklevel=2)
+            else:
+                program.save(tmp, external_data=False)  # an OSError here is not an export failure
         if not dynamo or dynamo_error is not None:
             # Legacy exporter: deprecated since torch 2.9 but still present in 2.13; it traces
             # with torch.jit, so data-dependent control flow is frozen at the example's path.
@@ -136,6 +137,7 @@ def export_onnx(
                     if dynamo_error is not None:
                         raise exc from dynamo_error
                     raise
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -143,12 +145,15 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
+def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, spinning: bool = True):
     """Open an exported model with ONNX Runtime on ``CPUExecutionProvider``.
 
     Args:
         path: an ``.onnx`` file written by :func:`export_onnx`.
         threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
+        spinning: let idle intra-op threads busy-wait after a run (ONNX Runtime's default; lowest
+            latency for back-to-back runs). ``False`` frees the cores at once, for a process that
+            alternates ONNX Runtime with other CPU work (e.g. PyTorch) on the same cores.
 
     Returns:
         An ``onnxruntime.InferenceSession``; run it with
@@ -173,4 +178,6 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
