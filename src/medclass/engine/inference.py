@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..models import logits_to_probs
 
-__all__ = ["select_device", "logits_to_probs", "predict_logits"]
+__all__ = ["select_device", "logits_to_probs", "predict_logits", "TTA_VIEWS"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -30,6 +30,10 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
+#: Test-time augmentation views: the image itself plus flips (dims of ``(N, C, H, W)``).
+TTA_VIEWS = {"hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -38,11 +42,20 @@ def predict_logits(
     device: torch.device,
     batch_size: int = 64,
     amp_dtype: Optional[torch.dtype] = None,
+    tta: Sequence[str] = (),
 ) -> Tensor:
     """Logits ``(N, K)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, in batches.
 
-    ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA) enables autocast.
+    ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA) enables autocast. ``tta`` names extra views
+    from :data:`TTA_VIEWS` (e.g. ``("hflip",)``): the logits of the original and of each view are
+    averaged (test-time augmentation by flips, as in Krizhevsky et al. 2012's multi-view testing).
+
+    Raises:
+        ValueError: an unknown TTA view.
     """
+    unknown = [v for v in tta if v not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown test-time augmentation {unknown}; choose from {sorted(TTA_VIEWS)}")
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -50,7 +63,10 @@ def predict_logits(
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out.append(model(x).float().cpu())
+            z = model(x).float()
+            for view in tta:
+                z = z + model(torch.flip(x, TTA_VIEWS[view])).float()
+        out.append((z / (1 + len(tta))).cpu())
     if not out:
         return torch.empty((0, 0))
     return torch.cat(out)

@@ -2,13 +2,18 @@
 
 from .compare import COMPARE_COLUMNS, compare_runs
 from .ensemble import fit_ensemble_weights, make_ensemble
-from .evaluate import evaluate_run
-from .metrics import auroc, classification_metrics
+from .calibration import (
+    ECE_BINS, choose_threshold, expected_calibration_error, fit_temperature, plot_reliability, sensitivity_specificity,
+)
+from .evaluate import calibrate_run, evaluate_run
+from .metrics import CI_METRICS, auroc, bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 from .predict import Prediction, expand_paths, predict_images
 
 __all__ = [
     "COMPARE_COLUMNS", "compare_runs", "fit_ensemble_weights", "make_ensemble",
-    "evaluate_run", "auroc", "classification_metrics", "plot_confusion_matrix", "plot_roc",
+    "evaluate_run", "calibrate_run", "auroc", "classification_metrics", "bootstrap_ci", "CI_METRICS",
+    "ECE_BINS", "choose_threshold", "expected_calibration_error", "fit_temperature", "plot_reliability",
+    "sensitivity_specificity", "plot_confusion_matrix", "plot_roc",
     "Prediction", "expand_paths", "predict_images",
 ]

@@ -6,16 +6,25 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
-from .metrics import classification_metrics
+from .calibration import (
+    ECE_BINS,
+    apply_temperature,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    sensitivity_specificity,
+)
+from .metrics import bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
-__all__ = ["evaluate_run"]
+__all__ = ["evaluate_run", "calibrate_run"]
 
 
 def _samples_for(run: LoadedRun, data: Optional[str], split: str):
@@ -39,6 +48,54 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
 
 
+def calibrate_run(
+    run: LoadedRun,
+    checkpoint: str = "best",
+    tta: Sequence[str] = (),
+    target_sensitivity: Optional[float] = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit the temperature (and, for binary tasks, the operating threshold) on the run's
+    validation split and store them in ``RUN/calibration.json``; reused while the checkpoint,
+    TTA and target sensitivity stay the same.
+
+    Returns the stored dict: ``temperature``, ``n_bins``, validation ``ece_before`` /
+    ``ece_after`` and ``loss_before`` / ``loss_after``, and for two classes ``threshold``
+    (see :func:`choose_threshold`) on the positive class ``positive_class`` (class index 1).
+
+    Raises:
+        DataError: the run has no validation images.
+    """
+    path = run.files.root / "calibration.json"
+    key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
+           "target_sensitivity": target_sensitivity}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if all(stored.get(k) == v for k, v in key.items()):
+            return stored
+    samples = _samples_for(run, None, "valid")
+    c = run.cfg.data
+    val = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
+                       cache_dir=cache_dir_for(c))
+    logits = predict_logits(run.model, val.images, run.preprocess, run.device, 64, tta=tta)
+    t = fit_temperature(logits, val.labels)
+    y = val.labels.numpy()
+    before, after = logits_to_probs(logits).numpy(), logits_to_probs(apply_temperature(logits, t)).numpy()
+    out: dict[str, Any] = {
+        **key, "fitted_on": "valid", "n_valid": len(y), "temperature": t, "n_bins": ECE_BINS,
+        "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
+        "loss_before": classification_metrics(y, before, run.class_names)["loss"],
+        "loss_after": classification_metrics(y, after, run.class_names)["loss"],
+    }
+    if len(run.class_names) == 2:
+        out["positive_class"] = run.class_names[1]
+        out["threshold"] = choose_threshold(after[:, 1], y, target_sensitivity)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+    return out
+
+
 def evaluate_run(
     run_dir: Path,
     data: Optional[str] = None,
@@ -46,11 +103,24 @@ def evaluate_run(
     out_dir: Optional[Path] = None,
     checkpoint: str = "best",
     progress: bool = True,
+    tta: Sequence[str] = (),
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    calibrate: bool = True,
+    target_sensitivity: Optional[float] = None,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``split`` of its own data (its manifest), or on
     ``data`` (all its images when it has no given split). Writes ``metrics.json``,
-    ``confusion_matrix.png``, ``roc.png`` and ``predictions.csv`` to ``out_dir`` (default
-    ``<run>/eval-<split>``) and returns the metrics.
+    ``confusion_matrix.png``, ``roc.png``, ``reliability.png`` and ``predictions.csv`` to
+    ``out_dir`` (default ``<run>/eval-<split>``) and returns the metrics.
+
+    Besides the point metrics of :func:`classification_metrics` (of the uncalibrated model;
+    temperature scaling changes no prediction), ``metrics.json`` holds ``confidence_intervals``
+    (:func:`bootstrap_ci`, ``n_bootstrap`` resamples, ``seed``), ``calibration`` (temperature
+    fitted on the validation split, ECE before and after with :data:`ECE_BINS` bins) and, for
+    binary tasks, ``operating_point``: sensitivity and specificity at the threshold chosen on
+    validation (Youden's J, or ``target_sensitivity``) and at 0.5. ``predictions.csv`` holds the
+    calibrated probabilities. ``tta`` names flip views averaged at test time.
 
     Raises:
         RunError, CheckpointError: not a run, no checkpoint.
@@ -62,12 +132,36 @@ def evaluate_run(
     c = run.cfg.data
     decoded = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, f"decode {split}", progress,
                            cache_dir=cache_dir_for(c))
-    logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64)
+    logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64, tta=tta)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
     metrics = classification_metrics(y, probs, run.class_names)
+    metrics["confidence_intervals"] = bootstrap_ci(y, probs, n_bootstrap, seed)
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
+    cal_probs = probs
+    has_valid = run.files.manifest.is_file() and bool(read_manifest(run.files.manifest).splits.get("valid"))
+    if calibrate and has_valid:
+        cal = calibrate_run(run, checkpoint, tta, target_sensitivity, progress)
+        cal_probs = logits_to_probs(apply_temperature(logits, cal["temperature"])).numpy()
+        metrics["calibration"] = {
+            "temperature": cal["temperature"], "n_bins": ECE_BINS, "fitted_on": "valid",
+            "ece_before": expected_calibration_error(probs, y), "ece_after": expected_calibration_error(cal_probs, y),
+            "loss_after": classification_metrics(y, cal_probs, run.class_names)["loss"],
+            "valid": {k: cal[k] for k in ("ece_before", "ece_after", "loss_before", "loss_after")},
+        }
+        if "threshold" in cal:
+            chosen = cal["threshold"]
+            metrics["operating_point"] = {
+                "positive_class": cal["positive_class"], "chosen_on_valid": chosen,
+                "at_chosen": sensitivity_specificity(cal_probs[:, 1], y, chosen["threshold"]),
+                "at_0.5": sensitivity_specificity(cal_probs[:, 1], y, 0.5),
+            }
+        plot_reliability(probs, y, out / "reliability.png", cal_probs, ECE_BINS, cal["temperature"])
+    else:
+        metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs, y),
+                                  "temperature": None, "note": "no validation split to fit a temperature on"}
+        plot_reliability(probs, y, out / "reliability.png")
     metrics.update(
         {
             "run": str(run.files.root),
@@ -77,6 +171,7 @@ def evaluate_run(
             "checkpoint_epoch": run.checkpoint_epoch,
             "class_names": run.class_names,
             "image_size": c.image_size,
+            "tta": list(tta),
             "skipped_files": [{"path": p, "reason": r} for p, r in decoded.skipped],
             "seconds": time.time() - t0,
         }
@@ -86,7 +181,7 @@ def evaluate_run(
     plot_roc(y, probs, run.class_names, out / "roc.png")
     with open(out / "predictions.csv", "w") as f:
         f.write("path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n")
-        for s, yt, pr in zip(decoded.samples, y, probs):
+        for s, yt, pr in zip(decoded.samples, y, cal_probs):
             f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(np.argmax(pr))]},"
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     metrics["out_dir"] = str(out)
