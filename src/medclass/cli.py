@@ -54,6 +54,26 @@ def _print_eval(metrics: dict) -> None:
         f"{metrics['balanced_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  AUROC "
         + (f"{auc:.4f}" if auc is not None else "n/a") + f"  loss {metrics['loss']:.4f}"
     )
+    ci = metrics.get("confidence_intervals", {}).get("metrics", {})
+    if ci:
+        typer.echo("  95% CI (bootstrap): " + "  ".join(
+            f"{k} {v['low']:.3f}-{v['high']:.3f}" for k, v in ci.items() if v.get("low") is not None))
+    cal = metrics.get("calibration") or {}
+    if cal.get("temperature"):
+        typer.echo(f"  calibration: T={cal['temperature']:.3f} (fitted on valid); ECE ({cal['n_bins']} bins) "
+                   f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after")
+    op = metrics.get("operating_point")
+    if op:
+        a = op["at_chosen"]
+        typer.echo(f"  operating point ({op['chosen_on_valid']['method']} on valid, positive {op['positive_class']}): "
+                   f"threshold {a['threshold']:.3f}  sensitivity {a['sensitivity']:.3f}  specificity {a['specificity']:.3f}")
+    dup = metrics.get("held_out_duplicates")
+    if dup:
+        other = dup.get("metrics_with_duplicates") or dup.get("metrics_without_duplicates")
+        label = "with them" if dup["deduplicated"] else "without them"
+        if other:
+            typer.echo(f"  {dup['n']} images duplicate an earlier split; {label}: accuracy {other['accuracy']:.4f}"
+                       + (f"  AUROC {other['auroc']:.4f}" if other.get("auroc") is not None else ""))
     typer.echo(f"written to {metrics['out_dir']}/metrics.json")
 
 
@@ -74,6 +94,9 @@ def train(
         None, "--pretrained", help="imagenet|imagenet-v1|imagenet-v2, a .pth/.pt/.safetensors/.h5 file, or a run folder."
     ),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
+    dedupe: Optional[bool] = typer.Option(
+        None, "--dedupe/--keep-duplicates", help="Leave out valid/test images that duplicate an earlier split."
+    ),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
 ) -> None:
@@ -96,7 +119,7 @@ def train(
             data, config, sets,
             **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
                "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit, "model.pretrained": pretrained,
-               "data.skip_corrupt": skip_corrupt},
+               "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
         )
         if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("under torchrun give --name, so that every process uses the same run folder")
@@ -131,16 +154,50 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train, valid or test."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/eval-SPLIT)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    tta: bool = typer.Option(False, "--tta", help="Average the logits of each image and its horizontal flip."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Leave out images that duplicate an earlier split."),
+    explain: int = typer.Option(0, "--explain", help="Grad-CAM of the N most confident right and wrong per class."),
+    target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Grad-CAM layer (default: the last stage)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    target_sensitivity: Optional[float] = typer.Option(
+        None, "--target-sensitivity", help="Binary: threshold reaching this sensitivity on validation (default Youden's J)."
+    ),
 ) -> None:
-    """Evaluate a run: metrics.json, confusion_matrix.png, roc.png, predictions.csv."""
+    """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
     from .data import DataError, ImageReadError
     from .engine import CheckpointError, RunError
     from .evaluation import evaluate_run
 
     try:
-        _print_eval(evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty()))
-    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError) as e:
+        _print_eval(evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
+                                 tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
+                                 explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity))
+    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError, ValueError) as e:
         _fail(str(e))
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report-SPLIT[-dedupe].html)."),
+    split: str = typer.Option("test", "--split"),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Leave out images that duplicate an earlier split."),
+    explain: int = typer.Option(2, "--explain", help="Grad-CAM examples: N right and N wrong per class."),
+    bootstrap: int = typer.Option(1000, "--bootstrap"),
+    tta: bool = typer.Option(False, "--tta"),
+) -> None:
+    """Write one self-contained HTML report (figures embedded) of a run."""
+    from .data import DataError, ImageReadError
+    from .engine import CheckpointError, RunError
+    from .evaluation.report import build_report
+
+    try:
+        path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
+                            progress=sys.stderr.isatty())
+    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"report: {path}")
 
 
 @app.command()
@@ -149,6 +206,9 @@ def predict(
     paths: List[Path] = typer.Argument(..., help="Image files or folders."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    tta: bool = typer.Option(False, "--tta", help="Average the logits of the image and its horizontal flip."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Save a Grad-CAM figure per image in this folder."),
+    target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Grad-CAM layer (default: the last stage)."),
 ) -> None:
     """Predict the class of unseen images; unreadable files get an error line, the rest are predicted."""
     from .engine import CheckpointError, RunError, load_run
@@ -160,7 +220,10 @@ def predict(
         loaded = load_run(run)
     except (RunError, CheckpointError, ConfigError) as e:
         _fail(str(e))
-    preds = predict_images(loaded, paths)
+    try:
+        preds = predict_images(loaded, paths, tta=("hflip",) if tta else (), explain_dir=explain, target_layer=target_layer)
+    except ValueError as e:
+        _fail(str(e))
     if not preds:
         _fail("no image files found in the given paths")
     names = loaded.class_names
@@ -238,6 +301,91 @@ def compare(
         _fail(str(e))
     typer.echo((out / "comparison.md").read_text(), nl=False)
     typer.echo(f"written to {out}/comparison.md, comparison.csv, comparison.png")
+
+
+@app.command()
+def audit(
+    data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz (as for train); none: the bundled BreastMNIST."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json and audit.md (default ./audit-<data name>)."),
+    near_threshold: Optional[int] = typer.Option(
+        None, "--near-threshold", help="Near duplicates: largest pHash Hamming distance (bits of 64); default 2 (medclass.data.audit.NEAR_THRESHOLD)."
+    ),
+    near: bool = typer.Option(True, "--near/--no-near", help="Search near duplicates (perceptual hash) too."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its data section is used)."),
+    sets: List[str] = typer.Option([], "--set", help="Override a data key: data.key=value (repeatable)."),
+    dedupe_manifest: Optional[Path] = typer.Option(
+        None, "--dedupe-manifest",
+        help="Also write a split manifest without the held-out copies of train (valid) and train/valid (test) images; "
+             "train on it with --set data.manifest=FILE.",
+    ),
+) -> None:
+    """Audit a data set: counts, sizes, unreadable files, exact and near duplicates, leakage across splits."""
+    from .data import DataError, build_index, write_manifest
+    from .data.audit import NEAR_THRESHOLD, audit as run_audit, dedupe, write_audit
+
+    cfg = _build_config(data, config, sets)
+    cfg.data.skip_corrupt = True  # a CSV id without its file is reported as unreadable, not an error
+    threshold = NEAR_THRESHOLD if near_threshold is None else near_threshold
+    if not 0 <= threshold <= 64:
+        _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
+    source = cfg.data.manifest or cfg.data.source
+    stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
+    out = out if out is not None else Path(f"audit-{stem}")
+    try:
+        index = build_index(cfg.data)
+        report = run_audit(index, threshold, near, progress=sys.stderr.isatty(),
+                           source=str(source) if source else None)
+        json_path, md_path = write_audit(report, out)
+    except (DataError, ConfigError, OSError, ValueError) as e:
+        _fail(str(e))
+    splits = list(report["counts"])
+    width = max([len("class")] + [len(c) for c in report["class_names"]])
+    typer.echo(f"{'class':{width}s}  " + "  ".join(f"{s:>6s}" for s in splits) + "   total")
+    for c in report["class_names"]:
+        row = [report["counts"][s].get(c, 0) for s in splits]
+        typer.echo(f"{c:{width}s}  " + "  ".join(f"{n:6d}" for n in row) + f"  {sum(row):6d}")
+    totals = [sum(report["counts"][s].values()) for s in splits]
+    typer.echo(f"{'total':{width}s}  " + "  ".join(f"{n:6d}" for n in totals) + f"  {sum(totals):6d}")
+    ex, nd = report["exact_duplicates"], report["near_duplicates"]
+    typer.echo(f"unreadable files: {len(report['unreadable'])}")
+    typer.echo(f"exact duplicate groups: {ex['n_groups']} ({ex['n_cross_split']} across splits, "
+               f"{ex['n_within_split']} within one split; {ex['n_images_in_groups']} images)")
+    if near:
+        typer.echo(f"near duplicates (pHash distance <= {threshold}): {nd['n_pairs']} pairs ({nd['n_cross_split_pairs']} "
+                   f"across splits), {nd['n_groups']} groups ({nd['n_cross_split']} across splits, "
+                   f"{nd['n_within_split']} within one split)")
+    typer.echo(f"groups (patient/lesion) in several splits: {len(report['groups_in_several_splits'])}; "
+               f"label conflicts: {len(report['label_conflicts'])}")
+    cross = [g for g in ex["groups"] if g["cross_split"]]
+    shown = 10
+    root = Path(source) if source and Path(source).is_dir() else (Path(source).parent if source else None)
+
+    def rel(path: str) -> str:
+        try:
+            return os.path.relpath(path, root) if root is not None and "::" not in path else path
+        except ValueError:
+            return path
+
+    if cross:
+        typer.echo("exact duplicates across splits (one file per split shown):")
+        for g in cross[:shown]:
+            first = {}
+            for i in g["items"]:
+                first.setdefault(i["split"], i["path"])
+            counts = ", ".join(f"{s} {n}" for s, n in g["splits"].items())
+            typer.echo(f"  [{counts}] {', '.join(g['labels'])}: " + " = ".join(rel(x) for x in first.values()))
+        if len(cross) > shown:
+            typer.echo(f"  ... and {len(cross) - shown} more groups (all in {md_path})")
+    if dedupe_manifest is not None:
+        deduped, removed = dedupe(index, near, threshold)
+        try:
+            write_manifest(deduped, dedupe_manifest)
+        except OSError as e:
+            _fail(f"cannot write {dedupe_manifest}: {e}")
+        per_split = {s: sum(1 for r in removed if r["split"] == s) for s in ("valid", "test")}
+        typer.echo(f"dedupe: removed {per_split['valid']} valid and {per_split['test']} test images; "
+                   f"split manifest in {dedupe_manifest}")
+    typer.echo(f"written to {json_path} and {md_path} ({report['seconds']:.1f} s)")
 
 
 def main() -> None:

@@ -42,6 +42,13 @@ class DataConfig:
     label_column: Optional[str] = None
     group_column: Optional[str] = None
     skip_corrupt: bool = False
+    # leave out of valid/test every image with an exact or near duplicate in an earlier split
+    # (medclass.data.dedupe); without it, training warns about them
+    dedupe: bool = False
+    # DICOM files (.dcm/.dicom): [center, width] of the linear window in modality units after
+    # RescaleSlope/Intercept (HU for CT), e.g. [-600, 1500] lung, [40, 400] mediastinum; None:
+    # each file's WindowCenter/WindowWidth, else its own min..max (medclass.data.dicom)
+    dicom_window: Optional[list[float]] = None
     # decoded images are cached at the training size (uint8 .npy, memory-mapped), keyed by file
     # content and preprocessing; cache_dir None: $MEDCLASS_CACHE_DIR or ~/.cache/medclass/decoded
     cache: bool = True

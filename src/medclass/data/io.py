@@ -1,16 +1,20 @@
-"""Reading one image from disk (Pillow) into a uint8 array of the model's channels."""
+"""Reading one image from disk (Pillow, or pydicom for DICOM) into a uint8 array of the model's channels."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "is_image_file", "read_image", "to_channels"]
 
-#: Extensions read by Pillow that medclass picks up in folders (matched case-insensitively).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
+#: Extensions that medclass picks up in folders (matched case-insensitively): those read by Pillow,
+#: and ``.dcm``/``.dicom`` read by pydicom (:mod:`medclass.data.dicom`).
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"}
+)
 
 
 class ImageReadError(OSError):
@@ -48,16 +52,30 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img.convert(target) if img.mode != target else img
 
 
-def read_image(path: str | Path, channels: int = 3, size: int | None = None) -> np.ndarray:
+def read_image(
+    path: str | Path,
+    channels: int = 3,
+    size: int | None = None,
+    dicom_window: Sequence[float] | None = None,
+) -> np.ndarray:
     """Read an image file into a uint8 array ``(H, W, C)``, resized to ``(size, size)`` if given.
 
     Resizing squashes to a square with Pillow's bilinear filter (antialiased when shrinking), as
-    Keras' ``flow_from_directory`` does.
+    Keras' ``flow_from_directory`` does. DICOM files (a ``.dcm``/``.dicom`` name, or any file with
+    the ``DICM`` marker at byte 128) are read by :func:`medclass.data.dicom.read_dicom`, windowed
+    with ``dicom_window`` = ``(center, width)`` in HU if given, else with the file's own window;
+    ``dicom_window`` does nothing for other images.
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, or not an image Pillow can decode.
+        ImageReadError: the file is missing, empty, truncated, or not an image Pillow (or pydicom)
+            can decode.
+        ValueError: ``dicom_window`` is not ``(center, width)`` with width >= 1.
     """
+    from .dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
+
     path = Path(path)
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return read_dicom(path, channels, size, dicom_window)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "the file is empty")
@@ -71,6 +89,10 @@ def read_image(path: str | Path, channels: int = 3, size: int | None = None) -> 
         raise
     except FileNotFoundError as e:
         raise ImageReadError(path, "no such file") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        if is_dicom_file(path):  # DICOM without a .dcm name (scanners often write IM000001)
+            return read_dicom(path, channels, size, dicom_window)
+        raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
     return arr[:, :, None] if arr.ndim == 2 else arr

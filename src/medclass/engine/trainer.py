@@ -265,10 +265,34 @@ def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSpl
     cache_dir = cache_dir_for(cfg.data)
     args = (samples, cfg.data.channels, cfg.data.image_size, cfg.data.skip_corrupt, f"decode {split}")
     if cache_dir is None or not ctx.enabled:
-        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir)
-    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir) if ctx.is_main else None
+        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window)
+    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window) if ctx.is_main else None
     barrier(ctx)
-    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir)
+    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window)
+
+
+def _check_leakage(cfg: RunConfig, index, files: RunFiles, main: bool):
+    """Held-out images that duplicate an earlier split (exact, or near by perceptual hash): with
+    ``data.dedupe`` they leave the index (listed in ``RUN/dedupe.json``), otherwise a warning."""
+    from ..data.audit import dedupe
+
+    if not (index.splits.get("valid") or index.splits.get("test")):
+        return index
+    deduped, removed = dedupe(index, near=True)
+    if not removed:
+        return index
+    by_split = {s: sum(r["split"] == s for r in removed) for s in ("valid", "test")}
+    if cfg.data.dedupe:
+        if main:
+            files.root.joinpath("dedupe.json").write_text(json.dumps(removed, indent=1))
+            print(f"dedupe: left out {by_split['valid']} valid and {by_split['test']} test images that duplicate "
+                  f"an earlier split (listed in {files.root / 'dedupe.json'})")
+        return deduped
+    if main:
+        print(f"warning: {by_split['valid']} valid and {by_split['test']} test images duplicate (exactly or nearly) "
+              "an image of an earlier split: held-out figures will be optimistic; run `medclass audit` to see them, "
+              "or pass --dedupe (data.dedupe=true) to leave them out")
+    return index
 
 
 def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
@@ -312,6 +336,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         cfg.data.normalize, cfg.data.mean, cfg.data.std = True, list(IMAGENET_MEAN), list(IMAGENET_STD)
     index = build_index(cfg.data)
     if not resume:
+        index = _check_leakage(cfg, index, files, main)
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
         if main:
             write_manifest(index, files.manifest)

@@ -87,7 +87,7 @@ def make_ensemble(
     elif isinstance(weights, str) and weights == "auto":
         c = first.cfg.data
         val = decode_split(manifests[0].splits["valid"], c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
-                           cache_dir=cache_dir_for(c))
+                           cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
         probs = [
             logits_to_probs(predict_logits(m.model, val.images, m.preprocess, m.device)).numpy() for m in members
         ]

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
+from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from .calibration import (
     ECE_BINS,
@@ -21,6 +23,7 @@ from .calibration import (
     plot_reliability,
     sensitivity_specificity,
 )
+from .explain import save_explanations, select_examples
 from .metrics import bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
@@ -46,6 +49,46 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
         )
     to_run = {i: run.class_names.index(c) for i, c in enumerate(index.class_names)}
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
+
+
+def _leaked_positions(run: LoadedRun, decoded, split: str) -> Optional[dict[str, Any]]:
+    """Positions in ``decoded`` of images of ``split`` that duplicate (exactly or nearly) an
+    image of an earlier split of the run's manifest; None when there are none."""
+    if split == "train" or not run.files.manifest.is_file():
+        return None
+    index = read_manifest(run.files.manifest)
+    _, removed = dedupe(index, near=True, near_threshold=NEAR_THRESHOLD)
+    paths = {r["path"]: r for r in removed if r["split"] == split}
+    positions = [i for i, s in enumerate(decoded.samples) if s.path in paths]
+    if not positions:
+        return None
+    return {"positions": positions, "near_threshold": NEAR_THRESHOLD,
+            "items": [paths[decoded.samples[i].path] for i in positions]}
+
+
+def _explain(run: LoadedRun, decoded, probs: np.ndarray, y: np.ndarray, idx: np.ndarray, n: int,
+             target_layer: Optional[str], out: Path) -> dict[str, dict[str, list[str]]]:
+    """Grad-CAM figures of the ``n`` most confident right and wrong predictions per true class."""
+    chosen = select_examples(probs[idx], y[idx], n, run.class_names)
+    written: dict[str, dict[str, list[str]]] = {}
+    for cls, kinds in chosen.items():
+        written[cls] = {}
+        for kind, local in kinds.items():
+            rows = idx[np.asarray(local, dtype=np.int64)]
+            if len(rows) == 0:
+                written[cls][kind] = []
+                continue
+            paths = save_explanations(
+                run.model, decoded.images[torch.as_tensor(rows)], run.preprocess, run.device,
+                out / f"{_safe(cls)}-{kind}", [Path(decoded.samples[i].path).name for i in rows],
+                run.class_names, target_layer=target_layer, labels=y[rows].tolist(),
+            )
+            written[cls][kind] = [str(p) for p in paths]
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def calibrate_run(
@@ -76,7 +119,7 @@ def calibrate_run(
     samples = _samples_for(run, None, "valid")
     c = run.cfg.data
     val = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
-                       cache_dir=cache_dir_for(c))
+                       cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
     logits = predict_logits(run.model, val.images, run.preprocess, run.device, 64, tta=tta)
     t = fit_temperature(logits, val.labels)
     y = val.labels.numpy()
@@ -108,6 +151,9 @@ def evaluate_run(
     seed: int = 0,
     calibrate: bool = True,
     target_sensitivity: Optional[float] = None,
+    dedupe: bool = False,
+    explain: int = 0,
+    target_layer: Optional[str] = None,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``split`` of its own data (its manifest), or on
     ``data`` (all its images when it has no given split). Writes ``metrics.json``,
@@ -122,6 +168,15 @@ def evaluate_run(
     validation (Youden's J, or ``target_sensitivity``) and at 0.5. ``predictions.csv`` holds the
     calibrated probabilities. ``tta`` names flip views averaged at test time.
 
+    Leakage: for a split of the run's own data, images with an exact or near duplicate in an
+    earlier split (:func:`medclass.data.dedupe`) are listed under ``held_out_duplicates`` with
+    the metrics without them; a warning is printed. With ``dedupe`` those images are left out
+    of the main figures, and the figures with them move to ``held_out_duplicates``.
+
+    ``explain`` > 0 saves Grad-CAM figures (:mod:`medclass.evaluation.explain`) of the
+    ``explain`` most confident right and wrong predictions per true class into
+    ``<out>/explain/<class>-<right|wrong>/``, at ``target_layer`` (default: the last stage).
+
     Raises:
         RunError, CheckpointError: not a run, no checkpoint.
         DataError: no such split, or classes the run does not know.
@@ -131,12 +186,34 @@ def evaluate_run(
     samples = _samples_for(run, data, split)
     c = run.cfg.data
     decoded = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, f"decode {split}", progress,
-                           cache_dir=cache_dir_for(c))
+                           cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
     logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64, tta=tta)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
-    metrics = classification_metrics(y, probs, run.class_names)
-    metrics["confidence_intervals"] = bootstrap_ci(y, probs, n_bootstrap, seed)
+    leaked = _leaked_positions(run, decoded, split) if data is None else None
+    keep = np.ones(len(y), dtype=bool)
+    if leaked:
+        print(f"warning: {len(leaked['positions'])} of {len(y)} {split} images have an exact or near duplicate "
+              f"in an earlier split (listed in metrics.json){'; left out (--dedupe)' if dedupe else '; use --dedupe'}")
+        if dedupe:
+            keep[leaked["positions"]] = False
+    if not keep.any():
+        raise DataError(f"every {split} image duplicates an earlier split; nothing left to evaluate")
+    idx = np.flatnonzero(keep)
+    metrics = classification_metrics(y[idx], probs[idx], run.class_names)
+    metrics["confidence_intervals"] = bootstrap_ci(y[idx], probs[idx], n_bootstrap, seed)
+    if leaked:
+        other = np.ones(len(y), dtype=bool)
+        other[leaked["positions"]] = False
+        other_idx = np.flatnonzero(other) if not dedupe else np.arange(len(y))
+        other_metrics = classification_metrics(y[other_idx], probs[other_idx], run.class_names) if len(other_idx) else None
+        if other_metrics is not None:
+            other_metrics["confidence_intervals"] = bootstrap_ci(y[other_idx], probs[other_idx], n_bootstrap, seed)
+        metrics["held_out_duplicates"] = {
+            "deduplicated": dedupe, "n": len(leaked["positions"]), "near_threshold": leaked["near_threshold"],
+            "removed" if dedupe else "found": leaked["items"],
+            "metrics_with_duplicates" if dedupe else "metrics_without_duplicates": other_metrics,
+        }
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     cal_probs = probs
@@ -146,22 +223,23 @@ def evaluate_run(
         cal_probs = logits_to_probs(apply_temperature(logits, cal["temperature"])).numpy()
         metrics["calibration"] = {
             "temperature": cal["temperature"], "n_bins": ECE_BINS, "fitted_on": "valid",
-            "ece_before": expected_calibration_error(probs, y), "ece_after": expected_calibration_error(cal_probs, y),
-            "loss_after": classification_metrics(y, cal_probs, run.class_names)["loss"],
+            "ece_before": expected_calibration_error(probs[idx], y[idx]),
+            "ece_after": expected_calibration_error(cal_probs[idx], y[idx]),
+            "loss_after": classification_metrics(y[idx], cal_probs[idx], run.class_names)["loss"],
             "valid": {k: cal[k] for k in ("ece_before", "ece_after", "loss_before", "loss_after")},
         }
         if "threshold" in cal:
             chosen = cal["threshold"]
             metrics["operating_point"] = {
                 "positive_class": cal["positive_class"], "chosen_on_valid": chosen,
-                "at_chosen": sensitivity_specificity(cal_probs[:, 1], y, chosen["threshold"]),
-                "at_0.5": sensitivity_specificity(cal_probs[:, 1], y, 0.5),
+                "at_chosen": sensitivity_specificity(cal_probs[idx, 1], y[idx], chosen["threshold"]),
+                "at_0.5": sensitivity_specificity(cal_probs[idx, 1], y[idx], 0.5),
             }
-        plot_reliability(probs, y, out / "reliability.png", cal_probs, ECE_BINS, cal["temperature"])
+        plot_reliability(probs[idx], y[idx], out / "reliability.png", cal_probs[idx], ECE_BINS, cal["temperature"])
     else:
-        metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs, y),
+        metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs[idx], y[idx]),
                                   "temperature": None, "note": "no validation split to fit a temperature on"}
-        plot_reliability(probs, y, out / "reliability.png")
+        plot_reliability(probs[idx], y[idx], out / "reliability.png")
     metrics.update(
         {
             "run": str(run.files.root),
@@ -177,11 +255,14 @@ def evaluate_run(
         }
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if explain > 0:
+        metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot_confusion_matrix(metrics["confusion_matrix"], run.class_names, out / "confusion_matrix.png")
-    plot_roc(y, probs, run.class_names, out / "roc.png")
+    plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
     with open(out / "predictions.csv", "w") as f:
         f.write("path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n")
-        for s, yt, pr in zip(decoded.samples, y, cal_probs):
+        for s, yt, pr in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx]):
             f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(np.argmax(pr))]},"
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     metrics["out_dir"] = str(out)

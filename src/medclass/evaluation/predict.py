@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -39,23 +40,54 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def predict_images(run: LoadedRun, paths: Sequence[str | Path], batch_size: int = 32) -> list[Prediction]:
+def stored_calibration(run: LoadedRun) -> dict:
+    """The run's ``calibration.json`` (temperature, binary threshold) or ``{}``."""
+    path = run.files.root / "calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def predict_images(
+    run: LoadedRun,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    tta: Sequence[str] = (),
+    explain_dir: Optional[Path] = None,
+    target_layer: Optional[str] = None,
+) -> list[Prediction]:
     """Predict each image; a file that cannot be read gets its own error and the others are
-    still predicted. Returns one :class:`Prediction` per expanded path, in order."""
+    still predicted. Returns one :class:`Prediction` per expanded path, in order.
+
+    When the run was calibrated (``medclass evaluate`` writes ``calibration.json``), the
+    probabilities are temperature-scaled and a binary prediction uses the operating threshold
+    chosen on validation instead of 0.5. ``tta`` averages flip views; ``explain_dir`` saves a
+    Grad-CAM figure per image there (:func:`medclass.evaluation.explain.save_explanations`).
+    """
     c = run.cfg.data
+    cal = stored_calibration(run)
     results: list[Prediction] = []
     arrays, ok_index = [], []
     for p in expand_paths(paths):
         results.append(Prediction(str(p)))
         try:
-            arrays.append(read_image(p, c.channels, c.image_size))
+            arrays.append(read_image(p, c.channels, c.image_size, dicom_window=c.dicom_window))
             ok_index.append(len(results) - 1)
         except ImageReadError as e:
             results[-1].error = str(e)
     if arrays:
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        probs = logits_to_probs(predict_logits(run.model, images, run.preprocess, run.device, batch_size))
+        logits = predict_logits(run.model, images, run.preprocess, run.device, batch_size, tta=tta)
+        probs = logits_to_probs(logits / cal.get("temperature", 1.0))
+        threshold = (cal.get("threshold") or {}).get("threshold")
         for i, pr in zip(ok_index, probs.tolist()):
             results[i].probabilities = {n: float(v) for n, v in zip(run.class_names, pr)}
-            results[i].predicted = run.class_names[max(range(len(pr)), key=pr.__getitem__)]
+            if threshold is not None and len(pr) == 2:
+                results[i].predicted = run.class_names[int(pr[1] >= threshold)]
+            else:
+                results[i].predicted = run.class_names[max(range(len(pr)), key=pr.__getitem__)]
+        if explain_dir is not None:
+            from .explain import save_explanations
+
+            save_explanations(run.model, images, run.preprocess, run.device, explain_dir,
+                              [Path(results[i].path).name for i in ok_index], run.class_names,
+                              target_layer=target_layer)
     return results
