@@ -1,0 +1,63 @@
+"""The HTML report: self-contained, every figure loads in headless Chromium, and the leakage
+section appears with and without --dedupe."""
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import find_chromium, render
+from medclass.engine import train
+from medclass.evaluation.report import build_report
+from test_engine import tiny_config
+
+
+def _split_dataset(root, per_class=14, size=20):
+    """train/valid/test folders; two test images are byte copies of train images (leakage)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("valid", 6), ("test", 6)):
+        for cls, base in (("dark", 50), ("bright", 190)):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(rng.normal(base, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                if cls == "bright":
+                    arr[:, size // 2 : size // 2 + 2] = 255
+                Image.fromarray(arr).save(d / f"{split}_{cls}_{i}.png")
+    for cls in ("dark", "bright"):
+        shutil.copy(root / "train" / cls / f"train_{cls}_0.png", root / "test" / cls / f"leak_{cls}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    data = _split_dataset(tmp / "data")
+    run = tmp / "run"
+    train(tiny_config(data, epochs=2), run)
+    return run
+
+
+def test_report_is_self_contained_and_lists_the_leaked_images(trained_run):
+    plain = build_report(trained_run, n_bootstrap=100, explain=1)
+    deduped = build_report(trained_run, n_bootstrap=100, explain=1, dedupe=True)
+    assert plain.name == "report-test.html" and deduped.name == "report-test-dedupe.html"
+    html = plain.read_text()
+    srcs = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing external
+    assert "Leakage: 2 test images duplicate" in html and "leak_dark.png" in html
+    assert "95% CI" in html and "Grad-CAM" in html and "reliability diagram" in html
+    dd = deduped.read_text()
+    assert "are left out of the figures above" in dd and "(14 images)" in dd  # 16 test images minus 2
+    assert "With the duplicates kept" in dd
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium_with_every_image_loaded(trained_run, tmp_path):
+    page = build_report(trained_run, tmp_path / "report.html", n_bootstrap=100, explain=1)
+    result = render(page, tmp_path / "report.png", width=1200, height=2400)
+    assert result["total"] >= 5
+    assert result["all_images_loaded"], result["broken"]
+    assert not result["blank"]
