@@ -61,3 +61,21 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(trained_run
     assert result["total"] >= 5
     assert result["all_images_loaded"], result["broken"]
     assert not result["blank"]
+
+
+def test_train_dedupe_leaves_leaked_copies_out_of_the_held_out_splits(tmp_path, capsys):
+    from medclass.data import read_manifest
+
+    data = _split_dataset(tmp_path / "data")
+    warned = tmp_path / "warned"
+    train(tiny_config(data, epochs=1), warned)
+    assert "2 test images duplicate" in capsys.readouterr().out
+    assert len(read_manifest(warned / "manifest.csv").splits["test"]) == 14
+    cfg = tiny_config(data, epochs=1)
+    cfg.data.dedupe = True
+    run = tmp_path / "deduped"
+    train(cfg, run)
+    index = read_manifest(run / "manifest.csv")
+    assert len(index.splits["test"]) == 12 and len(index.splits["train"]) == 28
+    assert not any("leak_" in s.path for s in index.splits["test"])
+    assert (run / "dedupe.json").is_file()

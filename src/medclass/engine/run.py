@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
 from .checkpoint import load_checkpoint
-from .inference import select_device
+from .inference import channels_last_wanted, select_device
 from .trainer import RunError, RunFiles
 
 __all__ = ["LoadedRun", "load_run"]
@@ -52,6 +52,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     model = build_model(cfg.model, len(class_names), cfg.data.channels)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
+    if channels_last_wanted(dev, cfg.data.image_size):
+        model.to(memory_format=torch.channels_last)
     return LoadedRun(files, cfg, class_names, model, Preprocess.from_config(cfg.data).to(dev), dev, int(state["epoch"]))
 
 

@@ -49,7 +49,7 @@ from .distributed import (
     DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
 )
 from .early_stopping import EarlyStopping
-from .inference import predict_logits, select_device
+from .inference import channels_last_wanted, predict_logits, select_device
 from .schedules import LRSchedule
 
 __all__ = ["train", "TrainResult", "RunFiles", "RunError"]
@@ -369,7 +369,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if ctx.enabled and tc.sync_bn:
         model = convert_sync_batchnorm(model, device)
     model = model.to(device)
-    if device.type == "cuda":
+    channels_last = channels_last_wanted(device, size)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = torch.compile(model) if tc.compile else model  # what runs forward
     if ctx.enabled:
@@ -439,7 +440,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             if augment is not None:
                 x = augment(x)
             x = preprocess.normalize_(x)
-            if device.type == "cuda":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = net(x)
