@@ -33,8 +33,8 @@ def select_device(name: str = "auto") -> torch.device:
 def channels_last_wanted(device: torch.device, image_size: int) -> bool:
     """Whether to run convolutions in channels_last (NHWC) memory format: always on CUDA (tensor
     cores), and on the CPU from 64 px, where oneDNN's NHWC kernels trained a ResNet-50 faster on
-    2 cores (+10 % at 64 px, +43 % at 224 px; 5 % slower at 28 px;
-    benchmarks/results/model_throughput.json)."""
+    2 cores (+6 % at 64 px, +43 % at 224 px; benchmarks/results/model_throughput.json); below
+    64 px the gain shrinks and it stays off."""
     return device.type == "cuda" or (device.type == "cpu" and image_size >= 64)
 
 
