@@ -87,6 +87,10 @@ class RunFiles:
     def tensorboard(self) -> Path: return self.root / "tensorboard"
     @property
     def ensemble(self) -> Path: return self.root / "ensemble.json"
+    @property
+    def calibration(self) -> Path: return self.root / "calibration.json"
+    @property
+    def dedupe(self) -> Path: return self.root / "dedupe.json"
 
 
 @dataclass
@@ -284,9 +288,9 @@ def _check_leakage(cfg: RunConfig, index, files: RunFiles, main: bool):
     by_split = {s: sum(r["split"] == s for r in removed) for s in ("valid", "test")}
     if cfg.data.dedupe:
         if main:
-            files.root.joinpath("dedupe.json").write_text(json.dumps(removed, indent=1))
+            files.dedupe.write_text(json.dumps(removed, indent=1))
             print(f"dedupe: left out {by_split['valid']} valid and {by_split['test']} test images that duplicate "
-                  f"an earlier split (listed in {files.root / 'dedupe.json'})")
+                  f"an earlier split (listed in {files.dedupe})")
         return deduped
     if main:
         print(f"warning: {by_split['valid']} valid and {by_split['test']} test images duplicate (exactly or nearly) "

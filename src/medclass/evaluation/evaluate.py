@@ -109,7 +109,7 @@ def calibrate_run(
     Raises:
         DataError: the run has no validation images.
     """
-    path = run.files.root / "calibration.json"
+    path = run.files.calibration
     key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
            "target_sensitivity": target_sensitivity}
     if path.is_file():

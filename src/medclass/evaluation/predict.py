@@ -42,7 +42,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def stored_calibration(run: LoadedRun) -> dict:
     """The run's ``calibration.json`` (temperature, binary threshold) or ``{}``."""
-    path = run.files.root / "calibration.json"
+    path = run.files.calibration
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
