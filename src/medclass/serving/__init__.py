@@ -1,7 +1,28 @@
-"""Serving: export a trained classifier to ONNX and run it with ONNX Runtime."""
+"""Serving: export a trained classifier (ONNX, TorchScript), run it without PyTorch (ONNX Runtime),
+and serve it over HTTP (FastAPI) with a web page.
+
+Names are imported lazily (PEP 562), so ``medclass.serving.spec`` and the ONNX Runtime backend can
+be used in a process that never imports PyTorch.
+"""
 
 from __future__ import annotations
 
-from .export import export_onnx, onnx_session
+import importlib
+from typing import Any
 
-__all__ = ["export_onnx", "onnx_session"]
+# public name -> submodule that defines it
+_EXPORTS = {
+    "export_onnx": "export",
+    "onnx_session": "export",
+    "ModelSpec": "spec",
+    "probabilities_from_logits": "spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
