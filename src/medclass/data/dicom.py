@@ -18,21 +18,59 @@ in ``MONOCHROME2``. Colour images (``RGB``, ``YBR_*`` converted to RGB by pydico
 to 0..255.
 
 Multi-frame files (``NumberOfFrames`` > 1: CT/MR volumes, cine) are refused: medclass
-classifies single 2D images, so the slices must be extracted first.
+classifies single 2D images, so the slices must be extracted first. So are ``SamplesPerPixel``
+other than 1 or 3.
+
+:func:`read_dicom` reads a path, the bytes of a file, or a binary file-like object (an HTTP
+upload: :mod:`medclass.serving.uploads`); its errors are :class:`DicomReadError`, an
+:class:`~medclass.data.io.ImageReadError` that also carries a machine-readable ``kind``.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from .io import ImageReadError, to_channels
 
-__all__ = ["DICOM_EXTENSIONS", "read_dicom", "is_dicom_file", "window_to_uint8", "validate_window"]
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "DICOM_EXTENSIONS",
+    "DicomReadError",
+    "DicomSource",
+    "read_dicom",
+    "is_dicom_file",
+    "window_to_uint8",
+    "validate_window",
+]
+
+#: What :func:`read_dicom` reads: a path, the file's bytes, or a binary file-like object.
+DicomSource = Union[str, Path, bytes, bytearray, memoryview, IO[bytes]]
+
+
+class DicomReadError(ImageReadError):
+    """An :class:`~medclass.data.io.ImageReadError` from :func:`read_dicom`, with ``kind``, a short
+    machine-readable reason (the message is unchanged):
+
+    ``"missing"`` no such file; ``"empty"`` 0 bytes; ``"not_dicom"`` no ``DICM`` marker at byte 128;
+    ``"corrupt"`` a damaged header; ``"truncated"`` the file ends early (less pixel data than
+    Rows x Columns x samples x bits, or image attributes without the pixel data that should follow);
+    ``"no_pixel_data"`` not an image (e.g. a structured report); ``"multi_frame"``;
+    ``"unsupported_samples"`` SamplesPerPixel not 1 or 3; ``"no_decoder"`` compressed pixel data
+    that no installed plugin decodes; ``"decode_failed"`` the pixel data cannot be decoded;
+    ``"unsupported_photometric"``; ``"bad_shape"`` pixel data of an unexpected shape.
+    """
+
+    def __init__(self, path: str | Path, reason: str, kind: str) -> None:
+        super().__init__(path, reason)
+        self.kind = kind
 
 #: File extensions read as DICOM (any case). Files with other names are read as DICOM too when
 #: they carry the ``DICM`` marker at byte 128 (PS3.10 7.1), see :func:`is_dicom_file`.
@@ -118,59 +156,130 @@ def _to_8bit(arr: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(arr.astype(np.float64), 0, top) / top * 255.0).astype(np.uint8)
 
 
+def _open_dataset(source: DicomSource, label: str) -> "Dataset":
+    """``pydicom.dcmread`` of a path, bytes or binary file-like, errors as :class:`DicomReadError`."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        if isinstance(source, (str, Path)):
+            if Path(source).stat().st_size == 0:
+                raise DicomReadError(label, "the file is empty", "empty")
+            fp: object = source
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise DicomReadError(label, "the file is empty", "empty")
+            fp = io.BytesIO(bytes(source))
+        else:
+            start = source.tell()
+            if not source.read(1):
+                raise DicomReadError(label, "the file is empty", "empty")
+            source.seek(start)
+            fp = source
+        return pydicom.dcmread(fp)
+    except DicomReadError:
+        raise
+    except FileNotFoundError as e:
+        raise DicomReadError(label, "no such file", "missing") from e
+    except InvalidDicomError as e:
+        raise DicomReadError(
+            label, "not a DICOM file (no 'DICM' marker after the 128-byte preamble); give a DICOM Part 10 file "
+            "or convert the image to PNG", "not_dicom"
+        ) from e
+    except MemoryError:
+        raise
+    except Exception as e:  # pydicom raises many kinds on a damaged header
+        raise DicomReadError(label, f"not a readable DICOM file ({type(e).__name__}: {e})", "corrupt") from e
+
+
+def _native_pixel_bytes(ds: "Dataset", frames: int) -> Optional[int]:
+    """Bytes of uncompressed ``PixelData`` that Rows x Columns x samples x bits call for, or None
+    when unknown (missing or odd attributes)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    n = rows * cols * samples * frames
+    return (n + 7) // 8 if bits == 1 else n * (bits // 8)
+
+
 def read_dicom(
-    path: str | Path,
+    path: DicomSource,
     channels: int = 3,
     size: Optional[int] = None,
     window: Optional[Sequence[float]] = None,
+    *,
+    name: Optional[str] = None,
+    before_decode: Optional[Callable[["Dataset"], None]] = None,
 ) -> np.ndarray:
     """Read a single-frame DICOM file into a uint8 array ``(H, W, C)``, C = ``channels`` (1 or 3).
+
+    ``path`` is a path, or the file's bytes, or a binary file-like object (read from its current
+    position). ``name`` names the file in errors (default: the path, the file-like's ``name``, or
+    ``"<DICOM bytes>"``).
 
     ``window`` is ``(center, width)`` in modality units after the rescale (Hounsfield units for
     CT): it overrides the file's own window; it is ignored for colour images. Resizing to
     ``(size, size)`` squashes with Pillow's bilinear filter, as :func:`medclass.data.read_image`.
 
+    ``before_decode``, if given, is called with the pydicom dataset once the header has passed the
+    checks below and before any pixel data is decoded (``ds.pixel_array``), e.g. to refuse huge
+    ``Rows`` x ``Columns`` (a decompression bomb in compressed pixel data); what it raises
+    propagates.
+
     Raises:
-        ImageReadError: the file is missing or empty, is not DICOM, holds no pixel data, is
-            multi-frame, has pixel data compressed in a transfer syntax no installed plugin
-            decodes (the message names the syntax and the package to install), fails to decode,
-            or has an unsupported ``PhotometricInterpretation``. The error names the file.
+        DicomReadError: (an :class:`ImageReadError`) the file is missing or empty, is not DICOM,
+            holds no pixel data, is multi-frame, has SamplesPerPixel other than 1 or 3, is
+            truncated, has pixel data compressed in a transfer syntax no installed plugin decodes
+            (the message names the syntax and the package to install), fails to decode, or has an
+            unsupported ``PhotometricInterpretation``. The error names the file; ``kind`` says which.
         ValueError: ``window`` is not ``(center, width)`` with width >= 1.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
-    path = Path(path)
+    if name is not None:
+        label = name
+    elif isinstance(path, (str, Path)):
+        label = str(Path(path))
+    elif isinstance(path, (bytes, bytearray, memoryview)):
+        label = "<DICOM bytes>"
+    else:
+        label = str(getattr(path, "name", None) or "<DICOM stream>")
     win = validate_window(window)
-    try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "the file is empty")
-        ds = pydicom.dcmread(path)
-    except ImageReadError:
-        raise
-    except FileNotFoundError as e:
-        raise ImageReadError(path, "no such file") from e
-    except InvalidDicomError as e:
-        raise ImageReadError(
-            path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble); give a DICOM Part 10 file "
-            "or convert the image to PNG"
-        ) from e
-    except Exception as e:  # pydicom raises many kinds on a damaged header
-        raise ImageReadError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
+    ds = _open_dataset(path, label)
+    path = label  # the errors below name the file
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
-        raise ImageReadError(path, f"the DICOM file{kind} holds no pixel data (not an image)")
+        if "Rows" in ds and "Columns" in ds:  # image attributes, then the file ended before the pixels
+            raise DicomReadError(
+                path, f"the DICOM file{kind} has image attributes (Rows, Columns) but no pixel data: it is "
+                "truncated (or its pixel data was removed); upload the complete file", "truncated"
+            )
+        raise DicomReadError(path, f"the DICOM file{kind} holds no pixel data (not an image)", "no_pixel_data")
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         frames = 1
     if frames > 1:
-        raise ImageReadError(
+        raise DicomReadError(
             path, f"a multi-frame DICOM ({frames} frames); medclass reads single 2D images: extract the "
-            "slices first (one single-frame file per slice, e.g. with pydicom or dcmtk) and use those"
+            "slices first (one single-frame file per slice, e.g. with pydicom or dcmtk) and use those",
+            "multi_frame",
+        )
+    samples = ds.get("SamplesPerPixel", 1)
+    try:
+        samples = int(samples if samples is not None else 1)
+    except (TypeError, ValueError):
+        samples = -1
+    if samples not in (1, 3):
+        raise DicomReadError(
+            path, f"SamplesPerPixel is {ds.get('SamplesPerPixel')!r}; medclass reads greyscale (1) or colour (3) "
+            "DICOM images: convert the image to MONOCHROME2 or RGB first (e.g. with dcmtk or pydicom)",
+            "unsupported_samples",
         )
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -178,19 +287,31 @@ def read_dicom(
         try:
             decoder = get_decoder(ts)
         except NotImplementedError:
-            raise ImageReadError(
+            raise DicomReadError(
                 path, f"pixel data in transfer syntax {ts.name} ({ts}) has no pydicom decoder; "
-                "decompress the file first (e.g. dcmtk's dcmdjpeg/dcmdrle or gdcmconv --raw)"
+                "decompress the file first (e.g. dcmtk's dcmdjpeg/dcmdrle or gdcmconv --raw)", "no_decoder"
             ) from None
         if not decoder.is_available:
             missing = list(decoder.missing_dependencies)
-            raise ImageReadError(
+            raise DicomReadError(
                 path, f"pixel data compressed as {ts.name} ({ts}) cannot be decoded: no decoder for it is "
                 f"installed; {_pip_hint(missing)} (pydicom options: {'; '.join(missing)}), or decompress the "
-                "file first (e.g. gdcmconv --raw)"
+                "file first (e.g. gdcmconv --raw)", "no_decoder"
             )
+    elif "PixelData" in ds:
+        expected_bytes = _native_pixel_bytes(ds, frames)
+        actual = len(ds.PixelData or b"")
+        if expected_bytes is not None and actual < expected_bytes:
+            raise DicomReadError(
+                path, f"the pixel data is truncated ({actual} of the {expected_bytes} bytes that Rows x Columns "
+                "x SamplesPerPixel x BitsAllocated call for); upload the complete file", "truncated"
+            )
+    if before_decode is not None:
+        before_decode(ds)
     try:
         arr = ds.pixel_array
+    except MemoryError:
+        raise
     except Exception as e:
         syntax = f"{ts.name} ({ts})" if ts is not None else "unknown transfer syntax"
         detail = " ".join(str(e).split())
@@ -202,15 +323,17 @@ def read_dicom(
                 missing = []
             if missing:
                 hint = f"; the file may be damaged, or try another decoder: {_pip_hint(missing)}"
-        raise ImageReadError(
-            path, f"the pixel data ({syntax}) cannot be decoded ({type(e).__name__}: {detail}){hint}"
+        raise DicomReadError(
+            path, f"the pixel data ({syntax}) cannot be decoded ({type(e).__name__}: {detail}){hint}", "decode_failed"
         ) from e
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 2:
-            raise ImageReadError(path, f"{photometric} pixel data has shape {arr.shape}; expected (rows, columns)")
+            raise DicomReadError(
+                path, f"{photometric} pixel data has shape {arr.shape}; expected (rows, columns)", "bad_shape"
+            )
         values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
         if win is None and "WindowCenter" in ds and "WindowWidth" in ds:
             try:
@@ -231,12 +354,14 @@ def read_dicom(
         img = Image.fromarray(_to_8bit(rgb, 8 if rgb.dtype == np.uint8 else 16), mode="RGB")
     elif photometric == "RGB" or photometric.startswith("YBR"):
         if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise ImageReadError(path, f"{photometric} pixel data has shape {arr.shape}; expected (rows, columns, 3)")
+            raise DicomReadError(
+                path, f"{photometric} pixel data has shape {arr.shape}; expected (rows, columns, 3)", "bad_shape"
+            )
         img = Image.fromarray(np.ascontiguousarray(_to_8bit(arr, bits)), mode="RGB")
     else:
-        raise ImageReadError(
+        raise DicomReadError(
             path, f"PhotometricInterpretation {photometric!r} is not supported (MONOCHROME1, MONOCHROME2, RGB, "
-            "YBR_*, PALETTE COLOR are)"
+            "YBR_*, PALETTE COLOR are)", "unsupported_photometric"
         )
     img = to_channels(img, channels)
     if size is not None and img.size != (size, size):
