@@ -192,6 +192,19 @@ def _open_dataset(source: DicomSource, label: str) -> "Dataset":
         raise DicomReadError(label, f"not a readable DICOM file ({type(e).__name__}: {e})", "corrupt") from e
 
 
+def _cut_element(ds: "Dataset") -> bool:
+    """True when an element still raw (not yet parsed) holds fewer bytes than its length says:
+    pydicom stops quietly where a file is cut."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF:
+            if len(raw.value) < raw.length:
+                return True
+    return False
+
+
 def _native_pixel_bytes(ds: "Dataset", frames: int) -> Optional[int]:
     """Bytes of uncompressed ``PixelData`` that Rows x Columns x samples x bits call for, or None
     when unknown (missing or odd attributes)."""
@@ -225,7 +238,7 @@ def read_dicom(
     ``(size, size)`` squashes with Pillow's bilinear filter, as :func:`medclass.data.read_image`.
 
     ``before_decode``, if given, is called with the pydicom dataset once the header has passed the
-    checks below and before any pixel data is decoded (``ds.pixel_array``), e.g. to refuse huge
+    checks for pixel data, frames and SamplesPerPixel, before any pixel data is decoded (``ds.pixel_array``), e.g. to refuse huge
     ``Rows`` x ``Columns`` (a decompression bomb in compressed pixel data); what it raises
     propagates.
 
@@ -254,9 +267,11 @@ def read_dicom(
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
-        if "Rows" in ds and "Columns" in ds:  # image attributes, then the file ended before the pixels
+        image_sop = sop is not None and "Image Storage" in str(getattr(sop, "name", ""))
+        if len(ds) == 0 or ("Rows" in ds and "Columns" in ds) or image_sop or _cut_element(ds):
+            # an image's attributes (or an image SOP class), then the file ended before the pixels
             raise DicomReadError(
-                path, f"the DICOM file{kind} has image attributes (Rows, Columns) but no pixel data: it is "
+                path, f"the DICOM file{kind} holds no pixel data although it should be an image: it is "
                 "truncated (or its pixel data was removed); upload the complete file", "truncated"
             )
         raise DicomReadError(path, f"the DICOM file{kind} holds no pixel data (not an image)", "no_pixel_data")
@@ -281,6 +296,8 @@ def read_dicom(
             "DICOM images: convert the image to MONOCHROME2 or RGB first (e.g. with dcmtk or pydicom)",
             "unsupported_samples",
         )
+    if before_decode is not None:
+        before_decode(ds)
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is not None and ts.is_compressed:
@@ -306,8 +323,6 @@ def read_dicom(
                 path, f"the pixel data is truncated ({actual} of the {expected_bytes} bytes that Rows x Columns "
                 "x SamplesPerPixel x BitsAllocated call for); upload the complete file", "truncated"
             )
-    if before_decode is not None:
-        before_decode(ds)
     try:
         arr = ds.pixel_array
     except MemoryError:
