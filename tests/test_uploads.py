@@ -392,6 +392,37 @@ def test_global_pillow_and_warning_state_untouched(ct_png):
     assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, list(warnings.filters)) == before
 
 
+def test_mutated_files_never_escape_as_other_errors(tmp_path, ct_png, mri_jpeg):
+    """Random byte flips, cuts and insertions in real files: a result or an UploadError, never
+    anything else (which the service would turn into a 500)."""
+    import random
+
+    dcm = write_dicom(tmp_path / "ct.dcm", ct_stored(32)).read_bytes()
+    rng = random.Random(6)
+    outcomes = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values it meets
+        for i in range(300):
+            seed = bytearray(rng.choice([ct_png, mri_jpeg, dcm]))
+            for _ in range(rng.randint(1, 6)):
+                j = rng.randrange(len(seed))
+                op = rng.random()
+                if op < 0.6:
+                    seed[j] = rng.randrange(256)
+                elif op < 0.8:
+                    del seed[j : j + rng.randint(1, 40)]
+                else:
+                    seed[j:j] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+            try:
+                out = decode_upload(bytes(seed), f"m{i}.bin", 3, 16)
+                assert out.shape == (16, 16, 3)
+                outcomes.add("ok")
+            except UploadError as e:
+                assert 400 <= e.status_code < 500 and f"m{i}.bin" in e.message
+                outcomes.add(e.code)
+    assert {"ok", "corrupt", "truncated"} <= outcomes
+
+
 # --- good inputs: exactly read_image's array ------------------------------------------------------
 
 

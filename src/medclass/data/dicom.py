@@ -266,7 +266,7 @@ def read_dicom(
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
-        kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
+        kind = f" ({sop.name})" if sop is not None and getattr(sop, "name", "") else ""
         image_sop = sop is not None and "Image Storage" in str(getattr(sop, "name", ""))
         if len(ds) == 0 or ("Rows" in ds and "Columns" in ds) or image_sop or _cut_element(ds):
             # an image's attributes (or an image SOP class), then the file ended before the pixels

@@ -55,7 +55,8 @@ Status codes and ``code`` strings:
 400   ``empty``                  0 bytes
 400   ``bad_filename``           path parts, control characters, too long
 400   ``truncated``              the file ends early (PNG, JPEG, DICOM)
-400   ``corrupt``                damaged data: CRC mismatch, broken stream or header
+400   ``corrupt``                damaged data: CRC mismatch, broken stream or header, a DICOM
+                                 element that cannot be parsed
 413   ``too_large``              more than ``max_bytes``
 413   ``too_many_pixels``        width x height > ``max_pixels`` (decompression bomb)
 413   ``side_too_large``         width or height > ``max_side``
@@ -70,7 +71,7 @@ Status codes and ``code`` strings:
 422   ``unsupported_channels``   CMYK and other modes; DICOM SamplesPerPixel not 1 or 3
 422   ``unsupported_photometric`` DICOM PhotometricInterpretation not read by medclass
 422   ``no_pixel_data``          a DICOM file that is not an image (e.g. a structured report)
-422   ``undecodable``            any other failure while decoding
+422   ``undecodable``            any other failure while decoding a PNG/JPEG
 ====  =========================  ============================================================
 """
 
@@ -430,7 +431,7 @@ def _check_dimensions(width: int, height: int, name: str, limits: UploadLimits) 
 
 
 def _damaged(fmt: str, name: str, e: BaseException) -> UploadError:
-    detail = " ".join(str(e).split())
+    detail = " ".join(str(e).split())[:300]
     if "truncat" in detail.lower():
         return UploadError(
             400, "truncated", f"{_shown(name)} is a truncated {fmt} file (it ends before the image data does: "
@@ -543,6 +544,14 @@ def _decode_dicom(data: bytes, name: str, channels: int, size: Optional[int], wi
         status, code = _DICOM_KINDS.get(e.kind, (422, "undecodable"))
         reason = e.reason.rstrip(".")
         raise UploadError(status, code, f"{_shown(name)}: {reason}", name) from e
+    except (UploadError, MemoryError):
+        raise
+    except Exception as e:  # pydicom parses elements lazily: a damaged value fails late (bad VR, bad UID)
+        detail = " ".join(str(e).split())[:300]
+        raise UploadError(
+            400, "corrupt", f"{_shown(name)} is a damaged DICOM file ({type(e).__name__}: {detail}); re-export "
+            "it and upload it again", name
+        ) from e
 
 
 def decode_upload(
@@ -565,7 +574,8 @@ def decode_upload(
     Raises:
         UploadError: the upload is unusable: ``status_code`` 400/413/415/422, ``code``, ``message``
             naming the file. Every failure while decoding is an UploadError (unexpected ones are
-            422 ``undecodable``; a MemoryError is 413 ``out_of_memory``).
+            400 ``corrupt`` for DICOM, 422 ``undecodable`` for PNG/JPEG; a MemoryError is 413
+            ``out_of_memory``).
         ValueError: ``channels`` is not 1 or 3, ``size`` is not positive, or ``dicom_window`` is not
             ``(center, width)`` with width >= 1 (the caller's mistakes, not the upload's).
     """
@@ -605,7 +615,7 @@ def decode_upload(
             "again", name
         ) from e
     except Exception as e:  # never a 500 for a bad file
-        detail = " ".join(str(e).split())
+        detail = " ".join(str(e).split())[:300]
         raise UploadError(
             422, "undecodable", f"{_shown(name)} could not be decoded as {fmt} ({type(e).__name__}: {detail}); "
             "re-export it as PNG and upload it again", name
