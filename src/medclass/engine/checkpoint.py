@@ -9,16 +9,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "temp_name_pattern"]
 
 
 class CheckpointError(OSError):
     """A checkpoint is missing or cannot be read; the message names the file."""
 
 
+def temp_name_pattern(path: Path) -> str:
+    """Glob pattern of the temporary files :func:`save_checkpoint` writes beside ``path``
+    (``.last.pt.<random>.tmp``); a process killed while saving leaves one behind."""
+    return f".{Path(path).name}.*.tmp"
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, fsync it, then
-    ``os.replace`` it into place: a reader sees the old or the new file, never half of one."""
+    ``os.replace`` it into place and fsync the folder: a reader sees the old or the new file,
+    never half of one, also after a crash or power loss. On an error (a full disk raises
+    ``OSError`` with ``errno.ENOSPC``) the temporary file is removed and the old file is intact;
+    only a process killed mid-write leaves its temporary file (the trainer removes those)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,6 +40,21 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,6 +6,10 @@ each epoch train over shuffled batches (augmentation batched on the device), val
 schedule, log (``metrics.csv``, TensorBoard, ``curves.png``), write ``best.pt``/``last.pt``
 atomically and check early stopping. It returns the history and where things were written.
 
+Faults: checkpoints are replaced atomically, so a killed process (``SIGKILL`` included) leaves the
+previous ``last.pt`` whole; the run folder's writability and free disk space are checked before
+any work, and a full disk during training is reported with the file and the resume point.
+
 Resuming is exact at epoch boundaries: every epoch reseeds the global torch RNG and the
 sampler's generator from ``(seed, epoch)``, so a resumed run makes the same draws as one that
 was never interrupted.
@@ -14,8 +18,10 @@ was never interrupted.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +50,7 @@ from ..models.pretrained import (
     param_groups_with_lrs,
     unfreeze_all,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, temp_name_pattern
 from .distributed import (
     DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
 )
@@ -58,7 +64,8 @@ METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
 
 
 class RunError(RuntimeError):
-    """A run folder cannot be used (exists without ``--resume``, unwritable, nothing to resume)."""
+    """A run folder cannot be used (exists without ``--resume``, unwritable, too little free disk
+    space, nothing to resume), or a checkpoint could not be written during training."""
 
 
 @dataclass(frozen=True)
@@ -210,13 +217,19 @@ def make_loader(
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
+    """Write the history as ``metrics.csv`` (the columns of :data:`METRIC_COLUMNS`) through a
+    temporary file and ``os.replace``; on an error the temporary file is removed."""
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row[k] for k in METRIC_COLUMNS})
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: row[k] for k in METRIC_COLUMNS})
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -258,6 +271,131 @@ def prepare_run_dir(files: RunFiles, resume: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise RunError(f"run folder {files.root} is not writable: {e}") from e
+
+
+def remove_stale_temp_files(files: RunFiles) -> list[Path]:
+    """Delete what a killed process can leave half written in the run folder: checkpoint temporary
+    files (``checkpoints/.last.pt.*.tmp``), ``metrics.tmp`` and the write probe. The real files
+    are replaced atomically, so they are whole; these are never read. Returns the removed paths."""
+    stale = [*files.root.glob(".write_test"), files.metrics_csv.with_suffix(".tmp")]
+    for ck in (files.best, files.last):
+        stale += ck.parent.glob(temp_name_pattern(ck))
+    removed = []
+    for p in stale:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+MiB = 2**20
+#: Free space kept on top of the checkpoint estimate (history, metrics, TensorBoard, curves).
+DISK_MARGIN_BYTES = 16 * MiB
+
+
+def checkpoint_bytes_needed(cfg: RunConfig, num_classes: int, channels: int) -> int:
+    """Disk space the run's checkpoints take at their peak, estimated before any data is decoded.
+
+    The model is built on the ``meta`` device (no memory, no random draws) to count its state:
+    ``best.pt`` holds the weights and buffers (``S`` bytes), ``last.pt`` also the optimizer state
+    (Adam/AdamW keep two moments per parameter, SGD one momentum buffer), and while ``last.pt`` is
+    replaced its old and new copy coexist: ``S + 2 * (S + k * P)``, plus 10 % and
+    :data:`DISK_MARGIN_BYTES`.
+    """
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, num_classes, channels)
+    except Exception:  # a model that cannot be built on meta: build it for real, RNG untouched
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(cfg.model, num_classes, channels)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = 1 if cfg.train.optimizer == "sgd" else 2
+    last = state + moments * params
+    return int(1.1 * (state + 2 * last)) + DISK_MARGIN_BYTES
+
+
+def _existing_dir(path: Path) -> Path:
+    """``path`` or its nearest existing parent (``shutil.disk_usage`` needs an existing path)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk_space(cfg: RunConfig, files: RunFiles, index, resume: bool) -> None:
+    """Fail before decoding or training when the disks cannot hold what the run will write: the
+    checkpoints in the run folder (see :func:`checkpoint_bytes_needed`; on resume less the
+    checkpoints already there, which are replaced) and the decode-cache entries of the train and
+    validation splits not cached yet (``N x C x H x W`` bytes each). The decode cache folder must
+    also be writable. Needs on one file system are added up.
+
+    Raises:
+        RunError: a folder is not writable or has too little free space; the message names the
+            folder, the free and needed MiB and what to do.
+    """
+    from ..data.dataset import cache_key
+
+    ch, size = cfg.data.channels, cfg.data.image_size
+    ck_dir = files.last.parent
+    needed = checkpoint_bytes_needed(cfg, index.num_classes, ch)
+    if resume:
+        needed -= sum(p.stat().st_size for p in (files.best, files.last) if p.is_file())
+    wants: list[tuple[Path, int, str]] = [(ck_dir, max(needed, DISK_MARGIN_BYTES), "the checkpoints")]
+
+    cache_dir = cache_dir_for(cfg.data)
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = cache_dir / f".write_test.{id(files)}"
+            probe.write_bytes(b"0")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(
+                f"cannot write the decode cache in {cache_dir} ({e}); set data.cache_dir to a writable folder "
+                "(or MEDCLASS_CACHE_DIR), or data.cache=false to decode into memory"
+            ) from e
+        cache_bytes = 0
+        for split in ("train", "valid"):
+            samples = index.splits.get(split) or []
+            if samples and not (cache_dir / f"{cache_key(samples, ch, size, cfg.data.dicom_window)}.npy").is_file():
+                cache_bytes += len(samples) * ch * size * size + 64 * 1024
+        if cache_bytes:
+            wants.append((cache_dir, cache_bytes, "the decode cache"))
+
+    by_device: dict[int, list[tuple[Path, int, str]]] = {}
+    for folder, n, what in wants:
+        by_device.setdefault(_existing_dir(folder).stat().st_dev, []).append((folder, n, what))
+    for group in by_device.values():
+        folder = group[0][0]
+        free = shutil.disk_usage(_existing_dir(folder)).free
+        total = sum(n for _, n, _ in group)
+        if free < total:
+            what = " and ".join(f"{w} ({n / MiB:.0f} MiB in {f})" for f, n, w in group)
+            advice = ("free some space or choose a run folder on another disk (--runs-dir)"
+                      if group[0][2] == "the checkpoints" else "free some space or set data.cache_dir")
+            raise RunError(
+                f"not enough free disk space for {what}: {free / MiB:.0f} MiB free in {folder}, "
+                f"about {total / MiB:.0f} MiB needed; {advice}"
+            )
+
+
+def _write_failed(e: OSError, path: Path, files: RunFiles, saved_epoch: int) -> RunError:
+    """The error for a checkpoint or log file that could not be written during training: which
+    file, why, and that the previous checkpoint is intact (atomic replace) and how to continue."""
+    reason = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    try:
+        free = f" ({shutil.disk_usage(_existing_dir(path.parent)).free / MiB:.0f} MiB free)"
+    except OSError:
+        free = ""
+    if saved_epoch > 0:
+        then = (f"the previous checkpoint {files.last} (epoch {saved_epoch}) is intact: free some space and "
+                f"continue from it with --resume (medclass train --name {files.root.name} "
+                f"--runs-dir {files.root.parent} --resume)")
+    else:
+        then = "no checkpoint was written yet: free some space and start the run again"
+    return RunError(f"cannot write {path}: {reason}{free}; {then}")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -314,8 +452,16 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     runs this function on its shard of each global batch, metrics are reduced across ranks and
     only rank 0 writes files (see :mod:`medclass.engine.distributed`).
 
+    Before any image is decoded, the run folder is checked (:func:`prepare_run_dir`), temporary
+    files of a killed save are removed (:func:`remove_stale_temp_files`) and the free disk space is
+    compared with what the checkpoints and decode cache need (:func:`check_disk_space`). A process
+    killed at any point (even ``SIGKILL`` mid-save) leaves whole checkpoints, and ``resume=True``
+    continues from ``last.pt`` with the same metrics as an uninterrupted run.
+
     Raises:
-        RunError: see :func:`prepare_run_dir`.
+        RunError: see :func:`prepare_run_dir` and :func:`check_disk_space`; also a checkpoint or
+            ``metrics.csv`` that cannot be written during training (a full disk), naming the
+            file and the intact checkpoint ``--resume`` continues from.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
     """
     t_start = time.time()
@@ -339,6 +485,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         # ImageNet weights expect ImageNet normalisation (torchvision's constants)
         cfg.data.normalize, cfg.data.mean, cfg.data.std = True, list(IMAGENET_MEAN), list(IMAGENET_STD)
     index = build_index(cfg.data)
+    if main:
+        removed = remove_stale_temp_files(files)
+        if removed:
+            log(f"removed {len(removed)} temporary files left by an interrupted save: {', '.join(p.name for p in removed)}")
+        check_disk_space(cfg, files, index, resume)
     if not resume:
         index = _check_leakage(cfg, index, files, main)
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
@@ -391,6 +542,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
     history: list[dict[str, float]] = []
     start_epoch = 1
+    saved_epoch = 0  # the epoch last.pt holds
     val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
     val_images = val_split.images[val_shard] if ctx.enabled else val_split.images
 
@@ -403,6 +555,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         tracker.load_state_dict(state["tracker"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
+        saved_epoch = start_epoch - 1
+        del state
 
     writer = None
     if main:
@@ -483,19 +637,28 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         # -- checkpoint (best first, then last: last.pt is the resume point) and log; rank 0 only
         improved = tracker.update(row[tc.monitor], epoch)
         if main:
-            if improved:
+            writing = files.best
+            try:
+                if improved:
+                    save_checkpoint(
+                        {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
+                         "class_names": index.class_names, "config": cfg.to_dict()},
+                        files.best,
+                    )
+                writing = files.last
                 save_checkpoint(
-                    {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
-                     "class_names": index.class_names, "config": cfg.to_dict()},
-                    files.best,
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
+                     "epoch": epoch, "class_names": index.class_names, "config": cfg.to_dict()},
+                    files.last,
                 )
-            save_checkpoint(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "tracker": tracker.state_dict(), "history": history, "epoch": epoch,
-                 "class_names": index.class_names, "config": cfg.to_dict()},
-                files.last,
-            )
-            write_metrics_csv(history, files.metrics_csv)
+                saved_epoch = epoch
+                writing = files.metrics_csv
+                write_metrics_csv(history, files.metrics_csv)
+            except OSError as e:  # a full disk: say which file, and that --resume continues
+                if writer is not None:
+                    writer.close()
+                raise _write_failed(e, writing, files, saved_epoch) from e
             if writer is not None:
                 for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
                     writer.add_scalar(k, row[k], epoch)
