@@ -318,8 +318,10 @@ def test_check_filename_accepts_plain_names():
     assert check_filename(None) == "upload" and check_filename("") == "upload"
     for name in ("scan 01 (copy).png", "ñandú.JPG", "IM000001", "a.b.c.dcm", "x" * 255):
         assert check_filename(name) == name
-    with pytest.raises(UploadError):
-        check_filename("x" * 20, max_chars=10)
+    for limit in (10, UploadLimits(max_filename_chars=10)):
+        with pytest.raises(UploadError):
+            check_filename("x" * 20, limit)
+    assert check_filename("x" * 10, UploadLimits(max_filename_chars=10)) == "x" * 10
 
 
 def test_read_limited():

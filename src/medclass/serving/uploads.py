@@ -205,9 +205,10 @@ def _shown(name: str, limit: int = 60) -> str:
     return repr(short)
 
 
-def check_filename(name: Optional[str], max_chars: int = 255) -> str:
+def check_filename(name: Optional[str], limits: "UploadLimits | int | None" = None) -> str:
     """The upload's file name, checked: returned unchanged when safe; ``"upload"`` when missing
-    (None or ``""``: a client need not send one).
+    (None or ``""``: a client need not send one). ``limits`` is an :class:`UploadLimits` (its
+    ``max_filename_chars``) or that number of characters (default 255).
 
     The name is only used in messages and logs, never to open a file, but it must be a bare name:
     refused are names with path parts (``/``, ``\\``, a drive such as ``C:``, or that are ``.`` or
@@ -217,6 +218,12 @@ def check_filename(name: Optional[str], max_chars: int = 255) -> str:
     Raises:
         UploadError: 400 ``bad_filename``.
     """
+    if limits is None:
+        max_chars = UploadLimits().max_filename_chars
+    elif isinstance(limits, UploadLimits):
+        max_chars = limits.max_filename_chars
+    else:
+        max_chars = int(limits)
     if name is None or name == "":
         return "upload"
     if not isinstance(name, str):
@@ -584,7 +591,7 @@ def decode_upload(
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive integer or None, got {size!r}")
     window = validate_window(dicom_window)
-    name = check_filename(filename, limits.max_filename_chars)
+    name = check_filename(filename, limits)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     data = bytes(data)
