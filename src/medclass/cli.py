@@ -202,31 +202,66 @@ def report(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run folder."),
+    run: Path = typer.Argument(..., help="Run folder; with --backend onnx or torchscript also an exported "
+                               ".onnx / .pt file (a run folder means its export/model.onnx or export/model.pt)."),
     paths: List[Path] = typer.Argument(..., help="Image files or folders."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     tta: bool = typer.Option(False, "--tta", help="Average the logits of the image and its horizontal flip."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Save a Grad-CAM figure per image in this folder."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Save a Grad-CAM figure per image in this folder "
+                                           "(torch backend only)."),
     target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Grad-CAM layer (default: the last stage)."),
+    backend: str = typer.Option("torch", "--backend", "-b", help="torch (the run's checkpoint), onnx (ONNX Runtime, "
+                                "without PyTorch) or torchscript (an exported model, see `medclass export`)."),
 ) -> None:
-    """Predict the class of unseen images; unreadable files get an error line, the rest are predicted."""
-    from .engine import CheckpointError, RunError, load_run
-    from .evaluation import predict_images
+    """Predict the class of unseen images; unreadable files get an error line, the rest are predicted.
 
+    Exits with 1 when no file could be predicted, 2 on a usage error (bad option, not a run, no export)."""
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, got {fmt!r}")
-    try:
-        loaded = load_run(run)
-    except (RunError, CheckpointError, ConfigError) as e:
-        _fail(str(e))
-    try:
-        preds = predict_images(loaded, paths, tta=("hflip",) if tta else (), explain_dir=explain, target_layer=target_layer)
-    except ValueError as e:
-        _fail(str(e))
+    if backend not in ("torch", "onnx", "torchscript"):
+        _fail(f"--backend must be torch, onnx or torchscript, got {backend!r}")
+    if backend == "torch":
+        from .engine import CheckpointError, RunError, load_run
+        from .evaluation import predict_images
+
+        try:
+            loaded = load_run(run)
+        except (RunError, CheckpointError, ConfigError) as e:
+            _fail(str(e))
+        try:
+            preds = predict_images(loaded, paths, tta=("hflip",) if tta else (), explain_dir=explain, target_layer=target_layer)
+        except ValueError as e:
+            _fail(str(e))
+        names = loaded.class_names
+    else:
+        # No PyTorch import on this path for onnx: only numpy, Pillow and onnxruntime.
+        from .serving.onnx_backend import ModelFileError, load_onnx_classifier, predict_files
+
+        if explain is not None:
+            _fail(f"--explain needs the torch backend (Grad-CAM takes gradients through the PyTorch model); "
+                  f"drop --backend {backend}, or drop --explain")
+        suffix, fmt_name = (".onnx", "onnx") if backend == "onnx" else (".pt", "torchscript")
+        model_path = run / "export" / f"model{suffix}" if run.is_dir() else run
+        if run.is_dir() and not model_path.is_file():
+            _fail(f"{run} has no {fmt_name} export ({model_path} is missing): run "
+                  f"`medclass export {run} --format {fmt_name}` first, or give the exported file")
+        try:
+            if backend == "onnx":
+                classifier = load_onnx_classifier(model_path, tta=("hflip",) if tta else ())
+            else:
+                from .serving.predictor import load_torchscript_classifier
+
+                classifier = load_torchscript_classifier(model_path, tta=("hflip",) if tta else ())
+        except (FileNotFoundError, ModelFileError, ImportError) as e:
+            _fail(str(e))
+        try:
+            preds = predict_files(classifier, paths)
+        except ValueError as e:
+            _fail(str(e))
+        names = classifier.spec.class_names
     if not preds:
         _fail("no image files found in the given paths")
-    names = loaded.class_names
     buf = io.StringIO()
     if fmt == "json":
         json.dump([p.to_dict() for p in preds], buf, indent=1)
@@ -256,6 +291,51 @@ def predict(
         typer.secho(f"error: {p.error}", fg=typer.colors.RED, err=True)
     if len(errors) == len(preds):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (ONNX Runtime, no PyTorch needed) or torchscript."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Destination file (default: RUN/export/model.onnx "
+                                       "or RUN/export/model.pt)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+) -> None:
+    """Export a run for deployment: preprocessing, calibration and class names travel inside the file.
+
+    The exported model takes uint8 images (N, C, H, W) as decoded and resized, and outputs logits and
+    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it."""
+    if fmt not in ("onnx", "torchscript"):
+        _fail(f"--format must be onnx or torchscript, got {fmt!r}")
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+    from .engine import CheckpointError, RunError, load_run
+    from .serving.export import VERIFY_TOLERANCE, export_run
+
+    try:
+        loaded = load_run(run, checkpoint=checkpoint, device="cpu")
+    except (RunError, CheckpointError, ConfigError) as e:
+        _fail(str(e))
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # a mismatch is reported below, as a CLI warning
+            warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
+            result = export_run(loaded, fmt, out)
+    except (ValueError, ImportError, OSError) as e:
+        _fail(str(e))
+    spec = result.spec
+    size_mb = result.path.stat().st_size / 1e6
+    typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
+               f"{spec.image_size} px, {spec.channels} channel{'s' if spec.channels > 1 else ''}, "
+               f"temperature {spec.temperature:.3g}) as {fmt} to {result.path} ({size_mb:.1f} MB, {result.seconds:.1f} s)")
+    if result.max_prob_diff is not None:
+        if result.max_prob_diff > VERIFY_TOLERANCE:
+            typer.secho(f"warning: the export differs from PyTorch by up to {result.max_prob_diff:.2e} in probability "
+                        f"(tolerance {VERIFY_TOLERANCE:.0e})", fg=typer.colors.YELLOW, err=True)
+        else:
+            typer.echo(f"checked: probabilities match PyTorch within {result.max_prob_diff:.1e}")
 
 
 @app.command()

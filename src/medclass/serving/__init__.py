@@ -16,6 +16,18 @@ _EXPORTS = {
     "onnx_session": "export",
     "ModelSpec": "spec",
     "probabilities_from_logits": "spec",
+    "export_run": "export",
+    "ExportResult": "export",
+    "default_export_path": "export",
+    "spec_from_run": "predictor",
+    "TorchClassifier": "predictor",
+    "TorchScriptClassifier": "predictor",
+    "load_torchscript_classifier": "predictor",
+    "OnnxClassifier": "onnx_backend",
+    "load_onnx_classifier": "onnx_backend",
+    "ModelFileError": "onnx_backend",
+    "FilePrediction": "onnx_backend",
+    "predict_files": "onnx_backend",
 }
 
 __all__ = sorted(_EXPORTS)

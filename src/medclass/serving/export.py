@@ -1,11 +1,18 @@
-"""Export a classifier to ONNX and open it with ONNX Runtime (CPU).
+"""Export a classifier to ONNX or TorchScript, and open an ONNX file with ONNX Runtime (CPU).
 
-The exported graph is the bare network: input ``"input"``, float32 ``(N, C, H, W)``, already
-scaled and normalised exactly as in training (no preprocessing is baked in); output ``"logits"``,
-float32 ``(N, K)``. The batch axis ``N`` is dynamic, ``C``, ``H`` and ``W`` are fixed at export.
+Two kinds of export:
 
-Needs the optional packages ``onnx``, ``onnxscript`` (exporter) and ``onnxruntime`` (session):
-``pip install -c constraints.txt -e ".[bench]"`` (or ``".[test]"``).
+* :func:`export_run` (``medclass export RUN``): a whole run, preprocessing and calibration baked
+  in, its :class:`~medclass.serving.spec.ModelSpec` stored inside. Input ``"image"`` uint8
+  ``(N, C, H, W)``; outputs ``"logits"`` and ``"probabilities"`` float32. ONNX or TorchScript.
+  Opened by :func:`medclass.serving.onnx_backend.load_onnx_classifier` (without PyTorch) and
+  :func:`medclass.serving.predictor.load_torchscript_classifier`.
+* :func:`export_onnx` (used by the benchmarks): the bare network, input ``"input"`` float32
+  ``(N, C, H, W)`` already scaled and normalised exactly as in training; output ``"logits"``
+  float32 ``(N, K)``.
+
+In both the batch axis ``N`` is dynamic; ``C``, ``H`` and ``W`` are fixed at export. ONNX needs
+``onnx``, ``onnxscript`` (exporter) and ``onnxruntime`` (session), core dependencies of medclass.
 """
 
 from __future__ import annotations
@@ -15,13 +22,19 @@ import logging
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "onnx_session", "INPUT_NAME", "OUTPUT_NAME"]
+if TYPE_CHECKING:
+    from .spec import ModelSpec
+
+__all__ = ["export_onnx", "onnx_session", "INPUT_NAME", "OUTPUT_NAME", "export_run", "ExportResult",
+           "default_export_path", "FORMATS"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -90,59 +103,76 @@ def export_onnx(
         raise ImportError('ONNX export needs onnx and onnxscript: pip install -c constraints.txt -e ".[bench]"') from exc
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     example = torch.randn(_EXAMPLE_BATCH, channels, image_size, image_size, device=device)
-
     was_training = model.training
     model.eval()
+    try:
+        with _atomic_file(path) as tmp:
+            _write_onnx(model, example, tmp, INPUT_NAME, [OUTPUT_NAME], opset, dynamo)
+    finally:
+        model.train(was_training)
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` (parents created) that replaces ``path`` (mode 0644) when
+    the block succeeds and is removed when it raises, so ``path`` is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        dynamo_error: Optional[BaseException] = None
-        if dynamo:
-            # The torch.export-based exporter of torch 2.13 handles the ResNet family in ~6 s
-            # (ResNet-50, 2 CPU cores) and matches eager PyTorch to ~1e-6 on the logits.
-            try:
-                with _quiet_exporter(), torch.no_grad():
-                    program = torch.onnx.export(
-                        model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    )
-            except ImportError as exc:
-                raise ImportError(
-                    'the dynamo ONNX exporter needs onnxscript: pip install -c constraints.txt -e ".[bench]"'
-                ) from exc
-            except Exception as exc:  # an op or construct torch.export cannot trace
-                dynamo_error = exc
-                warnings.warn(f"dynamo ONNX export failed ({type(exc).__name__}: {exc}); "
-                              "falling back to the legacy TorchScript exporter", RuntimeWarning, stacklevel=2)
-            else:
-                program.save(tmp, external_data=False)  # an OSError here is not an export failure
-        if not dynamo or dynamo_error is not None:
-            # Legacy exporter: deprecated since torch 2.9 but still present in 2.13; it traces
-            # with torch.jit, so data-dependent control flow is frozen at the example's path.
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                try:
-                    torch.onnx.export(
-                        model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    )
-                except Exception as exc:
-                    if dynamo_error is not None:
-                        raise exc from dynamo_error
-                    raise
+        yield tmp
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        model.train(was_training)
-    return path
+
+
+def _write_onnx(
+    model: nn.Module, example: torch.Tensor, tmp: Path, input_name: str, output_names: list[str], opset: int, dynamo: bool
+) -> None:
+    """Export ``model`` (already in eval mode) called on ``example`` to the file ``tmp``, with a
+    dynamic batch axis on the input and every output (see :func:`export_onnx` for the exporters)."""
+    dynamo_error: Optional[BaseException] = None
+    if dynamo:
+        # The torch.export-based exporter of torch 2.13 handles the ResNet family in ~6 s
+        # (ResNet-50, 2 CPU cores) and matches eager PyTorch to ~1e-6 on the logits.
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                program = torch.onnx.export(
+                    model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                    input_names=[input_name], output_names=output_names,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                )
+        except ImportError as exc:
+            raise ImportError(
+                'the dynamo ONNX exporter needs onnxscript: pip install -c constraints.txt -e ".[bench]"'
+            ) from exc
+        except Exception as exc:  # an op or construct torch.export cannot trace
+            dynamo_error = exc
+            warnings.warn(f"dynamo ONNX export failed ({type(exc).__name__}: {exc}); "
+                          "falling back to the legacy TorchScript exporter", RuntimeWarning, stacklevel=3)
+        else:
+            program.save(tmp, external_data=False)  # an OSError here is not an export failure
+    if not dynamo or dynamo_error is not None:
+        # Legacy exporter: deprecated since torch 2.9 but still present in 2.13; it traces
+        # with torch.jit, so data-dependent control flow is frozen at the example's path.
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                    input_names=[input_name], output_names=output_names,
+                    dynamic_axes={name: {0: "batch"} for name in [input_name, *output_names]},
+                )
+            except Exception as exc:
+                if dynamo_error is not None:
+                    raise exc from dynamo_error
+                raise
 
 
 def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, spinning: bool = True):
@@ -166,18 +196,168 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, s
         ImportError: ``onnxruntime`` is not installed.
         onnxruntime errors (``InvalidGraph``, ``Fail``...): the file is not a valid ONNX model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX model at {path}")
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ImportError('ONNX inference needs onnxruntime: pip install -c constraints.txt -e ".[bench]"') from exc
-    options = ort.SessionOptions()
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    from .onnx_backend import open_onnx_session
+
+    return open_onnx_session(path, threads=threads, spinning=spinning)
+
+
+# ---- exporting a whole run: preprocessing baked in, spec stored inside --------------------------
+
+
+class _ClassifierGraph(nn.Module):
+    """What an exported run computes: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``.
+
+    Scales to [0, 1] and normalises as :class:`medclass.data.Preprocess` does (when the spec has
+    mean/std), runs ``model``, and returns its float32 logits ``(N, K)`` (``(N, 1)`` single-logit)
+    and the temperature-scaled probabilities ``(N, K)`` (softmax, or ``[1 - sigmoid, sigmoid]``).
+    """
+
+    def __init__(self, model: nn.Module, spec) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = spec.mean is not None and spec.std is not None
+        mean = torch.tensor(spec.mean if self.normalize else [0.0], dtype=torch.float32)
+        std = torch.tensor(spec.std if self.normalize else [1.0], dtype=torch.float32)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+        self.temperature = float(spec.temperature)
+        self.single_logit = bool(spec.single_logit)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.float() / 255.0
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        logits = self.model(x).float()
+        z = logits / self.temperature
+        if self.single_logit:
+            p = torch.sigmoid(z)
+            probs = torch.cat([1.0 - p, p], dim=1)
+        else:
+            probs = torch.softmax(z, dim=1)
+        return logits, probs
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_run` wrote: ``path``, ``format`` ("onnx" or "torchscript"), the stored
+    ``spec``, the export time in ``seconds``, and ``max_prob_diff``: the largest absolute
+    difference between the exported model's probabilities (loaded back from ``path``) and eager
+    PyTorch's on :data:`VERIFY_BATCH` random images (None when not verified)."""
+
+    path: Path
+    format: str
+    spec: "ModelSpec"
+    seconds: float
+    max_prob_diff: Optional[float] = None
+
+
+#: Random uint8 images the exported model is checked on after writing.
+VERIFY_BATCH = 4
+#: Probability difference above which :func:`export_run` warns that the export does not match.
+VERIFY_TOLERANCE = 1e-4
+FORMATS = ("onnx", "torchscript")
+_DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+def default_export_path(run_dir: Union[str, os.PathLike], fmt: str) -> Path:
+    """Where ``medclass export`` writes by default: ``RUN/export/model.onnx`` or ``RUN/export/model.pt``.
+
+    Raises:
+        ValueError: ``fmt`` is not "onnx" or "torchscript".
+    """
+    if fmt not in _DEFAULT_NAMES:
+        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return Path(run_dir) / "export" / _DEFAULT_NAMES[fmt]
+
+
+def export_run(
+    run,
+    fmt: str = "onnx",
+    out: Optional[Union[str, os.PathLike]] = None,
+    opset: int = 18,
+    verify: bool = True,
+) -> ExportResult:
+    """Export a loaded run with its preprocessing and calibration baked in and its spec stored inside.
+
+    The exported model takes what a consumer gets by decoding and resizing an image file
+    (:func:`medclass.data.io.read_image`, transposed): input ``"image"`` uint8 ``(N, C, H, W)``,
+    ``N`` dynamic, ``C = spec.channels``, ``H = W = spec.image_size``; it scales to [0, 1],
+    normalises with the run's mean/std, runs the network (on the CPU, float32, contiguous NCHW)
+    and outputs ``"logits"`` float32 ``(N, K)`` (``(N, 1)`` single-logit) and ``"probabilities"``
+    float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. The
+    :class:`~medclass.serving.spec.ModelSpec` of :func:`medclass.serving.predictor.spec_from_run`
+    is stored as JSON: ONNX ``metadata_props["medclass.spec"]``, TorchScript extra file
+    ``medclass_spec.json``. Open the results with
+    :func:`medclass.serving.onnx_backend.load_onnx_classifier` (no PyTorch needed) or
+    :func:`medclass.serving.predictor.load_torchscript_classifier`.
+
+    Args:
+        run: a :class:`~medclass.engine.LoadedRun` (its model is copied to the CPU, the run is untouched).
+        fmt: "onnx" (dynamo exporter, legacy fallback as in :func:`export_onnx`) or "torchscript"
+            (``torch.jit.trace``).
+        out: destination file; default :func:`default_export_path` of the run folder. Written
+            atomically (temporary file + ``os.replace``), parent folders created.
+        opset: ONNX opset version.
+        verify: load the written file back and compare its probabilities with eager PyTorch on
+            :data:`VERIFY_BATCH` random images (``ExportResult.max_prob_diff``); a difference above
+            :data:`VERIFY_TOLERANCE` raises a ``RuntimeWarning``.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ValueError: an unknown ``fmt``; a bad ``calibration.json``.
+        ImportError: onnx/onnxscript/onnxruntime missing (ONNX format).
+        RuntimeError / torch errors: the model cannot be exported.
+        OSError: the file cannot be written.
+    """
+    import copy
+    import time
+
+    from .onnx_backend import IMAGE_INPUT, LOGITS_OUTPUT, PROBS_OUTPUT, SPEC_KEY, load_onnx_classifier
+    from .predictor import TORCHSCRIPT_SPEC_FILE, load_torchscript_classifier, spec_from_run
+
+    if fmt not in FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    path = Path(out) if out is not None else default_export_path(run.files.root, fmt)
+    t0 = time.perf_counter()
+    spec = spec_from_run(run)
+    model = copy.deepcopy(run.model).cpu().float().to(memory_format=torch.contiguous_format)
+    graph = _ClassifierGraph(model, spec).eval()
+    gen = torch.Generator().manual_seed(0)
+    shape = (_EXAMPLE_BATCH, spec.channels, spec.image_size, spec.image_size)
+    example = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    if fmt == "onnx":
+        try:
+            import onnx
+        except ImportError as exc:
+            raise ImportError('ONNX export needs onnx and onnxscript: pip install -c constraints.txt -e "."') from exc
+        with _atomic_file(path) as tmp:
+            _write_onnx(graph, example, tmp, IMAGE_INPUT, [LOGITS_OUTPUT, PROBS_OUTPUT], opset, dynamo=True)
+            proto = onnx.load(str(tmp))
+            for prop in [p for p in proto.metadata_props if p.key == SPEC_KEY]:
+                proto.metadata_props.remove(prop)
+            proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
+            proto.doc_string = (f"medclass classifier {spec.run!r} (epoch {spec.checkpoint_epoch}): input "
+                                f"{IMAGE_INPUT!r} uint8 (N, {spec.channels}, {spec.image_size}, {spec.image_size}); "
+                                f"outputs {LOGITS_OUTPUT!r}, {PROBS_OUTPUT!r}; spec in metadata {SPEC_KEY!r}")
+            onnx.save(proto, str(tmp))
+    else:
+        with _atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            traced = torch.jit.trace(graph, (example,), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
+    seconds = time.perf_counter() - t0
+    diff = None
+    if verify:
+        images = torch.randint(0, 256, (VERIFY_BATCH, *shape[1:]), generator=gen, dtype=torch.uint8)
+        with torch.inference_mode():
+            expected = spec.probabilities(graph(images)[0].numpy())
+        loader = load_onnx_classifier if fmt == "onnx" else load_torchscript_classifier
+        got = loader(path).predict_proba(images.permute(0, 2, 3, 1).numpy())
+        diff = float(np.abs(got - expected).max())
+        if not diff <= VERIFY_TOLERANCE:
+            warnings.warn(f"the exported model {path} differs from PyTorch by up to {diff:.2e} in probability "
+                          f"(tolerance {VERIFY_TOLERANCE:.0e})", RuntimeWarning, stacklevel=2)
+    return ExportResult(path, fmt, spec, seconds, diff)

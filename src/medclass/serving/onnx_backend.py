@@ -1,0 +1,294 @@
+"""Run an exported classifier with ONNX Runtime, in a process that never imports PyTorch.
+
+An ONNX file written by ``medclass export RUN --format onnx``
+(:func:`medclass.serving.export.export_run`) holds the whole pipeline after decoding: graph input
+``"image"``, uint8 ``(N, C, H, W)`` with a dynamic batch ``N``; the graph scales to [0, 1],
+normalises with the run's mean/std, runs the network and outputs ``"logits"`` float32 ``(N, K)``
+(``(N, 1)`` for a single-logit binary model) and ``"probabilities"`` float32 ``(N, K)``
+(temperature-scaled). The :class:`~medclass.serving.spec.ModelSpec` (class names, image size,
+channels, DICOM window, temperature, threshold) is stored as JSON in the model's
+``metadata_props`` under :data:`SPEC_KEY`.
+
+This module imports only numpy, Pillow (through :mod:`medclass.data.io`), onnxruntime (when a model
+is opened) and :mod:`medclass.serving.spec`. It also holds what every exported-model backend
+shares (test-time augmentation by flips in numpy, predicting files with per-file errors), which
+the TorchScript backend (:mod:`medclass.serving.predictor`) reuses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..data.io import ImageReadError, is_image_file, read_image
+from .spec import ModelSpec
+
+__all__ = [
+    "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "TTA_FLIPS", "ModelFileError",
+    "ExportedClassifier", "OnnxClassifier", "load_onnx_classifier", "open_onnx_session",
+    "FilePrediction", "expand_image_paths", "predict_files",
+]
+
+#: ONNX ``metadata_props`` key holding the :class:`ModelSpec` JSON.
+SPEC_KEY = "medclass.spec"
+#: Graph input: uint8 ``(N, C, H, W)`` decoded and resized images (no scaling, no normalisation).
+IMAGE_INPUT = "image"
+#: Graph outputs: raw logits ``(N, K)`` (``(N, 1)`` single-logit) and calibrated probabilities ``(N, K)``.
+LOGITS_OUTPUT = "logits"
+PROBS_OUTPUT = "probabilities"
+
+#: Test-time augmentation views, as axes of an ``(N, H, W, C)`` batch to flip; the same views as
+#: :data:`medclass.engine.inference.TTA_VIEWS` (which flips ``(N, C, H, W)``).
+TTA_FLIPS = {"hflip": (2,), "vflip": (1,), "hvflip": (1, 2)}
+
+_EXPORT_HINT = "export the run with `medclass export RUN --format {fmt}`"
+
+
+class ModelFileError(ValueError):
+    """An exported model file cannot be used: not an ONNX/TorchScript file, no (or an invalid)
+    stored :class:`ModelSpec`, or a graph that does not take what its spec says. The message names
+    the file and says how to make a good one."""
+
+
+def _check_tta(tta: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in tta if v not in TTA_FLIPS]
+    if unknown:
+        raise ValueError(f"unknown test-time augmentation {unknown}; choose from {sorted(TTA_FLIPS)}")
+    return tuple(tta)
+
+
+class ExportedClassifier:
+    """What every backend offers the CLI and the web service: ``spec``, ``can_explain`` and
+    :meth:`predict_proba`. Subclasses implement :meth:`_logits` for one uint8 NCHW batch.
+
+    Attributes:
+        spec: the model's :class:`ModelSpec`.
+        can_explain: False (no gradients through an exported graph: Grad-CAM needs the torch backend).
+        tta: flip views averaged with the image (keys of :data:`TTA_FLIPS`).
+        batch_size: images per graph run.
+        path: the model file.
+    """
+
+    can_explain = False
+
+    def __init__(self, spec: ModelSpec, path: Path, tta: Sequence[str] = (), batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.spec = spec
+        self.path = Path(path)
+        self.tta = _check_tta(tta)
+        self.batch_size = batch_size
+
+    def _logits(self, images_nchw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        s, c = self.spec.image_size, self.spec.channels
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, c):
+            raise ValueError(f"images must be uint8 (N, {s}, {s}, {c}) for this model, got "
+                             f"{images.dtype} {images.shape}")
+        return images
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits float32 ``(N, K)`` (``(N, 1)`` for a single-logit model), averaged over the TTA views.
+
+        Args:
+            images: uint8 ``(N, H, W, C)`` with ``H = W = spec.image_size`` and ``C = spec.channels``
+                (what :func:`medclass.data.io.read_image` returns, stacked).
+
+        Raises:
+            ValueError: another dtype or shape.
+        """
+        images = self._check_images(images)
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = images[i : i + self.batch_size]
+            z = self._logits(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).astype(np.float64)
+            for view in self.tta:
+                flipped = np.flip(batch, TTA_FLIPS[view]).transpose(0, 3, 1, 2)
+                z = z + self._logits(np.ascontiguousarray(flipped))
+            out.append((z / (1 + len(self.tta))).astype(np.float32))
+        if not out:
+            return np.zeros((0, 1 if self.spec.single_logit else len(self.spec.class_names)), np.float32)
+        return np.concatenate(out)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities float32 ``(N, K)`` for uint8 ``(N, H, W, C)`` images at
+        ``spec.image_size`` (see :meth:`predict_logits`); ``spec.decide`` turns them into classes.
+
+        Raises:
+            ValueError: images of another dtype or shape.
+        """
+        return self.spec.probabilities(self.predict_logits(images))
+
+
+def open_onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, spinning: bool = True):
+    """An ``onnxruntime.InferenceSession`` on ``CPUExecutionProvider`` (see
+    :func:`medclass.serving.export.onnx_session`, which calls this).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``threads`` < 1.
+        ImportError: ``onnxruntime`` is not installed.
+        onnxruntime errors: the file is not a valid ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError('ONNX inference needs onnxruntime: pip install -c constraints.txt -e "."') from exc
+    options = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier(ExportedClassifier):
+    """An exported ONNX classifier run by ONNX Runtime (CPU); open it with :func:`load_onnx_classifier`.
+
+    Attributes (besides :class:`ExportedClassifier`'s):
+        session: the ``onnxruntime.InferenceSession``.
+    """
+
+    def __init__(self, path: Path, session, spec: ModelSpec, tta: Sequence[str] = (), batch_size: int = 32) -> None:
+        super().__init__(spec, path, tta, batch_size)
+        self.session = session
+
+    def _logits(self, images_nchw: np.ndarray) -> np.ndarray:
+        return self.session.run([LOGITS_OUTPUT], {IMAGE_INPUT: images_nchw})[0]
+
+
+def load_onnx_classifier(
+    path: Union[str, os.PathLike],
+    tta: Sequence[str] = (),
+    threads: Optional[int] = None,
+    spinning: bool = True,
+    batch_size: int = 32,
+) -> OnnxClassifier:
+    """Open a model written by ``medclass export RUN --format onnx``, without PyTorch.
+
+    Args:
+        path: the ``.onnx`` file.
+        tta: flip views to average with each image (keys of :data:`TTA_FLIPS`, e.g. ``("hflip",)``).
+        threads, spinning: ONNX Runtime intra-op threads (None: one per physical core) and whether
+            idle threads busy-wait (see :func:`open_onnx_session`).
+        batch_size: images per graph run.
+
+    Returns:
+        An :class:`OnnxClassifier`: ``spec``, ``can_explain = False``, ``predict_proba(images)``
+        with images uint8 ``(N, H, W, C)`` -> float32 ``(N, K)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelFileError: not an ONNX model; no ``medclass.spec`` metadata (not written by
+            ``medclass export``) or an invalid one; a graph without the ``"image"`` uint8 input
+            and ``"logits"`` output its spec implies.
+        ValueError: an unknown TTA view, ``threads`` or ``batch_size`` < 1.
+        ImportError: onnxruntime is not installed.
+    """
+    path = Path(path)
+    hint = _EXPORT_HINT.format(fmt="onnx")
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}: {hint}")
+    _check_tta(tta)
+    try:
+        session = open_onnx_session(path, threads=threads, spinning=spinning)
+    except (ImportError, ValueError):
+        raise
+    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph...
+        raise ModelFileError(f"{path} is not a usable ONNX model ({type(e).__name__}: {str(e).strip()[:300]}); "
+                             f"{hint}") from e
+    meta = session.get_modelmeta().custom_metadata_map
+    if SPEC_KEY not in meta:
+        raise ModelFileError(f"{path} has no medclass model spec (ONNX metadata {SPEC_KEY!r}: class names, "
+                             f"preprocessing): it was not written by `medclass export`; {hint}")
+    try:
+        spec = ModelSpec.from_json(meta[SPEC_KEY])
+    except ValueError as e:
+        raise ModelFileError(f"{path}: invalid medclass model spec ({e}); {hint}") from e
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    image = inputs.get(IMAGE_INPUT)
+    want = [spec.channels, spec.image_size, spec.image_size]
+    if image is None or image.type != "tensor(uint8)" or list(image.shape[1:]) != want or LOGITS_OUTPUT not in outputs:
+        got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs.values())
+        raise ModelFileError(f"{path}: the graph does not take {IMAGE_INPUT!r} uint8 (N, {want[0]}, {want[1]}, {want[2]}) "
+                             f"and give {LOGITS_OUTPUT!r} as its spec says (inputs: {got}; outputs: "
+                             f"{sorted(outputs)}); {hint}")
+    return OnnxClassifier(path, session, spec, tta=tta, batch_size=batch_size)
+
+
+# ---- predicting files (any backend with ``spec`` and ``predict_proba``) -----------------------
+
+
+@dataclass
+class FilePrediction:
+    """One file's outcome, as :class:`medclass.evaluation.predict.Prediction` (same fields and
+    ``to_dict``), for backends that must not import PyTorch."""
+
+    path: str
+    predicted: Optional[str] = None
+    probabilities: Optional[dict[str, float]] = None
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
+
+
+def expand_image_paths(paths: Iterable[Union[str, os.PathLike]]) -> list[Path]:
+    """Files as given, and the image files found (recursively, sorted) under given folders: the
+    torch-free twin of :func:`medclass.evaluation.predict.expand_paths`."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if is_image_file(q))
+        else:
+            out.append(p)
+    return out
+
+
+def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[FilePrediction]:
+    """Predict image files (and the images under folders) with any backend.
+
+    Each file is read as in training (:func:`medclass.data.io.read_image` at ``spec.image_size``,
+    ``spec.channels``, ``spec.dicom_window``); one that cannot be read gets its own ``error`` and
+    the others are still predicted. The class is ``spec.decide`` of the calibrated probabilities
+    (the operating threshold for a binary task that has one, else the arg-max), as
+    :func:`medclass.evaluation.predict.predict_images` does.
+
+    Args:
+        classifier: an object with ``spec`` (:class:`ModelSpec`) and ``predict_proba(images)``
+            (uint8 ``(N, H, W, C)`` -> float32 ``(N, K)``).
+        paths: files and folders.
+
+    Returns:
+        One :class:`FilePrediction` per expanded path, in order.
+    """
+    spec: ModelSpec = classifier.spec
+    results: list[FilePrediction] = []
+    arrays, ok_index = [], []
+    for p in expand_image_paths(paths):
+        results.append(FilePrediction(str(p)))
+        try:
+            arrays.append(read_image(p, spec.channels, spec.image_size, dicom_window=spec.dicom_window))
+            ok_index.append(len(results) - 1)
+        except ImageReadError as e:
+            results[-1].error = str(e)
+    if arrays:
+        probs = classifier.predict_proba(np.stack(arrays))
+        decided = spec.decide(probs)
+        for i, pr, k in zip(ok_index, probs.tolist(), decided.tolist()):
+            results[i].probabilities = {n: float(v) for n, v in zip(spec.class_names, pr)}
+            results[i].predicted = spec.class_names[k]
+    return results
