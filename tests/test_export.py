@@ -304,6 +304,8 @@ def test_cli_usage_errors(chest_run, tmp_path):
     assert r.exit_code == 2 and "--format must be onnx or torchscript" in r.output
     r = CliRunner().invoke(app, ["export", str(tmp_path), "--format", "onnx"])
     assert r.exit_code == 2 and "not a medclass run folder" in r.output
+    r = _cli_predict(str(run_dir / "export" / "model.onnx"), img)
+    assert r.exit_code == 2 and "add --backend onnx" in r.output
     r = _cli_predict(str(tmp_path / "nothing.onnx"), img, "--backend", "onnx")
     assert r.exit_code == 2 and "nothing.onnx" in r.output and "medclass export" in r.output
 
@@ -363,14 +365,14 @@ def test_bad_torchscript_exports_give_clear_errors(tmp_path):
         load_torchscript_classifier(garbled)
 
 
-class _TinyBinary(torch.nn.Module):
-    """A small single-logit CNN (fast to export)."""
+class _TinyCNN(torch.nn.Module):
+    """A small CNN (fast to export): ``outputs`` logits from ``channels``-channel images."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: int = 1, channels: int = 1) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
         self.bn = torch.nn.BatchNorm2d(4)
-        self.fc = torch.nn.Linear(4, 1)
+        self.fc = torch.nn.Linear(4, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
@@ -383,7 +385,7 @@ def test_single_logit_run_with_threshold_exports(tmp_path):
     run_dir.mkdir()
     cfg = RunConfig()
     cfg.data.image_size, cfg.data.channels, cfg.data.dicom_window = 24, 1, [-600, 1500]
-    model = _TinyBinary()
+    model = _TinyCNN()
     with torch.no_grad():
         model.train()(torch.rand(8, 1, 24, 24))
     model.eval()
@@ -405,3 +407,29 @@ def test_single_logit_run_with_threshold_exports(tmp_path):
         assert got.shape == (9, 2) and np.abs(got - expected).max() < 1e-4
         np.testing.assert_array_equal(spec.decide(got), (expected[:, 1] >= 0.3).astype(np.int64))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["binary-run", "m.onnx", "m.torchscript"]  # no temp files
+
+
+def test_ensemble_run_exports(tmp_path):
+    """An ensemble run (identity preprocessing, members normalising inside the model) exports too."""
+    from medclass.engine.run import _Normalise
+    from medclass.models import SoftVotingEnsemble
+
+    members = []
+    for seed, (mean, std) in enumerate((([0.5], [0.25]), ([0.4], [0.3]))):
+        torch.manual_seed(seed)
+        member = _TinyCNN(outputs=3)
+        with torch.no_grad():
+            member.train()(torch.rand(8, 1, 20, 20))
+        members.append(torch.nn.Sequential(_Normalise(Preprocess(mean, std)), member.eval()))
+    cfg = RunConfig()
+    cfg.data.image_size, cfg.data.channels = 20, 1
+    model = SoftVotingEnsemble(members, [0.3, 0.7]).eval()
+    run = LoadedRun(RunFiles(tmp_path / "ens"), cfg, ["x", "y", "z"], model, Preprocess(), torch.device("cpu"), -1)
+    reference = TorchClassifier(run)
+    assert reference.spec.mean is None and reference.spec.checkpoint_epoch == -1 and not reference.spec.single_logit
+    images = np.random.default_rng(1).integers(0, 256, (6, 20, 20, 1), dtype=np.uint8)
+    expected = reference.predict_proba(images)
+    for fmt, loader in (("onnx", load_onnx_classifier), ("torchscript", load_torchscript_classifier)):
+        result = export_run(run, fmt)
+        assert result.path == tmp_path / "ens" / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
+        assert np.abs(loader(result.path).predict_proba(images) - expected).max() < 1e-4

@@ -225,6 +225,9 @@ def predict(
         from .engine import CheckpointError, RunError, load_run
         from .evaluation import predict_images
 
+        if run.is_file() and run.suffix.lower() in (".onnx", ".pt"):
+            other = "onnx" if run.suffix.lower() == ".onnx" else "torchscript"
+            _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
         try:
             loaded = load_run(run)
         except (RunError, CheckpointError, ConfigError) as e:
