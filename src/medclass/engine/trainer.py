@@ -372,12 +372,15 @@ def check_disk_space(cfg: RunConfig, files: RunFiles, index, resume: bool) -> No
         free = shutil.disk_usage(_existing_dir(folder)).free
         total = sum(n for _, n, _ in group)
         if free < total:
-            what = " and ".join(f"{w} ({n / MiB:.0f} MiB in {f})" for f, n, w in group)
+            what = " and ".join(
+                w if len(group) == 1 else f"{w} ({n / MiB:.0f} MiB{'' if f == folder else f' in {f}'})"
+                for f, n, w in group
+            )
             advice = ("free some space or choose a run folder on another disk (--runs-dir)"
                       if group[0][2] == "the checkpoints" else "free some space or set data.cache_dir")
             raise RunError(
-                f"not enough free disk space for {what}: {free / MiB:.0f} MiB free in {folder}, "
-                f"about {total / MiB:.0f} MiB needed; {advice}"
+                f"not enough free disk space in {folder}: {free / MiB:.0f} MiB free, "
+                f"about {total / MiB:.0f} MiB needed for {what}; {advice}"
             )
 
 
