@@ -128,7 +128,7 @@ class TorchClassifier:
             ValueError: another dtype or shape than ``(N, spec.image_size, spec.image_size, spec.channels)``.
         """
         images = self._check_images(images)
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).contiguous()  # copy: read-only input
         z = predict_logits(self.run.model, x, self.run.preprocess, self.run.device, self.batch_size, tta=self.tta)
         if len(images) == 0:
             return np.zeros((0, 1 if self.spec.single_logit else len(self.spec.class_names)), np.float32)
@@ -163,7 +163,7 @@ class TorchClassifier:
 
         batch = self._check_images(np.asarray(image)[None])
         cls = int(self.spec.decide(self.predict_proba(batch))[0])
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.run.device)
+        x = torch.from_numpy(np.array(batch, copy=True)).permute(0, 3, 1, 2).to(self.run.device)
         heat = gradcam(self.run.model, self.run.preprocess(x), class_idx=cls, target_layer=target_layer)
         return heat[0].numpy().astype(np.float32, copy=False)
 
@@ -181,7 +181,7 @@ class TorchScriptClassifier(ExportedClassifier):
 
     def _logits(self, images_nchw: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.module(torch.from_numpy(images_nchw))[0]
+            logits = self.module(torch.from_numpy(np.require(images_nchw, requirements=["C", "W"])))[0]
         return logits.float().numpy()
 
 
