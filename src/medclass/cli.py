@@ -471,6 +471,49 @@ def audit(
     typer.echo(f"written to {json_path} and {md_path} ({report['seconds']:.1f} s)")
 
 
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Run folder to serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    backend: str = typer.Option("torch", "--backend", help="torch (Grad-CAM on the page) or onnx (RUN/export/model.onnx, ONNX Runtime)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (torch backend)."),
+    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Largest upload in MiB (default 20, or $MEDCLASS_MAX_UPLOAD_BYTES)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest width x height (default 40,000,000, or $MEDCLASS_MAX_UPLOAD_PIXELS)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Longest side in pixels (default 10,000, or $MEDCLASS_MAX_UPLOAD_SIDE)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
+) -> None:
+    """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
+    the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
+    reverse proxy that authenticates users and terminates TLS."""
+    from .serving.service import BACKENDS, build_app, serve as run_server
+    from .serving.uploads import UploadLimits
+
+    if backend not in BACKENDS:
+        _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+    if not 0 < port < 65536:
+        _fail(f"--port must be 1..65535, got {port}")
+    try:
+        limits = UploadLimits.from_env(
+            max_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024),
+            max_pixels=max_pixels, max_side=max_side)
+    except ValueError as e:
+        _fail(str(e))
+    from .engine import CheckpointError, RunError
+
+    try:
+        application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint)
+    except (RunError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"serving {run} ({backend}) at http://{host}:{port}/  (API schema: /docs; stop with Ctrl-C)")
+    try:
+        run_server(application, host=host, port=port, log_level=log_level)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
