@@ -169,7 +169,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <h2>Metrics</h2>
 {% if c.metrics %}<p>On the {{ c.metrics.n }} images of the {{ c.metrics.split }} split ({{ c.metrics.folder }}); 95% bootstrap intervals.</p>
 <table id="metrics"><tr><th>metric</th><th>estimate</th><th>95% CI</th></tr>
-{% for k, v in c.metrics.overall.items() %}{% if v.estimate is not none %}<tr><td>{{ k|replace("_", " ") }}</td><td>{{ "%.3f"|format(v.estimate) }}</td>
+{% for k, v in c.metrics.overall.items() %}{% if v.estimate is not none %}<tr><td>{{ labels[k] }}</td><td>{{ "%.3f"|format(v.estimate) }}</td>
 <td>{% if v.low is not none %}{{ "%.3f"|format(v.low) }} to {{ "%.3f"|format(v.high) }}{% endif %}</td></tr>{% endif %}{% endfor %}</table>
 <table><tr><th>class</th><th>precision</th><th>recall (sensitivity)</th><th>F1</th><th>support</th></tr>
 {% for name, pc in c.metrics.per_class.items() %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(pc.precision) }}</td><td>{{ "%.3f"|format(pc.recall) }}</td><td>{{ "%.3f"|format(pc.f1) }}</td><td>{{ pc.support }}</td></tr>{% endfor %}</table>
@@ -181,9 +181,12 @@ _TEMPLATE = """<!DOCTYPE html>
 """
 
 
+_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC"}
+
+
 def render_model_card(card: dict[str, Any]) -> str:
     """The card as an HTML page (Jinja2, autoescaped)."""
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
-    return env.from_string(_TEMPLATE).render(c=card)
+    return env.from_string(_TEMPLATE).render(c=card, labels=_LABELS)
