@@ -444,3 +444,19 @@ def test_live_server_cuts_off_a_huge_chunked_upload(live_server):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 100 * (1 << 20)
     assert httpx.get(live_server + "/health").json()["status"] == "ok"
+
+
+def test_serve_cli_errors_are_clear(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from medclass.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "not a medclass run folder" in r.output
+    r = runner.invoke(app, ["serve", str(run_dir), "--backend", "onnx"])
+    assert r.exit_code == 2 and "medclass export" in r.output  # no export yet: says what to run
+    r = runner.invoke(app, ["serve", str(run_dir), "--backend", "tensorflow"])
+    assert r.exit_code == 2 and "--backend" in r.output
+    r = runner.invoke(app, ["serve", str(run_dir), "--max-upload-mb", "0"])
+    assert r.exit_code == 2 and "max_bytes" in r.output

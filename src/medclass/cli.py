@@ -486,7 +486,7 @@ def serve(
     """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
     the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
     reverse proxy that authenticates users and terminates TLS."""
-    from .serving.service import BACKENDS, build_app, serve as run_server
+    from .serving.service import BACKENDS, build_app, is_loopback, serve as run_server
     from .serving.uploads import UploadLimits
 
     if backend not in BACKENDS:
@@ -507,6 +507,9 @@ def serve(
         application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint)
     except (RunError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    if not is_loopback(host):
+        typer.secho(f"warning: {host} is reachable from other machines and the service has no authentication or "
+                    "TLS; put it behind a reverse proxy that provides both", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"serving {run} ({backend}) at http://{host}:{port}/  (API schema: /docs; stop with Ctrl-C)")
     try:
         run_server(application, host=host, port=port, log_level=log_level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +12,6 @@ __all__ = ["load_classifier", "build_app", "serve", "BACKENDS", "is_loopback"]
 
 #: Backends ``medclass serve`` can use.
 BACKENDS = ("torch", "onnx")
-
-log = logging.getLogger("medclass.serving")
 
 
 def load_classifier(run_dir: Path, backend: str = "torch", checkpoint: str = "best", device: str = "auto"):
@@ -68,14 +65,13 @@ def is_loopback(host: str) -> bool:
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run ``app`` under uvicorn until interrupted (one worker process; requests share the model).
+    The app has no authentication: callers should warn when ``host`` is not loopback
+    (:func:`is_loopback`), as ``medclass serve`` does.
 
     Raises:
         OSError: the port is taken or the address cannot be bound.
     """
     import uvicorn
 
-    if not is_loopback(host):
-        log.warning("serving on %s: the service has no authentication; expose it only behind a reverse proxy "
-                    "that authenticates users and terminates TLS", host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_keep_alive=5,
                 limit_concurrency=64)
