@@ -19,7 +19,7 @@ _EXPORTS = {
     "DecodedSplit": "dataset", "cache_dir_for": "dataset", "decode_split": "dataset",
     "default_cache_dir": "dataset", "load_sample": "dataset",
     "read_dicom": "dicom",
-    "IMAGE_EXTENSIONS": "io", "ImageReadError": "io", "is_image_file": "io", "read_image": "io",
+    "IMAGE_EXTENSIONS": "io", "ImageReadError": "io", "expand_image_paths": "io", "is_image_file": "io", "read_image": "io",
     "SPLITS": "sources", "DataError": "sources", "DataIndex": "sources", "Sample": "sources",
     "build_index": "sources", "bundled_breastmnist": "sources", "index_csv": "sources",
     "index_folder": "sources", "index_npz": "sources", "match_class_names": "sources",
@@ -34,7 +34,7 @@ __all__ = [
     "SPLITS", "DataError", "DataIndex", "Sample", "DecodedSplit", "ImageReadError", "IMAGE_EXTENSIONS",
     "build_index", "bundled_breastmnist", "index_csv", "index_folder", "index_npz", "match_class_names",
     "read_manifest", "write_manifest", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "read_image",
-    "is_image_file", "Preprocess", "build_augmentation", "read_dicom", "cross_split_duplicates", "dedupe",
+    "is_image_file", "expand_image_paths", "Preprocess", "build_augmentation", "read_dicom", "cross_split_duplicates", "dedupe",
     "write_audit", "NEAR_THRESHOLD",
 ]
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .audit import NEAR_THRESHOLD, cross_split_duplicates, dedupe, write_audit
     from .dataset import DecodedSplit, cache_dir_for, decode_split, default_cache_dir, load_sample
     from .dicom import read_dicom
-    from .io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image
+    from .io import IMAGE_EXTENSIONS, ImageReadError, expand_image_paths, is_image_file, read_image
     from .sources import (
         SPLITS, DataError, DataIndex, Sample, build_index, bundled_breastmnist, index_csv, index_folder,
         index_npz, match_class_names, read_manifest, write_manifest,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "is_image_file", "read_image", "to_channels"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "expand_image_paths", "is_image_file", "read_image", "to_channels"]
 
 #: Extensions that medclass picks up in folders (matched case-insensitively): those read by Pillow,
 #: and ``.dcm``/``.dicom`` read by pydicom (:mod:`medclass.data.dicom`).
@@ -29,6 +30,18 @@ class ImageReadError(OSError):
 def is_image_file(path: Path) -> bool:
     """True for a visible file whose extension (any case) is in :data:`IMAGE_EXTENSIONS`."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given (even when missing, so the caller can report them), and the image files
+    (:func:`is_image_file`) found recursively, sorted, under given folders."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if is_image_file(q))
+        else:
+            out.append(p)
+    return out
 
 
 def to_channels(img: Image.Image, channels: int) -> Image.Image:

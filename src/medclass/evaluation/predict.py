@@ -10,7 +10,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..data import ImageReadError, is_image_file, read_image
+from ..data.io import ImageReadError, expand_image_paths, read_image
 from ..engine import LoadedRun, logits_to_probs, predict_logits
 
 __all__ = ["Prediction", "expand_paths", "predict_images"]
@@ -29,15 +29,7 @@ class Prediction:
         return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the image files found (recursively, sorted) under given folders."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if is_image_file(q))
-        else:
-            out.append(p)
-    return out
+expand_paths = expand_image_paths  # the name this module has always exported
 
 
 def stored_calibration(run: LoadedRun) -> dict:

@@ -24,7 +24,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.io import ImageReadError, is_image_file, read_image
+from ..data.io import ImageReadError, expand_image_paths, read_image
 from .spec import ModelSpec
 
 __all__ = [
@@ -87,12 +87,7 @@ class ExportedClassifier:
         raise NotImplementedError
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        s, c = self.spec.image_size, self.spec.channels
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, c):
-            raise ValueError(f"images must be uint8 (N, {s}, {s}, {c}) for this model, got "
-                             f"{images.dtype} {images.shape}")
-        return images
+        return self.spec.check_images(images)
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         """Logits float32 ``(N, K)`` (``(N, 1)`` for a single-logit model), averaged over the TTA views.
@@ -244,18 +239,6 @@ class FilePrediction:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
-
-
-def expand_image_paths(paths: Iterable[Union[str, os.PathLike]]) -> list[Path]:
-    """Files as given, and the image files found (recursively, sorted) under given folders: the
-    torch-free twin of :func:`medclass.evaluation.predict.expand_paths`."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if is_image_file(q))
-        else:
-            out.append(p)
-    return out
 
 
 def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[FilePrediction]:

@@ -114,12 +114,7 @@ class TorchClassifier:
         self.spec = spec_from_run(run)
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        s, c = self.spec.image_size, self.spec.channels
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, c):
-            raise ValueError(f"images must be uint8 (N, {s}, {s}, {c}) for this model, got "
-                             f"{images.dtype} {images.shape}")
-        return images
+        return self.spec.check_images(images)
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         """Logits float32 ``(N, K)`` (``(N, 1)`` single-logit) for uint8 ``(N, H, W, C)`` images.

@@ -91,6 +91,19 @@ class ModelSpec:
         except TypeError as e:
             raise ValueError(f"the stored model spec is incomplete: {e}") from e
 
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        """``images`` as a numpy array after checking it is uint8 ``(N, image_size, image_size,
+        channels)``, what :func:`medclass.data.io.read_image` returns, stacked.
+
+        Raises:
+            ValueError: another dtype or shape.
+        """
+        images = np.asarray(images)
+        s, c = self.image_size, self.channels
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, c):
+            raise ValueError(f"images must be uint8 (N, {s}, {s}, {c}) for this model, got {images.dtype} {images.shape}")
+        return images
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities: see :func:`probabilities_from_logits`."""
         return probabilities_from_logits(logits, self.temperature)
