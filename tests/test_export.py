@@ -219,6 +219,8 @@ def test_torch_classifier_interface(chest_run, real_images):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     heat = clf.explain(real_images[0])
     assert heat.shape == (RUN_SIZE, RUN_SIZE) and heat.dtype == np.float32
+    predicted = int(clf.spec.decide(clf.predict_proba(real_images[:1]))[0])
+    np.testing.assert_allclose(clf.explain(real_images[0], class_idx=predicted), heat, atol=1e-6)
     assert heat.min() >= 0.0 and heat.max() <= 1.0
     with pytest.raises(ValueError, match=r"uint8 \(N, 32, 32, 3\)"):
         clf.predict_proba(real_images[:, :16])

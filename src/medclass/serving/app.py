@@ -58,8 +58,9 @@ class Classifier(Protocol):
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W, C)`` at ``spec.image_size`` -> float32 calibrated probabilities ``(N, K)``."""
 
-    def explain(self, image: np.ndarray) -> np.ndarray:
-        """uint8 ``(H, W, C)`` -> float32 Grad-CAM heat map ``(H, W)`` in [0, 1] for the predicted class."""
+    def explain(self, image: np.ndarray, class_idx: Optional[int] = None) -> np.ndarray:
+        """uint8 ``(H, W, C)`` -> float32 Grad-CAM heat map ``(H, W)`` in [0, 1] for ``class_idx``
+        (None: the predicted class)."""
 
 
 class PredictionOut(BaseModel):
@@ -223,8 +224,8 @@ def create_app(
         image = decode_upload(data, filename, spec.channels, spec.image_size, spec.dicom_window, limits)
         with lock:
             probs = classifier.predict_proba(image[None])
-            heat = classifier.explain(image) if explain and classifier.can_explain else None
-        k = int(spec.decide(probs)[0])
+            k = int(spec.decide(probs)[0])
+            heat = classifier.explain(image, class_idx=k) if explain and classifier.can_explain else None
         overlay_uri = None
         if heat is not None:
             from ..evaluation.explain import overlay

@@ -137,15 +137,19 @@ class TorchClassifier:
         """
         return self.spec.probabilities(self.predict_logits(images))
 
-    def explain(self, image: np.ndarray, target_layer: Optional[str] = None) -> np.ndarray:
+    def explain(self, image: np.ndarray, target_layer: Optional[str] = None,
+                class_idx: Optional[int] = None) -> np.ndarray:
         """Grad-CAM heat map (:func:`medclass.evaluation.explain.gradcam`) of the predicted class.
 
-        The explained class is ``spec.decide`` of :meth:`predict_proba` (so the operating threshold
-        of a calibrated binary run counts, and TTA too), the class a user is shown.
+        The explained class is ``class_idx`` when given (a caller that has already predicted the
+        image passes its class and saves a forward pass), else ``spec.decide`` of
+        :meth:`predict_proba` (so the operating threshold of a calibrated binary run counts, and
+        TTA too): the class a user is shown.
 
         Args:
             image: uint8 ``(H, W, C)`` at ``spec.image_size`` and ``spec.channels``.
             target_layer: Grad-CAM layer; None: the model's last convolutional stage.
+            class_idx: the class to explain, an index into ``spec.class_names``; None: the predicted one.
 
         Returns:
             float32 ``(H, W)`` in [0, 1], 1 = most important.
@@ -157,7 +161,7 @@ class TorchClassifier:
         from ..evaluation.explain import gradcam
 
         batch = self._check_images(np.asarray(image)[None])
-        cls = int(self.spec.decide(self.predict_proba(batch))[0])
+        cls = int(self.spec.decide(self.predict_proba(batch))[0]) if class_idx is None else int(class_idx)
         x = torch.from_numpy(np.array(batch, copy=True)).permute(0, 3, 1, 2).to(self.run.device)
         heat = gradcam(self.run.model, self.run.preprocess(x), class_idx=cls, target_layer=target_layer)
         return heat[0].numpy().astype(np.float32, copy=False)
