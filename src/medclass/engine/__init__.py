@@ -5,7 +5,8 @@ from .early_stopping import EarlyStopping
 from .inference import logits_to_probs, predict_logits, select_device
 from .run import LoadedRun, load_run
 from .schedules import SCHEDULES, LRSchedule, cosine_factor, monitor_mode
-from .trainer import RunError, RunFiles, TrainResult, make_loss, predicted_class, train
+from ..runs import RunError, RunFiles
+from .trainer import TrainResult, make_loss, predicted_class, train
 
 __all__ = [
     "CheckpointError", "load_checkpoint", "save_checkpoint", "EarlyStopping", "logits_to_probs",

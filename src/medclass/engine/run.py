@@ -14,7 +14,7 @@ from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
 from .checkpoint import load_checkpoint
 from .inference import channels_last_wanted, select_device
-from .trainer import RunError, RunFiles
+from ..runs import RunError, RunFiles
 
 __all__ = ["LoadedRun", "load_run"]
 

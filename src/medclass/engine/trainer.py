@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..runs import RunError, RunFiles
 from ..data import (
     DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, write_manifest,
 )
@@ -61,43 +62,6 @@ from .schedules import LRSchedule
 __all__ = ["train", "TrainResult", "RunFiles", "RunError"]
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
-
-class RunError(RuntimeError):
-    """A run folder cannot be used (exists without ``--resume``, unwritable, too little free disk
-    space, nothing to resume), or a checkpoint could not be written during training."""
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """Where a run keeps its files: ``runs/<name>/...``."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path: return self.root / "config.yaml"
-    @property
-    def manifest(self) -> Path: return self.root / "manifest.csv"
-    @property
-    def classes(self) -> Path: return self.root / "classes.json"
-    @property
-    def best(self) -> Path: return self.root / "checkpoints" / "best.pt"
-    @property
-    def last(self) -> Path: return self.root / "checkpoints" / "last.pt"
-    @property
-    def metrics_csv(self) -> Path: return self.root / "metrics.csv"
-    @property
-    def curves(self) -> Path: return self.root / "curves.png"
-    @property
-    def summary(self) -> Path: return self.root / "train_summary.json"
-    @property
-    def tensorboard(self) -> Path: return self.root / "tensorboard"
-    @property
-    def ensemble(self) -> Path: return self.root / "ensemble.json"
-    @property
-    def calibration(self) -> Path: return self.root / "calibration.json"
-    @property
-    def dedupe(self) -> Path: return self.root / "dedupe.json"
 
 
 @dataclass
