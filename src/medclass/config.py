@@ -13,11 +13,21 @@ from typing import Any, Optional
 
 import yaml
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES"]
+
+#: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
+#: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
+#: ratio (the default, medclass's only rule before), ``pad`` keeps the aspect ratio and pads with black.
+RESIZE_RULES = ("squash", "pad")
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+def _check_resize(value: Any) -> None:
+    if value not in RESIZE_RULES:
+        raise ConfigError(f"data.resize must be one of {' | '.join(RESIZE_RULES)}, got {value!r}")
 
 
 @dataclass
@@ -27,6 +37,10 @@ class DataConfig:
     ``source``: a folder (class folders, optionally under train/valid/test), a CSV manifest, or a
     MedMNIST ``.npz``; ``None`` means the bundled BreastMNIST. ``image_size`` is in pixels (square).
     ``channels``: 3 (RGB) or 1 (greyscale). Split fractions apply only where the data has no split.
+    ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`).
+
+    Raises:
+        ConfigError: ``resize`` is not a rule of :data:`RESIZE_RULES`.
     """
 
     source: Optional[str] = None
@@ -53,6 +67,9 @@ class DataConfig:
     # content and preprocessing; cache_dir None: $MEDCLASS_CACHE_DIR or ~/.cache/medclass/decoded
     cache: bool = True
     cache_dir: Optional[str] = None
+    # squash | pad: squash to image_size x image_size (aspect ratio lost, the default), or resize the
+    # longer side to image_size and pad to the square with black (aspect kept); both Pillow bilinear
+    resize: str = "squash"
     normalize: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
@@ -65,6 +82,9 @@ class DataConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     class_balance: str = "none"  # none | loss | sampler
+
+    def __post_init__(self) -> None:
+        _check_resize(self.resize)
 
 
 @dataclass
@@ -186,6 +206,8 @@ class RunConfig:
                     f"{dotted} must be of type {type(current).__name__}, got {value!r}"
                 )
             value = str(value)
+        if dotted == "data.resize":
+            _check_resize(value)
         setattr(obj, key, value)
 
 

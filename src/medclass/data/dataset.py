@@ -2,7 +2,7 @@
 
 With a cache folder, the decoded split is written once as a memory-mapped ``.npy`` file at the
 training size and read back on later runs without decoding. The cache key is a hash of every
-file's bytes (BLAKE2b) and of the preprocessing (channels, size, resize filter, DICOM window,
+file's bytes (BLAKE2b) and of the preprocessing (channels, size, resize filter and rule, DICOM window,
 medclass's cache format version), so a changed file or setting builds a new entry and a renamed
 folder does not.
 Peak memory does not grow with the original image sizes: each image is decoded and resized on
@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .dicom import validate_window
-from .io import ImageReadError, read_image, to_channels
+from .io import ImageReadError, read_image, to_model_input, validate_resize
 from .sources import NPZ_SEP, Sample
 
 __all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "cache_dir_for", "file_digest", "cache_key",
@@ -61,23 +61,22 @@ def _npz_images(path: str, prefix: str) -> np.ndarray:
         return np.asarray(data[f"{prefix}_images"])
 
 
-def load_sample(path: str, channels: int, size: int, dicom_window: Optional[Sequence[float]] = None) -> np.ndarray:
+def load_sample(path: str, channels: int, size: int, dicom_window: Optional[Sequence[float]] = None,
+                resize: str = "squash") -> np.ndarray:
     """Read one image (a file, or ``"<file.npz>::<split>::<i>"``) as uint8 ``(size, size, C)``.
 
-    ``dicom_window`` (``[center, width]`` in HU) windows DICOM files (see :func:`read_image`).
+    ``dicom_window`` (``[center, width]`` in HU) windows DICOM files (see :func:`read_image`);
+    ``resize`` (``"squash"`` or ``"pad"``) is the rule of :func:`~medclass.data.io.to_model_input`.
 
     Raises:
         ImageReadError: the file cannot be read (it names the file).
+        ValueError: ``resize`` is not ``"squash"`` or ``"pad"``.
     """
     if NPZ_SEP in path:
         npz, prefix, i = path.split(NPZ_SEP)
         arr = _npz_images(npz, prefix)[int(i)]
-        img = to_channels(Image.fromarray(arr), channels)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        out = np.asarray(img, dtype=np.uint8)
-        return out[:, :, None] if out.ndim == 2 else out
-    return read_image(path, channels, size, dicom_window)
+        return to_model_input(Image.fromarray(arr), channels, size, resize)
+    return read_image(path, channels, size, dicom_window, resize)
 
 
 @lru_cache(maxsize=65536)
@@ -125,12 +124,17 @@ class DecodedSplit:
 
 
 def cache_key(samples: Sequence[Sample], channels: int, size: int,
-              dicom_window: Optional[Sequence[float]] = None) -> str:
-    """Hex key of a decoded split: the file contents in order, channels, size, filter, version,
-    and the DICOM window when one is given (without one the key is that of earlier medclass
-    versions, so existing entries stay valid)."""
+              dicom_window: Optional[Sequence[float]] = None, resize: str = "squash") -> str:
+    """Hex key of a decoded split: the file contents in order, channels, size, filter and resize
+    rule, version, and the DICOM window when one is given (without one, and with ``resize``
+    ``"squash"``, the key is that of earlier medclass versions, so existing entries stay valid).
+
+    Raises:
+        ValueError: ``resize`` is not ``"squash"`` or ``"pad"``.
+    """
     h = hashlib.blake2b(digest_size=20)
-    settings = {"version": CACHE_VERSION, "channels": channels, "size": size, "resize": "pillow-bilinear-squash"}
+    settings = {"version": CACHE_VERSION, "channels": channels, "size": size,
+                "resize": f"pillow-bilinear-{validate_resize(resize)}"}
     if dicom_window is not None:
         settings["dicom_window"] = [float(v) for v in dicom_window]
     h.update(json.dumps(settings).encode())
@@ -141,15 +145,15 @@ def cache_key(samples: Sequence[Sample], channels: int, size: int,
 
 
 def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size: int, skip_corrupt: bool,
-                 desc: str, progress: bool, threads: int,
-                 dicom_window: Optional[Sequence[float]] = None) -> tuple[list[int], list[tuple[str, str]]]:
+                 desc: str, progress: bool, threads: int, dicom_window: Optional[Sequence[float]] = None,
+                 resize: str = "squash") -> tuple[list[int], list[tuple[str, str]]]:
     """Decode ``samples`` into ``out`` rows ``0..k-1`` (kept ones, in order); returns kept sample
     indices and skipped ``(path, reason)``. Work is submitted in windows so that at most a few
     hundred resized images wait in memory."""
 
     def one(s: Sample):
         try:
-            return load_sample(s.path, channels, size, dicom_window)
+            return load_sample(s.path, channels, size, dicom_window, resize)
         except ImageReadError as e:
             if not skip_corrupt:
                 raise
@@ -182,11 +186,14 @@ def decode_split(
     threads: int = 4,
     cache_dir: Optional[str | Path] = None,
     dicom_window: Optional[Sequence[float]] = None,
+    resize: str = "squash",
 ) -> DecodedSplit:
     """Decode and resize every image of a split once (threads: Pillow releases the GIL).
 
     ``dicom_window`` (``[center, width]`` in HU, ``DataConfig.dicom_window``) windows the DICOM
     files of the split; None: each file's own window (see :func:`medclass.data.dicom.read_dicom`).
+    ``resize`` (``DataConfig.resize``: ``"squash"`` or ``"pad"``) is the rule of
+    :func:`medclass.data.io.to_model_input`; it is part of the cache key.
 
     With ``cache_dir``, an entry ``<key>.npy`` (uint8 ``(N, C, size, size)``) plus ``<key>.json``
     is reused when present and otherwise written there (atomically: a temporary file renamed
@@ -196,18 +203,21 @@ def decode_split(
         ImageReadError: an unreadable file, unless ``skip_corrupt`` (then it is listed in
             ``skipped``, never dropped silently).
         OSError: the cache folder cannot be written (the message names it and the settings).
-        ValueError: ``dicom_window`` is not ``[center, width]`` with width >= 1.
+        ValueError: ``dicom_window`` is not ``[center, width]`` with width >= 1, or ``resize`` is
+            not ``"squash"`` or ``"pad"``.
     """
     window = validate_window(dicom_window)
+    validate_resize(resize)
     samples = list(samples)
     n = len(samples)
     if cache_dir is None:
         buf = np.empty((n, channels, size, size), dtype=np.uint8)
-        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window)
+        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window,
+                                     resize)
         return _result(torch.from_numpy(buf)[: len(kept)], samples, kept, skipped)
 
     cache_dir = Path(cache_dir)
-    key = cache_key(samples, channels, size, window)
+    key = cache_key(samples, channels, size, window, resize)
     npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if meta_path.is_file() and npy.is_file():
         try:
@@ -230,13 +240,14 @@ def decode_split(
             "(or MEDCLASS_CACHE_DIR), or data.cache=false to decode into memory"
         ) from e
     try:
-        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window)
+        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window,
+                                     resize)
         buf.flush()
         del buf
         os.replace(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"version": CACHE_VERSION, "channels": channels, "size": size,
+    meta = {"version": CACHE_VERSION, "channels": channels, "size": size, "resize": resize,
             "dicom_window": list(window) if window is not None else None, "n_samples": n, "kept": kept,
             "skipped": [list(s) for s in skipped], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "first_file": samples[0].path if samples else None}

@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .io import ImageReadError, to_channels
+from .io import ImageReadError, to_model_input, validate_resize
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -226,6 +226,7 @@ def read_dicom(
     *,
     name: Optional[str] = None,
     before_decode: Optional[Callable[["Dataset"], None]] = None,
+    resize: str = "squash",
 ) -> np.ndarray:
     """Read a single-frame DICOM file into a uint8 array ``(H, W, C)``, C = ``channels`` (1 or 3).
 
@@ -234,8 +235,9 @@ def read_dicom(
     ``"<DICOM bytes>"``).
 
     ``window`` is ``(center, width)`` in modality units after the rescale (Hounsfield units for
-    CT): it overrides the file's own window; it is ignored for colour images. Resizing to
-    ``(size, size)`` squashes with Pillow's bilinear filter, as :func:`medclass.data.read_image`.
+    CT): it overrides the file's own window; it is ignored for colour images. The windowed image
+    becomes ``(size, size)`` (if ``size`` is given) by :func:`medclass.data.io.to_model_input` with
+    the ``resize`` rule (``"squash"`` or ``"pad"``), as in :func:`medclass.data.read_image`.
 
     ``before_decode``, if given, is called with the pydicom dataset once the header has passed the
     checks for pixel data, frames and SamplesPerPixel, before any pixel data is decoded (``ds.pixel_array``), e.g. to refuse huge
@@ -248,10 +250,12 @@ def read_dicom(
             truncated, has pixel data compressed in a transfer syntax no installed plugin decodes
             (the message names the syntax and the package to install), fails to decode, or has an
             unsupported ``PhotometricInterpretation``. The error names the file; ``kind`` says which.
-        ValueError: ``window`` is not ``(center, width)`` with width >= 1.
+        ValueError: ``window`` is not ``(center, width)`` with width >= 1, or ``resize`` is not
+            ``"squash"`` or ``"pad"``.
     """
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
+    validate_resize(resize)
     if name is not None:
         label = name
     elif isinstance(path, (str, Path)):
@@ -378,8 +382,4 @@ def read_dicom(
             path, f"PhotometricInterpretation {photometric!r} is not supported (MONOCHROME1, MONOCHROME2, RGB, "
             "YBR_*, PALETTE COLOR are)", "unsupported_photometric"
         )
-    img = to_channels(img, channels)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    out = np.asarray(img, dtype=np.uint8)
-    return out[:, :, None] if out.ndim == 2 else out
+    return to_model_input(img, channels, size, resize)

@@ -1,4 +1,8 @@
-"""Reading one image from disk (Pillow, or pydicom for DICOM) into a uint8 array of the model's channels."""
+"""Reading one image from disk (Pillow, or pydicom for DICOM) into a uint8 array of the model's channels.
+
+:func:`to_model_input` is the one place where a decoded image becomes the model's input (channels,
+then the resize rule); every reader (files, DICOM, MedMNIST ``.npz`` items, uploads) ends in it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "expand_image_paths", "is_image_file", "read_image", "to_channels"]
+from ..config import RESIZE_RULES
+
+__all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULES", "ImageReadError", "expand_image_paths", "is_image_file", "read_image",
+           "to_channels", "to_model_input", "validate_resize"]
 
 #: Extensions that medclass picks up in folders (matched case-insensitively): those read by Pillow,
 #: and ``.dcm``/``.dicom`` read by pydicom (:mod:`medclass.data.dicom`).
@@ -65,47 +72,97 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img.convert(target) if img.mode != target else img
 
 
+def validate_resize(resize: str) -> str:
+    """``resize`` if it is a resize rule of :data:`RESIZE_RULES` (``"squash"`` or ``"pad"``).
+
+    Raises:
+        ValueError: any other value (the message lists the rules).
+    """
+    if not isinstance(resize, str) or resize not in RESIZE_RULES:
+        raise ValueError(f"resize must be one of {' | '.join(RESIZE_RULES)}, got {resize!r}")
+    return resize
+
+
+def to_model_input(img: Image.Image, channels: int, size: int | None, resize: str = "squash") -> np.ndarray:
+    """A decoded image as the model's uint8 input ``(H, W, C)``: ``(size, size, channels)``, or the
+    image's own ``(height, width, channels)`` when ``size`` is None.
+
+    Steps: :func:`to_channels` (``"L"`` or ``"RGB"``; 16-bit rescaled, alpha over black), then,
+    when the image is not already ``size`` x ``size``, the ``resize`` rule, both with Pillow's
+    bilinear filter (antialiased when shrinking):
+
+    * ``"squash"``: straight to ``(size, size)``, changing the aspect ratio, as Keras'
+      ``flow_from_directory`` does (medclass's behaviour before the rule existed).
+    * ``"pad"``: aspect-preserving letterbox (as YOLO's ``letterbox``, or
+      ``torchvision.transforms.Resize(max_size)`` plus a pad): the longer side becomes ``size``,
+      the shorter ``max(1, round(short * size / long))`` pixels, and the image is centred on a
+      black (0) square, the odd pixel of padding going to the bottom/right.
+
+    Every path that feeds a model (training cache, evaluate, predict, uploads) calls this, so the
+    same image gives the same array everywhere.
+
+    Raises:
+        ValueError: ``channels`` not 1 or 3, or ``resize`` not in :data:`RESIZE_RULES`.
+    """
+    validate_resize(resize)
+    img = to_channels(img, channels)
+    if size is not None and img.size != (size, size):
+        if resize == "squash":
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        else:
+            w, h = img.size
+            scale = size / max(w, h)
+            inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if inner != img.size:
+                img = img.resize(inner, Image.Resampling.BILINEAR)
+            canvas = Image.new(img.mode, (size, size), 0)
+            canvas.paste(img, ((size - inner[0]) // 2, (size - inner[1]) // 2))
+            img = canvas
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
 def read_image(
     path: str | Path,
     channels: int = 3,
     size: int | None = None,
     dicom_window: Sequence[float] | None = None,
+    resize: str = "squash",
 ) -> np.ndarray:
     """Read an image file into a uint8 array ``(H, W, C)``, resized to ``(size, size)`` if given.
 
-    Resizing squashes to a square with Pillow's bilinear filter (antialiased when shrinking), as
-    Keras' ``flow_from_directory`` does. DICOM files (a ``.dcm``/``.dicom`` name, or any file with
-    the ``DICM`` marker at byte 128) are read by :func:`medclass.data.dicom.read_dicom`, windowed
+    The decoded image goes through :func:`to_model_input`: ``resize`` ``"squash"`` (default)
+    squashes to a square with Pillow's bilinear filter (antialiased when shrinking), as Keras'
+    ``flow_from_directory`` does; ``"pad"`` keeps the aspect ratio and pads with black. DICOM
+    files (a ``.dcm``/``.dicom`` name, or any file with the ``DICM`` marker at byte 128) are read by :func:`medclass.data.dicom.read_dicom`, windowed
     with ``dicom_window`` = ``(center, width)`` in HU if given, else with the file's own window;
     ``dicom_window`` does nothing for other images.
 
     Raises:
         ImageReadError: the file is missing, empty, truncated, or not an image Pillow (or pydicom)
             can decode.
-        ValueError: ``dicom_window`` is not ``(center, width)`` with width >= 1.
+        ValueError: ``dicom_window`` is not ``(center, width)`` with width >= 1, or ``resize`` is
+            not in :data:`RESIZE_RULES`.
     """
     from .dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 
+    validate_resize(resize)
     path = Path(path)
     if path.suffix.lower() in DICOM_EXTENSIONS:
-        return read_dicom(path, channels, size, dicom_window)
+        return read_dicom(path, channels, size, dicom_window, resize=resize)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "the file is empty")
         with Image.open(path) as img:
             img.load()
-            img = to_channels(img, channels)
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            return to_model_input(img, channels, size, resize)
     except ImageReadError:
         raise
     except FileNotFoundError as e:
         raise ImageReadError(path, "no such file") from e
     except UnidentifiedImageError as e:
         if is_dicom_file(path):  # DICOM without a .dcm name (scanners often write IM000001)
-            return read_dicom(path, channels, size, dicom_window)
+            return read_dicom(path, channels, size, dicom_window, resize=resize)
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
-    return arr[:, :, None] if arr.ndim == 2 else arr

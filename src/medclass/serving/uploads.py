@@ -7,8 +7,8 @@ The service calls :func:`read_limited` on the upload stream (so that a 5 GB body
 memory), then :func:`decode_upload` on the bytes, and maps :class:`UploadError` to the HTTP
 response (``status_code``, and ``code`` + ``message`` in the JSON body, :meth:`UploadError.as_dict`).
 Every bad input ends as an :class:`UploadError`, never as another exception (a 500): the service
-keeps serving. Only the caller's own mistakes (``channels`` not 1 or 3, a bad ``dicom_window``)
-raise ``ValueError``.
+keeps serving. Only the caller's own mistakes (``channels`` not 1 or 3, a bad ``dicom_window`` or
+``resize``) raise ``ValueError``.
 
 What is checked, in order:
 
@@ -38,8 +38,8 @@ What is checked, in order:
    JPEG) and other modes, and DICOM with SamplesPerPixel not 1 or 3 -> 422 ``unsupported_channels``.
 
 The result is what :func:`medclass.data.io.read_image` gives for the same file (the same
-:func:`~medclass.data.io.to_channels`, the same bilinear squash to ``(size, size)``, the same
-:func:`~medclass.data.dicom.read_dicom`), as the tests check on real images.
+:func:`~medclass.data.io.to_model_input`: channels, then the squash or pad rule to ``(size, size)``;
+the same :func:`~medclass.data.dicom.read_dicom`), as the tests check on real images.
 
 Pillow's global state is left alone: images are opened with the PNG/JPEG plugin directly and the
 pixel count is checked against :class:`UploadLimits` before ``load()``, so Pillow's own
@@ -89,7 +89,7 @@ import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from medclass.data.dicom import DicomReadError, read_dicom, validate_window
-from medclass.data.io import to_channels
+from medclass.data.io import to_model_input, validate_resize
 
 __all__ = [
     "ENV_VARS",
@@ -461,7 +461,7 @@ def _alpha_is_opaque(img: Image.Image) -> bool:
 
 
 def _decode_pillow(data: bytes, fmt: str, name: str, channels: int, size: Optional[int],
-                   limits: UploadLimits) -> np.ndarray:
+                   limits: UploadLimits, resize: str) -> np.ndarray:
     def open_image() -> Image.Image:
         fp = io.BytesIO(data)
         # the plugin directly, not Image.open: no format guessing, and Pillow's global
@@ -510,11 +510,7 @@ def _decode_pillow(data: bytes, fmt: str, name: str, channels: int, size: Option
             "image onto its background (e.g. save it as an RGB or greyscale PNG without alpha) and upload it "
             "again", name
         )
-    img = to_channels(img, channels)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    return to_model_input(img, channels, size, resize)
 
 
 # DicomReadError.kind -> (status, code)
@@ -534,7 +530,7 @@ _DICOM_KINDS = {
 
 
 def _decode_dicom(data: bytes, name: str, channels: int, size: Optional[int], window,
-                  limits: UploadLimits) -> np.ndarray:
+                  limits: UploadLimits, resize: str) -> np.ndarray:
     def check(ds) -> None:
         try:
             rows, cols = int(ds.Rows), int(ds.Columns)
@@ -546,7 +542,7 @@ def _decode_dicom(data: bytes, name: str, channels: int, size: Optional[int], wi
         _check_dimensions(cols, rows, name, limits)
 
     try:
-        return read_dicom(data, channels, size, window, name=name, before_decode=check)
+        return read_dicom(data, channels, size, window, name=name, before_decode=check, resize=resize)
     except DicomReadError as e:
         status, code = _DICOM_KINDS.get(e.kind, (422, "undecodable"))
         reason = e.reason.rstrip(".")
@@ -568,10 +564,12 @@ def decode_upload(
     size: Optional[int],
     dicom_window: Optional[Sequence[float]] = None,
     limits: UploadLimits = UploadLimits(),
+    resize: str = "squash",
 ) -> np.ndarray:
     """Decode one uploaded file (PNG, JPEG or DICOM) into a uint8 array ``(size, size, channels)``
     (``(H, W, channels)`` when ``size`` is None), equal to
-    :func:`medclass.data.io.read_image` of the same file with the same arguments.
+    :func:`medclass.data.io.read_image` of the same file with the same arguments (``resize``
+    ``"squash"`` or ``"pad"``, the model's rule: :func:`~medclass.data.io.to_model_input`).
 
     ``filename`` is the client's name for the file, used in messages only (checked by
     :func:`check_filename`; None is fine). ``dicom_window`` = ``(center, width)`` windows DICOM
@@ -583,14 +581,16 @@ def decode_upload(
             naming the file. Every failure while decoding is an UploadError (unexpected ones are
             400 ``corrupt`` for DICOM, 422 ``undecodable`` for PNG/JPEG; a MemoryError is 413
             ``out_of_memory``).
-        ValueError: ``channels`` is not 1 or 3, ``size`` is not positive, or ``dicom_window`` is not
-            ``(center, width)`` with width >= 1 (the caller's mistakes, not the upload's).
+        ValueError: ``channels`` is not 1 or 3, ``size`` is not positive, ``dicom_window`` is not
+            ``(center, width)`` with width >= 1, or ``resize`` is not ``"squash"`` or ``"pad"`` (the
+            caller's mistakes, not the upload's).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive integer or None, got {size!r}")
     window = validate_window(dicom_window)
+    validate_resize(resize)
     name = check_filename(filename, limits)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
@@ -607,8 +607,8 @@ def decode_upload(
         raise _unsupported(data, name)
     try:
         if fmt == "DICOM":
-            return _decode_dicom(data, name, channels, size, window, limits)
-        return _decode_pillow(data, fmt, name, channels, size, limits)
+            return _decode_dicom(data, name, channels, size, window, limits, resize)
+        return _decode_pillow(data, fmt, name, channels, size, limits, resize)
     except UploadError:
         raise
     except MemoryError:
