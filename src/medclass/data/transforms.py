@@ -8,12 +8,16 @@ Differentiable Computer Vision Library for PyTorch", WACV 2020).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .. import pipeline
 from ..config import DataConfig
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 __all__ = ["Preprocess", "build_augmentation"]
 
@@ -31,16 +35,27 @@ class Preprocess(nn.Module):
         self.register_buffer("std", s.view(1, -1, 1, 1), persistent=False)
 
     def to_unit(self, x: Tensor) -> Tensor:
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        """uint8 ``(N, C, H, W)`` -> float32 in [0, 1] (:func:`medclass.pipeline.to_unit`)."""
+        return pipeline.to_unit(x)
 
     def normalize_(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std if self.normalize else x
+        """float ``(N, C, H, W)`` in [0, 1] -> ``(x - mean) / std`` (:func:`medclass.pipeline.normalize`);
+        ``x`` unchanged when this preprocessing does not normalise."""
+        return pipeline.normalize(x, self.mean, self.std) if self.normalize else x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize_(self.to_unit(x))
 
     @classmethod
+    def from_spec(cls, spec: "ModelSpec") -> "Preprocess":
+        """The preprocessing a :class:`medclass.spec.ModelSpec` prescribes (its mean/std, or none)."""
+        return cls(spec.mean, spec.std)
+
+    @classmethod
     def from_config(cls, cfg: DataConfig) -> "Preprocess":
+        """``data.mean``/``data.std`` when ``data.normalize`` is on, else none. Only the config's own
+        switch: the whole rule (ImageNet weights bring ImageNet normalisation) is
+        :func:`medclass.spec.normalization_of`; use :meth:`from_spec` for a run's model."""
         return cls(cfg.mean, cfg.std) if cfg.normalize else cls()
 
 

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from .. import pipeline
 from ..config import RunConfig
 from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
-from .checkpoint import load_checkpoint
-from .inference import channels_last_wanted, select_device
 from ..runs import RunError, RunFiles
+from ..spec import ModelSpec, legacy_spec, read_spec
+from .checkpoint import load_checkpoint
+from .inference import channels_last_wanted, predict_logits, select_device
 
 __all__ = ["LoadedRun", "load_run"]
 
 
 @dataclass
 class LoadedRun:
-    """A run's config, class names and model (eval mode, on ``device``) with its preprocessing."""
+    """A run's config, class names and model (eval mode, on ``device``) with its preprocessing.
+
+    ``spec`` is the run's :class:`~medclass.spec.ModelSpec` (:func:`medclass.spec.read_spec`, with
+    ``checkpoint_epoch`` the loaded checkpoint's): class names, input, mean/std, calibration and
+    threshold every consumer uses. A ``LoadedRun`` assembled by hand without one gets
+    :func:`medclass.spec.legacy_spec` of its config, class names and folder (``calibration.json``).
+    """
 
     files: RunFiles
     cfg: RunConfig
@@ -30,46 +41,81 @@ class LoadedRun:
     preprocess: Preprocess
     device: torch.device
     checkpoint_epoch: int
+    spec: Optional[ModelSpec] = None
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = legacy_spec(self.cfg, self.class_names, self.files.root, self.checkpoint_epoch,
+                                    ensemble=isinstance(self.model, SoftVotingEnsemble))
+
+    def logits(self, images: np.ndarray, tta: Sequence[str] = (), batch_size: int = 32) -> np.ndarray:
+        """The model's logits float32 ``(N, K)`` (``(N, 1)`` single-logit) for decoded images uint8
+        ``(N, H, W, C)`` (:func:`medclass.pipeline.hwc_to_nchw`, then
+        :func:`medclass.engine.predict_logits` with this run's preprocessing, in batches, ``tta``
+        flip views averaged).
+
+        Raises:
+            ValueError: images that are not 4-dimensional; an unknown TTA view.
+        """
+        x = torch.from_numpy(pipeline.hwc_to_nchw(images))
+        z = predict_logits(self.model, x, self.preprocess, self.device, batch_size, tta=tta)
+        if len(x) == 0:
+            return np.zeros((0, self.spec.num_outputs), np.float32)
+        return z.numpy().astype(np.float32, copy=False)
+
+    def predict_proba(self, images: np.ndarray, tta: Sequence[str] = (), batch_size: int = 32) -> np.ndarray:
+        """Calibrated probabilities float32 ``(N, K)`` for uint8 ``(N, H, W, C)`` images:
+        ``spec.probabilities`` of :meth:`logits` (the spec's temperature)."""
+        return self.spec.probabilities(self.logits(images, tta, batch_size))
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
-    """Load ``run_dir``'s config and its ``best`` (or ``last``) checkpoint.
+    """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
+    ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
+    classes and channels; the preprocessing is the spec's mean/std.
 
     Raises:
-        RunError: not a run folder (no config.yaml / classes.json).
+        RunError: not a run folder (no model_spec.json, and no config.yaml / classes.json).
         CheckpointError: the checkpoint is missing or unreadable.
+        ValueError: an invalid model_spec.json, classes.json or calibration.json (names the file).
     """
     files = RunFiles(Path(run_dir))
     if files.ensemble.is_file():
         return _load_ensemble(files, device)
-    if not files.config.is_file() or not files.classes.is_file():
+    spec = read_spec(files.root)
+    if not files.config.is_file():
         raise RunError(f"{run_dir} is not a medclass run folder (no config.yaml or classes.json)")
     cfg = RunConfig.load(files.config)
-    class_names = json.loads(files.classes.read_text())
     dev = select_device(device)
     path = files.best if checkpoint == "best" else files.last
     state = load_checkpoint(path, map_location="cpu")
-    model = build_model(cfg.model, len(class_names), cfg.data.channels)
+    # the spec says what the network is (architecture, task kind); the config's model section how it is built
+    arch = dict(arch=spec.arch, single_logit=spec.single_logit) if spec.arch else {}
+    model = build_model(dataclasses.replace(cfg.model, **arch), len(spec.class_names), spec.channels)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
-    if channels_last_wanted(dev, cfg.data.image_size):
+    if channels_last_wanted(dev, spec.image_size):
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(files, cfg, class_names, model, Preprocess.from_config(cfg.data).to(dev), dev, int(state["epoch"]))
+    epoch = int(state["epoch"])
+    spec = dataclasses.replace(spec, checkpoint_epoch=epoch)
+    return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec)
 
 
 def _load_ensemble(files: RunFiles, device: str) -> LoadedRun:
     """An ensemble run: its members' models, each behind its own normalisation, voting softly."""
-    spec = json.loads(files.ensemble.read_text())
-    members = [load_run(Path(m), spec.get("checkpoint", "best"), device) for m in spec["members"]]
-    class_names = json.loads(files.classes.read_text())
+    members_file = json.loads(files.ensemble.read_text())
+    members = [load_run(Path(m), members_file.get("checkpoint", "best"), device) for m in members_file["members"]]
+    spec = read_spec(files.root)
     cfg = RunConfig.load(files.config)
     wrapped = [nn.Sequential(_Normalise(m.preprocess), m.model) for m in members]
-    model = SoftVotingEnsemble(wrapped, spec["weights"]).to(members[0].device).eval()
-    return LoadedRun(files, cfg, class_names, model, Preprocess().to(members[0].device), members[0].device, -1)
+    model = SoftVotingEnsemble(wrapped, members_file["weights"]).to(members[0].device).eval()
+    return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess().to(members[0].device), members[0].device,
+                     -1, dataclasses.replace(spec, checkpoint_epoch=-1))
 
 
 class _Normalise(nn.Module):
-    """A member's mean/std normalisation applied to a batch already scaled to [0, 1]."""
+    """A member's mean/std normalisation (:func:`medclass.pipeline.normalize`) applied to a batch
+    already scaled to [0, 1] ``(N, C, H, W)``."""
 
     def __init__(self, preprocess: Preprocess) -> None:
         super().__init__()

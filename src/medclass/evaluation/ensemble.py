@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ from scipy.optimize import minimize
 from ..data import DataError, cache_dir_for, decode_split, read_manifest
 from ..engine import RunError, RunFiles, load_run, predict_logits
 from ..engine import logits_to_probs
+from ..spec import ENSEMBLE_ARCH, write_spec
+from .. import __version__
 
 __all__ = ["make_ensemble", "fit_ensemble_weights"]
 
@@ -70,7 +73,7 @@ def make_ensemble(
     for m in members[1:]:
         if m.class_names != first.class_names:
             raise DataError(f"{m.files.root} has classes {m.class_names}, {first.files.root} has {first.class_names}")
-        a, b = m.cfg.data, first.cfg.data
+        a, b = m.spec, first.spec
         if (a.image_size, a.channels) != (b.image_size, b.channels):
             raise DataError(
                 f"{m.files.root} takes {a.image_size} px x {a.channels} channels, {first.files.root} "
@@ -85,9 +88,9 @@ def make_ensemble(
     if isinstance(weights, str) and weights == "equal":
         w = [1.0] * len(members)
     elif isinstance(weights, str) and weights == "auto":
-        c = first.cfg.data
-        val = decode_split(manifests[0].splits["valid"], c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
-                           cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
+        c, s = first.cfg.data, first.spec
+        val = decode_split(manifests[0].splits["valid"], s.channels, s.image_size, c.skip_corrupt, "decode valid", progress,
+                           cache_dir=cache_dir_for(c), dicom_window=s.dicom_window, resize=s.resize)
         probs = [
             logits_to_probs(predict_logits(m.model, val.images, m.preprocess, m.device)).numpy() for m in members
         ]
@@ -97,14 +100,21 @@ def make_ensemble(
         if len(w) != len(members) or any(x < 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"give {len(members)} non-negative weights, not all 0; got {w}")
     out.root.mkdir(parents=True, exist_ok=True)
-    spec = {
+    ensemble = {
         "members": [str(m.files.root.resolve()) for m in members],
         "weights": [x / sum(w) for x in w],
         "weights_from": weights if isinstance(weights, str) else "given",
         "checkpoint": checkpoint,
     }
-    out.ensemble.write_text(json.dumps(spec, indent=1))
+    out.ensemble.write_text(json.dumps(ensemble, indent=1))
     shutil.copyfile(first.files.config, out.config)
     shutil.copyfile(first.files.manifest, out.manifest)
     out.classes.write_text(json.dumps(first.class_names, indent=1))
-    return spec
+    # its own run contract: the members' input, soft-voted probabilities, no normalisation outside
+    # the model (each member normalises inside it), uncalibrated until `medclass evaluate`
+    write_spec(dataclasses.replace(
+        first.spec, mean=None, std=None, single_logit=False, arch=ENSEMBLE_ARCH, run=out.root.resolve().name,
+        checkpoint_epoch=-1, temperature=1.0, threshold=None, medclass_version=__version__,
+        extra={"members": ensemble["members"]},
+    ), out.root)
+    return ensemble

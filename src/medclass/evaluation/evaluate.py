@@ -14,6 +14,7 @@ import torch
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
+from ..spec import calibration_record, update_calibration
 from .calibration import (
     ECE_BINS,
     apply_temperature,
@@ -27,7 +28,7 @@ from .explain import save_explanations, select_examples
 from .metrics import bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
-__all__ = ["evaluate_run", "calibrate_run"]
+__all__ = ["evaluate_run", "calibrate_run", "format_metrics", "format_breastmnist_comparison", "PUBLISHED_BREASTMNIST"]
 
 
 def _samples_for(run: LoadedRun, data: Optional[str], split: str):
@@ -49,6 +50,14 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
         )
     to_run = {i: run.class_names.index(c) for i, c in enumerate(index.class_names)}
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
+
+
+def _decode(run: LoadedRun, samples, desc: str, progress: bool):
+    """``samples`` decoded as the run's model takes them: the spec's channels, size, DICOM window
+    and resize rule (:func:`medclass.data.decode_split`, through the decode cache)."""
+    spec, c = run.spec, run.cfg.data
+    return decode_split(samples, spec.channels, spec.image_size, c.skip_corrupt, desc, progress,
+                        cache_dir=cache_dir_for(c), dicom_window=spec.dicom_window, resize=spec.resize)
 
 
 def _leaked_positions(run: LoadedRun, decoded, split: str) -> Optional[dict[str, Any]]:
@@ -99,8 +108,10 @@ def calibrate_run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Fit the temperature (and, for binary tasks, the operating threshold) on the run's
-    validation split and store them in ``RUN/calibration.json``; reused while the checkpoint,
-    TTA and target sensitivity stay the same.
+    validation split and store them in the run's spec (:func:`medclass.spec.update_calibration`,
+    the record in ``spec.extra["calibration"]``, so that predict, export and serve use them) and,
+    for people and reports, in ``RUN/calibration.json``; reused while the checkpoint, TTA and
+    target sensitivity stay the same. ``run.spec`` is updated too.
 
     Returns the stored dict: ``temperature``, ``n_bins``, validation ``ece_before`` /
     ``ece_after`` and ``loss_before`` / ``loss_after``, and for two classes ``threshold``
@@ -112,14 +123,10 @@ def calibrate_run(
     path = run.files.calibration
     key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
            "target_sensitivity": target_sensitivity}
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if all(stored.get(k) == v for k, v in key.items()):
-            return stored
-    samples = _samples_for(run, None, "valid")
-    c = run.cfg.data
-    val = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, "decode valid", progress,
-                       cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
+    stored = calibration_record(run.spec)
+    if stored is not None and all(stored.get(k) == v for k, v in key.items()):
+        return stored
+    val = _decode(run, _samples_for(run, None, "valid"), "decode valid", progress)
     logits = predict_logits(run.model, val.images, run.preprocess, run.device, 64, tta=tta)
     t = fit_temperature(logits, val.labels)
     y = val.labels.numpy()
@@ -133,9 +140,12 @@ def calibrate_run(
     if len(run.class_names) == 2:
         out["positive_class"] = run.class_names[1]
         out["threshold"] = choose_threshold(after[:, 1], y, target_sensitivity)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(".tmp")  # for people and the report; the spec is what models read
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(path)
+    threshold = out["threshold"]["threshold"] if "threshold" in out else None
+    spec = update_calibration(run.files.root, t, threshold, record=out)
+    run.spec = dataclasses.replace(spec, checkpoint_epoch=run.checkpoint_epoch)
     return out
 
 
@@ -183,10 +193,7 @@ def evaluate_run(
     """
     t0 = time.time()
     run = load_run(Path(run_dir), checkpoint)
-    samples = _samples_for(run, data, split)
-    c = run.cfg.data
-    decoded = decode_split(samples, c.channels, c.image_size, c.skip_corrupt, f"decode {split}", progress,
-                           cache_dir=cache_dir_for(c), dicom_window=c.dicom_window)
+    decoded = _decode(run, _samples_for(run, data, split), f"decode {split}", progress)
     logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64, tta=tta)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
@@ -248,7 +255,7 @@ def evaluate_run(
             "checkpoint": checkpoint,
             "checkpoint_epoch": run.checkpoint_epoch,
             "class_names": run.class_names,
-            "image_size": c.image_size,
+            "image_size": run.spec.image_size,
             "tta": list(tta),
             "skipped_files": [{"path": p, "reason": r} for p, r in decoded.skipped],
             "seconds": time.time() - t0,
@@ -267,3 +274,55 @@ def evaluate_run(
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     metrics["out_dir"] = str(out)
     return metrics
+
+
+# --------------------------------------------------------------------------- the results as text
+
+#: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3) test results on BreastMNIST.
+PUBLISHED_BREASTMNIST = {"ResNet-50 (28)": {"accuracy": 0.812, "auroc": 0.857},
+                         "ResNet-18 (28)": {"accuracy": 0.863, "auroc": 0.901}}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The metrics of :func:`evaluate_run` as the lines ``medclass evaluate`` prints (no final
+    newline): the headline figures, the bootstrap 95 % intervals, calibration, the operating point,
+    the figures with or without held-out duplicates (when there are any) and where ``metrics.json``
+    was written."""
+    auc = metrics["auroc"]
+    lines = [
+        f"{metrics['split']}: n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  AUROC "
+        + (f"{auc:.4f}" if auc is not None else "n/a") + f"  loss {metrics['loss']:.4f}"
+    ]
+    ci = metrics.get("confidence_intervals", {}).get("metrics", {})
+    if ci:
+        lines.append("  95% CI (bootstrap): " + "  ".join(
+            f"{k} {v['low']:.3f}-{v['high']:.3f}" for k, v in ci.items() if v.get("low") is not None))
+    cal = metrics.get("calibration") or {}
+    if cal.get("temperature"):
+        lines.append(f"  calibration: T={cal['temperature']:.3f} (fitted on valid); ECE ({cal['n_bins']} bins) "
+                     f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after")
+    op = metrics.get("operating_point")
+    if op:
+        a = op["at_chosen"]
+        lines.append(f"  operating point ({op['chosen_on_valid']['method']} on valid, positive {op['positive_class']}): "
+                     f"threshold {a['threshold']:.3f}  sensitivity {a['sensitivity']:.3f}  specificity {a['specificity']:.3f}")
+    dup = metrics.get("held_out_duplicates")
+    if dup:
+        other = dup.get("metrics_with_duplicates") or dup.get("metrics_without_duplicates")
+        label = "with them" if dup["deduplicated"] else "without them"
+        if other:
+            lines.append(f"  {dup['n']} images duplicate an earlier split; {label}: accuracy {other['accuracy']:.4f}"
+                         + (f"  AUROC {other['auroc']:.4f}" if other.get("auroc") is not None else ""))
+    lines.append(f"written to {metrics['out_dir']}/metrics.json")
+    return "\n".join(lines)
+
+
+def format_breastmnist_comparison(metrics: dict[str, Any]) -> str:
+    """Test ``metrics`` on the bundled BreastMNIST beside :data:`PUBLISHED_BREASTMNIST`: a heading
+    and one line per model (no final newline)."""
+    lines = ["published MedMNIST v2 test results on BreastMNIST (Yang et al. 2023):"]
+    for model, m in PUBLISHED_BREASTMNIST.items():
+        lines.append(f"  {model:15s} accuracy {m['accuracy']:.3f}  AUROC {m['auroc']:.3f}")
+    lines.append(f"  {'medclass':15s} accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}")
+    return "\n".join(lines)

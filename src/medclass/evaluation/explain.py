@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from ..models import ChainedModel, CustomCNN, ResNet, logits_to_probs  # noqa: E402
+from ..models import logits_to_probs  # noqa: E402
 
 __all__ = ["default_target_layer", "gradcam", "overlay", "save_explanations", "select_examples"]
 
@@ -45,7 +45,9 @@ ClassIndex = Union[None, int, Sequence[int], np.ndarray, Tensor]
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """The layer Grad-CAM explains by default: the last convolutional stage before pooling.
+    """The layer Grad-CAM explains by default: the model's own
+    :meth:`~medclass.models.ClassifierModel.default_gradcam_layer`, the last convolutional stage
+    before pooling.
 
     :class:`~medclass.models.ResNet`: ``"layer4"`` (its last stage, 1/32 of the input size with
     the ImageNet stem, 1/8 with the small stem). :class:`~medclass.models.ChainedModel`: its
@@ -54,14 +56,15 @@ def default_target_layer(model: nn.Module) -> str:
     one global average pooling sees.
 
     Raises:
-        ValueError: another kind of model (give ``target_layer`` explicitly).
+        ValueError: a model that names no such layer, e.g. an ensemble or a plain ``nn.Module``
+            (give ``target_layer`` explicitly).
     """
-    if isinstance(model, ChainedModel):
-        return f"cnn.{len(model.cnn) - 1}"
-    if isinstance(model, CustomCNN):
-        return f"features.{len(model.features) - 1}"
-    if isinstance(model, ResNet):
-        return "layer4"
+    layer = getattr(model, "default_gradcam_layer", None)
+    if callable(layer):
+        try:
+            return layer()
+        except NotImplementedError:
+            pass
     raise ValueError(
         f"no default Grad-CAM layer for {type(model).__name__}; give target_layer, one of the "
         "names of model.named_modules()"

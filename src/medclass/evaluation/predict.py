@@ -1,41 +1,35 @@
-"""Predicting unseen images or folders with a trained run."""
+"""Predicting unseen images or folders with a trained run (the torch backend of ``medclass predict``).
+
+The loop and its result type are :mod:`medclass.prediction`'s, shared with the ONNX and
+TorchScript backends; this module adds the loaded run as a backend and Grad-CAM figures.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data.io import ImageReadError, expand_image_paths, read_image
-from ..engine import LoadedRun, logits_to_probs, predict_logits
+from .. import pipeline
+from ..data.io import expand_image_paths
+from ..engine import LoadedRun
+from ..prediction import Prediction, predict_read, read_files
 
 __all__ = ["Prediction", "expand_paths", "predict_images"]
-
-
-@dataclass
-class Prediction:
-    """One file's outcome: the predicted class and per-class probabilities, or an error."""
-
-    path: str
-    predicted: Optional[str] = None
-    probabilities: Optional[dict[str, float]] = None
-    error: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
-
 
 expand_paths = expand_image_paths  # the name this module has always exported
 
 
-def stored_calibration(run: LoadedRun) -> dict:
-    """The run's ``calibration.json`` (temperature, binary threshold) or ``{}``."""
-    path = run.files.calibration
-    return json.loads(path.read_text()) if path.is_file() else {}
+class _RunBackend:
+    """A loaded run behind the backend interface of :mod:`medclass.prediction` (``spec``, ``predict_proba``)."""
+
+    def __init__(self, run: LoadedRun, tta: Sequence[str], batch_size: int) -> None:
+        self.run, self.spec, self.tta, self.batch_size = run, run.spec, tuple(tta), batch_size
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.run.predict_proba(images, self.tta, self.batch_size)
 
 
 def predict_images(
@@ -47,39 +41,23 @@ def predict_images(
     target_layer: Optional[str] = None,
 ) -> list[Prediction]:
     """Predict each image; a file that cannot be read gets its own error and the others are
-    still predicted. Returns one :class:`Prediction` per expanded path, in order.
+    still predicted. Returns one :class:`~medclass.prediction.Prediction` per expanded path, in order.
 
-    When the run was calibrated (``medclass evaluate`` writes ``calibration.json``), the
-    probabilities are temperature-scaled and a binary prediction uses the operating threshold
-    chosen on validation instead of 0.5. ``tta`` averages flip views; ``explain_dir`` saves a
-    Grad-CAM figure per image there (:func:`medclass.evaluation.explain.save_explanations`).
+    Images are read and predicted by the run's spec (``run.spec``): when the run was calibrated
+    (``medclass evaluate`` stores temperature and threshold in it), the probabilities are
+    temperature-scaled and a binary prediction uses the operating threshold chosen on validation
+    instead of the arg-max. ``tta`` averages flip views; ``explain_dir`` saves a Grad-CAM figure
+    per image there (:func:`medclass.evaluation.explain.save_explanations`).
+
+    Raises:
+        ValueError: an unknown TTA view.
     """
-    c = run.cfg.data
-    cal = stored_calibration(run)
-    results: list[Prediction] = []
-    arrays, ok_index = [], []
-    for p in expand_paths(paths):
-        results.append(Prediction(str(p)))
-        try:
-            arrays.append(read_image(p, c.channels, c.image_size, dicom_window=c.dicom_window))
-            ok_index.append(len(results) - 1)
-        except ImageReadError as e:
-            results[-1].error = str(e)
-    if arrays:
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        logits = predict_logits(run.model, images, run.preprocess, run.device, batch_size, tta=tta)
-        probs = logits_to_probs(logits / cal.get("temperature", 1.0))
-        threshold = (cal.get("threshold") or {}).get("threshold")
-        for i, pr in zip(ok_index, probs.tolist()):
-            results[i].probabilities = {n: float(v) for n, v in zip(run.class_names, pr)}
-            if threshold is not None and len(pr) == 2:
-                results[i].predicted = run.class_names[int(pr[1] >= threshold)]
-            else:
-                results[i].predicted = run.class_names[max(range(len(pr)), key=pr.__getitem__)]
-        if explain_dir is not None:
-            from .explain import save_explanations
+    results, images, ok = read_files(paths, run.spec)
+    predict_read(_RunBackend(run, tta, batch_size), results, images, ok)
+    if ok and explain_dir is not None:
+        from .explain import save_explanations
 
-            save_explanations(run.model, images, run.preprocess, run.device, explain_dir,
-                              [Path(results[i].path).name for i in ok_index], run.class_names,
-                              target_layer=target_layer)
+        save_explanations(run.model, torch.from_numpy(pipeline.hwc_to_nchw(images)), run.preprocess, run.device,
+                          explain_dir, [Path(results[i].path).name for i in ok], run.class_names,
+                          target_layer=target_layer)
     return results

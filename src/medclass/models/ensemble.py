@@ -7,16 +7,16 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import pipeline
+
 __all__ = ["SoftVotingEnsemble", "logits_to_probs"]
 
 
-def logits_to_probs(logits: Tensor) -> Tensor:
+def logits_to_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Class probabilities ``(N, K)`` float32 from logits ``(N, K)`` (softmax) or a single logit
-    ``(N, 1)`` (binary: ``[1 - sigmoid, sigmoid]``). The one conversion used everywhere."""
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits.float())
-        return torch.cat([1.0 - p, p], dim=1)
-    return torch.softmax(logits.float(), dim=1)
+    ``(N, 1)`` (binary: ``[1 - sigmoid, sigmoid]``), logits divided by ``temperature`` first:
+    :func:`medclass.pipeline.probabilities`, the one conversion used everywhere."""
+    return pipeline.probabilities(logits, temperature)
 
 
 class SoftVotingEnsemble(nn.Module):

@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from .spec import ModelSpec
+from ..spec import ModelSpec
 from .uploads import UploadError, UploadLimits, check_filename, decode_upload
 
 __all__ = ["create_app", "Classifier", "PredictionOut"]
@@ -221,7 +221,7 @@ def create_app(
 
     def _predict(data: bytes, filename: str, explain: bool) -> PredictionOut:
         t0 = time.perf_counter()
-        image = decode_upload(data, filename, spec.channels, spec.image_size, spec.dicom_window, limits)
+        image = decode_upload(data, filename, spec.channels, spec.image_size, spec.dicom_window, limits, resize=spec.resize)
         with lock:
             probs = classifier.predict_proba(image[None])
             k = int(spec.decide(probs)[0])

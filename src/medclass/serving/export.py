@@ -3,7 +3,7 @@
 Two kinds of export:
 
 * :func:`export_run` (``medclass export RUN``): a whole run, preprocessing and calibration baked
-  in, its :class:`~medclass.serving.spec.ModelSpec` stored inside. Input ``"image"`` uint8
+  in, its :class:`~medclass.spec.ModelSpec` stored inside. Input ``"image"`` uint8
   ``(N, C, H, W)``; outputs ``"logits"`` and ``"probabilities"`` float32. ONNX or TorchScript.
   Opened by :func:`medclass.serving.onnx_backend.load_onnx_classifier` (without PyTorch) and
   :func:`medclass.serving.predictor.load_torchscript_classifier`.
@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import pipeline
+
 if TYPE_CHECKING:
-    from .spec import ModelSpec
+    from ..spec import ModelSpec
 
 __all__ = ["export_onnx", "onnx_session", "INPUT_NAME", "OUTPUT_NAME", "export_run", "ExportResult",
            "default_export_path", "FORMATS"]
@@ -207,9 +209,10 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, s
 class _ClassifierGraph(nn.Module):
     """What an exported run computes: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``.
 
-    Scales to [0, 1] and normalises as :class:`medclass.data.Preprocess` does (when the spec has
-    mean/std), runs ``model``, and returns its float32 logits ``(N, K)`` (``(N, 1)`` single-logit)
-    and the temperature-scaled probabilities ``(N, K)`` (softmax, or ``[1 - sigmoid, sigmoid]``).
+    The functions of :mod:`medclass.pipeline`, traced into the graph: scales to [0, 1] and
+    normalises with the spec's mean/std (when it has them), runs ``model``, and returns its float32
+    logits ``(N, K)`` (``(N, 1)`` single-logit) and the temperature-scaled probabilities ``(N, K)``
+    (softmax, or ``[1 - sigmoid, sigmoid]``).
     """
 
     def __init__(self, model: nn.Module, spec) -> None:
@@ -221,20 +224,13 @@ class _ClassifierGraph(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
         self.temperature = float(spec.temperature)
-        self.single_logit = bool(spec.single_logit)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.float() / 255.0
+        x = pipeline.to_unit(image)
         if self.normalize:
-            x = (x - self.mean) / self.std
+            x = pipeline.normalize(x, self.mean, self.std)
         logits = self.model(x).float()
-        z = logits / self.temperature
-        if self.single_logit:
-            p = torch.sigmoid(z)
-            probs = torch.cat([1.0 - p, p], dim=1)
-        else:
-            probs = torch.softmax(z, dim=1)
-        return logits, probs
+        return logits, pipeline.probabilities(logits, self.temperature)
 
 
 @dataclass
@@ -285,8 +281,7 @@ def export_run(
     normalises with the run's mean/std, runs the network (on the CPU, float32, contiguous NCHW)
     and outputs ``"logits"`` float32 ``(N, K)`` (``(N, 1)`` single-logit) and ``"probabilities"``
     float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. The
-    :class:`~medclass.serving.spec.ModelSpec` of :func:`medclass.serving.predictor.spec_from_run`
-    is stored as JSON: ONNX ``metadata_props["medclass.spec"]``, TorchScript extra file
+    run's :class:`~medclass.spec.ModelSpec` (``run.spec``, with the checkpoint's epoch) is stored as JSON: ONNX ``metadata_props["medclass.spec"]``, TorchScript extra file
     ``medclass_spec.json``. Open the results with
     :func:`medclass.serving.onnx_backend.load_onnx_classifier` (no PyTorch needed) or
     :func:`medclass.serving.predictor.load_torchscript_classifier`.
@@ -306,7 +301,7 @@ def export_run(
         An :class:`ExportResult`.
 
     Raises:
-        ValueError: an unknown ``fmt``; a bad ``calibration.json``.
+        ValueError: an unknown ``fmt``.
         ImportError: onnx/onnxscript/onnxruntime missing (ONNX format).
         RuntimeError / torch errors: the model cannot be exported.
         OSError: the file cannot be written.
@@ -355,7 +350,7 @@ def export_run(
         with torch.inference_mode():
             expected = spec.probabilities(graph(images)[0].numpy())
         loader = load_onnx_classifier if fmt == "onnx" else load_torchscript_classifier
-        got = loader(path).predict_proba(images.permute(0, 2, 3, 1).numpy())
+        got = loader(path).predict_proba(pipeline.nchw_to_hwc(images.numpy()))
         diff = float(np.abs(got - expected).max())
         if not diff <= VERIFY_TOLERANCE:
             warnings.warn(f"the exported model {path} differs from PyTorch by up to {diff:.2e} in probability "

@@ -2,9 +2,10 @@
 
 Follows the sections of Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model
 details, intended use, data, metrics (with confidence intervals), caveats. Everything is read from
-the run folder (``config.yaml``, ``classes.json``, ``train_summary.json``, ``calibration.json``
-and the newest ``eval-*/metrics.json`` written by ``medclass evaluate``); nothing is invented: a
-section whose source file is missing says so. Torch-free (json, yaml, Jinja2).
+the run folder: the model's contract (classes, input, calibration) from the spec
+(:func:`medclass.spec.read_spec`, or the served one), the rest from ``config.yaml``,
+``train_summary.json`` and the newest ``eval-*/metrics.json`` written by ``medclass evaluate``;
+nothing is invented: a section whose source file is missing says so. Torch-free (json, yaml, Jinja2).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from ..runs import RunError
+from ..spec import calibration_record, read_spec
 
 __all__ = ["build_model_card", "render_model_card", "INTENDED_USE", "OUT_OF_SCOPE"]
 
@@ -56,8 +60,9 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
 
     Args:
         run_dir: a run folder (``medclass train`` output).
-        spec: the served :class:`~medclass.serving.spec.ModelSpec`, if any (image size, channels,
-            temperature, threshold actually in use).
+        spec: the served :class:`~medclass.spec.ModelSpec` (image size, channels, temperature,
+            threshold actually in use); None: the run folder's (:func:`medclass.spec.read_spec`),
+            if it has a readable one.
 
     Returns:
         A dict with keys ``name``, ``model``, ``data``, ``training``, ``metrics`` (or None),
@@ -70,9 +75,15 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
     except (OSError, yaml.YAMLError):
         pass
     data_cfg, model_cfg, train_cfg = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
-    classes = _read_json(root / "classes.json") or (list(spec.class_names) if spec is not None else [])
+    served = spec is not None
+    if spec is None:
+        try:
+            spec = read_spec(root)
+        except (RunError, ValueError):
+            pass
+    classes = list(spec.class_names) if spec is not None else []
     summary = _read_json(root / "train_summary.json") or {}
-    calibration = _read_json(root / "calibration.json")
+    calibration = calibration_record(spec) if spec is not None else None
     metrics = _latest_eval(root)
 
     caveats: list[str] = []
@@ -95,7 +106,8 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
     if not calibration:
         caveats.append("Probabilities are not calibrated (run `medclass evaluate RUN` to fit a temperature on validation).")
     image_size = spec.image_size if spec is not None else data_cfg.get("image_size")
-    caveats.append(f"Images are squashed to {image_size} x {image_size} px; fine detail below that scale is not seen.")
+    how = "padded (aspect ratio kept) to" if spec is not None and spec.resize == "pad" else "squashed to"
+    caveats.append(f"Images are {how} {image_size} x {image_size} px; fine detail below that scale is not seen.")
 
     return {
         "name": root.name,
@@ -105,7 +117,7 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
             "classes": classes,
             "image_size": image_size,
             "channels": spec.channels if spec is not None else data_cfg.get("channels"),
-            "checkpoint_epoch": spec.checkpoint_epoch if spec is not None else summary.get("best_epoch"),
+            "checkpoint_epoch": spec.checkpoint_epoch if served else summary.get("best_epoch"),
         },
         "data": {
             "source": data_cfg.get("source"),
@@ -133,8 +145,8 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
             "per_class": per_class,
         },
         "calibration": None if not calibration else {
-            "temperature": calibration.get("temperature"),
-            "threshold": (calibration.get("threshold") or {}).get("threshold"),
+            "temperature": spec.temperature,
+            "threshold": spec.threshold,
             "threshold_method": (calibration.get("threshold") or {}).get("method"),
         },
         "intended_use": INTENDED_USE,

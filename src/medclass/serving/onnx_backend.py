@@ -5,27 +5,29 @@ An ONNX file written by ``medclass export RUN --format onnx``
 ``"image"``, uint8 ``(N, C, H, W)`` with a dynamic batch ``N``; the graph scales to [0, 1],
 normalises with the run's mean/std, runs the network and outputs ``"logits"`` float32 ``(N, K)``
 (``(N, 1)`` for a single-logit binary model) and ``"probabilities"`` float32 ``(N, K)``
-(temperature-scaled). The :class:`~medclass.serving.spec.ModelSpec` (class names, image size,
+(temperature-scaled). The :class:`~medclass.spec.ModelSpec` (class names, image size,
 channels, DICOM window, temperature, threshold) is stored as JSON in the model's
 ``metadata_props`` under :data:`SPEC_KEY`.
 
 This module imports only numpy, Pillow (through :mod:`medclass.data.io`), onnxruntime (when a model
-is opened) and :mod:`medclass.serving.spec`. It also holds what every exported-model backend
-shares (test-time augmentation by flips in numpy, predicting files with per-file errors), which
-the TorchScript backend (:mod:`medclass.serving.predictor`) reuses.
+is opened) and the torch-free :mod:`medclass.spec`, :mod:`medclass.pipeline` and
+:mod:`medclass.prediction`. It also holds what every exported-model backend shares (test-time
+augmentation by flips in numpy), which the TorchScript backend (:mod:`medclass.serving.predictor`)
+reuses; files are predicted by :func:`medclass.prediction.predict_files` (re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.io import ImageReadError, expand_image_paths, read_image
-from .spec import ModelSpec
+from ..data.io import expand_image_paths
+from ..pipeline import hwc_to_nchw
+from ..prediction import Prediction, predict_files
+from ..spec import ModelSpec
 
 __all__ = [
     "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "TTA_FLIPS", "ModelFileError",
@@ -103,13 +105,12 @@ class ExportedClassifier:
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = images[i : i + self.batch_size]
-            z = self._logits(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).astype(np.float64)
+            z = self._logits(hwc_to_nchw(batch)).astype(np.float64)
             for view in self.tta:
-                flipped = np.flip(batch, TTA_FLIPS[view]).transpose(0, 3, 1, 2)
-                z = z + self._logits(np.ascontiguousarray(flipped))
+                z = z + self._logits(hwc_to_nchw(np.flip(batch, TTA_FLIPS[view])))
             out.append((z / (1 + len(self.tta))).astype(np.float32))
         if not out:
-            return np.zeros((0, 1 if self.spec.single_logit else len(self.spec.class_names)), np.float32)
+            return np.zeros((0, self.spec.num_outputs), np.float32)
         return np.concatenate(out)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -224,54 +225,6 @@ def load_onnx_classifier(
     return OnnxClassifier(path, session, spec, tta=tta, batch_size=batch_size)
 
 
-# ---- predicting files (any backend with ``spec`` and ``predict_proba``) -----------------------
+# ---- predicting files: the one loop of medclass.prediction, under this module's old names -----
 
-
-@dataclass
-class FilePrediction:
-    """One file's outcome, as :class:`medclass.evaluation.predict.Prediction` (same fields and
-    ``to_dict``), for backends that must not import PyTorch."""
-
-    path: str
-    predicted: Optional[str] = None
-    probabilities: Optional[dict[str, float]] = None
-    error: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
-
-
-def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[FilePrediction]:
-    """Predict image files (and the images under folders) with any backend.
-
-    Each file is read as in training (:func:`medclass.data.io.read_image` at ``spec.image_size``,
-    ``spec.channels``, ``spec.dicom_window``); one that cannot be read gets its own ``error`` and
-    the others are still predicted. The class is ``spec.decide`` of the calibrated probabilities
-    (the operating threshold for a binary task that has one, else the arg-max), as
-    :func:`medclass.evaluation.predict.predict_images` does.
-
-    Args:
-        classifier: an object with ``spec`` (:class:`ModelSpec`) and ``predict_proba(images)``
-            (uint8 ``(N, H, W, C)`` -> float32 ``(N, K)``).
-        paths: files and folders.
-
-    Returns:
-        One :class:`FilePrediction` per expanded path, in order.
-    """
-    spec: ModelSpec = classifier.spec
-    results: list[FilePrediction] = []
-    arrays, ok_index = [], []
-    for p in expand_image_paths(paths):
-        results.append(FilePrediction(str(p)))
-        try:
-            arrays.append(read_image(p, spec.channels, spec.image_size, dicom_window=spec.dicom_window))
-            ok_index.append(len(results) - 1)
-        except ImageReadError as e:
-            results[-1].error = str(e)
-    if arrays:
-        probs = classifier.predict_proba(np.stack(arrays))
-        decided = spec.decide(probs)
-        for i, pr, k in zip(ok_index, probs.tolist(), decided.tolist()):
-            results[i].probabilities = {n: float(v) for n, v in zip(spec.class_names, pr)}
-            results[i].predicted = spec.class_names[k]
-    return results
+FilePrediction = Prediction  # the result type shared by every backend (medclass.prediction.Prediction)

@@ -1,10 +1,10 @@
-"""PyTorch backends: a run's own checkpoint (:class:`TorchClassifier`), an exported TorchScript
-file (:func:`load_torchscript_classifier`), and the :class:`ModelSpec` of a run (:func:`spec_from_run`).
+"""PyTorch backends: a run's own checkpoint (:class:`TorchClassifier`) and an exported TorchScript
+file (:func:`load_torchscript_classifier`); :func:`spec_from_run` gives a loaded run's :class:`ModelSpec`.
 
 Every backend (these two and :class:`medclass.serving.onnx_backend.OnnxClassifier`) offers the same
 interface, used by ``medclass predict`` and the web service:
 
-* ``spec``: the :class:`~medclass.serving.spec.ModelSpec` (class names, preprocessing, calibration);
+* ``spec``: the :class:`~medclass.spec.ModelSpec` (class names, preprocessing, calibration);
 * ``can_explain``: whether :meth:`TorchClassifier.explain` (Grad-CAM) is available;
 * ``predict_proba(images)``: uint8 ``(N, H, W, C)`` at ``spec.image_size`` -> float32 ``(N, K)``
   calibrated probabilities.
@@ -12,7 +12,6 @@ interface, used by ``medclass predict`` and the web service:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..engine import LoadedRun, predict_logits
+from ..engine import LoadedRun
 from ..engine.inference import TTA_VIEWS
+from ..pipeline import hwc_to_nchw
+from ..spec import ModelSpec
 from .onnx_backend import ExportedClassifier, ModelFileError
-from .spec import ModelSpec
 
 __all__ = ["spec_from_run", "TorchClassifier", "TorchScriptClassifier", "load_torchscript_classifier",
            "TORCHSCRIPT_SPEC_FILE"]
@@ -33,56 +33,13 @@ __all__ = ["spec_from_run", "TorchClassifier", "TorchScriptClassifier", "load_to
 TORCHSCRIPT_SPEC_FILE = "medclass_spec.json"
 
 
-def _output_width(run: LoadedRun) -> int:
-    """Logits per image of the run's model, from one forward pass on a blank image."""
-    c = run.cfg.data
-    x = run.preprocess(torch.zeros(1, c.channels, c.image_size, c.image_size, dtype=torch.uint8, device=run.device))
-    was_training = run.model.training
-    run.model.eval()
-    try:
-        with torch.inference_mode():
-            return int(run.model(x).shape[1])
-    finally:
-        run.model.train(was_training)
-
-
 def spec_from_run(run: LoadedRun) -> ModelSpec:
-    """The :class:`ModelSpec` of a loaded run: what an exported or served copy needs to behave alike.
-
-    Class names from ``classes.json``; channels, image size and DICOM window from the config's
-    ``data`` section; mean/std from the run's :class:`~medclass.data.Preprocess` (``None`` when it
-    does not normalise, e.g. an ensemble, whose members normalise inside the model); temperature
-    and binary operating threshold from ``calibration.json`` (1.0 and ``None`` when the run was
-    never evaluated); ``single_logit`` from the model's output width (one forward pass); the run
-    folder's name and the checkpoint's epoch (-1 for an ensemble).
-
-    Raises:
-        ValueError: a ``calibration.json`` that is not JSON, or a spec field out of range.
+    """The :class:`~medclass.spec.ModelSpec` of a loaded run: ``run.spec``, the run folder's
+    ``model_spec.json`` written at training time (:func:`medclass.spec.read_spec`; for a run from
+    before it, rebuilt from ``config.yaml``, ``classes.json`` and ``calibration.json``), with the
+    loaded checkpoint's epoch. What an exported or served copy needs to behave alike.
     """
-    c = run.cfg.data
-    pre = run.preprocess
-    normalise = bool(getattr(pre, "normalize", False))
-    cal_path = run.files.calibration
-    cal = {}
-    if cal_path.is_file():
-        try:
-            cal = json.loads(cal_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cal_path} is not JSON ({e}); re-run `medclass evaluate` on the run") from e
-    threshold = (cal.get("threshold") or {}).get("threshold")
-    return ModelSpec(
-        class_names=list(run.class_names),
-        channels=int(c.channels),
-        image_size=int(c.image_size),
-        mean=[float(v) for v in pre.mean.flatten().tolist()] if normalise else None,
-        std=[float(v) for v in pre.std.flatten().tolist()] if normalise else None,
-        dicom_window=[float(v) for v in c.dicom_window] if c.dicom_window is not None else None,
-        temperature=float(cal.get("temperature") or 1.0),
-        threshold=float(threshold) if threshold is not None else None,
-        single_logit=_output_width(run) == 1,
-        run=run.files.root.resolve().name,
-        checkpoint_epoch=int(run.checkpoint_epoch),
-    )
+    return run.spec
 
 
 class TorchClassifier:
@@ -99,7 +56,7 @@ class TorchClassifier:
         run: the :class:`~medclass.engine.LoadedRun`.
 
     Raises:
-        ValueError: an unknown TTA view (or see :func:`spec_from_run`).
+        ValueError: an unknown TTA view.
     """
 
     can_explain = True
@@ -122,12 +79,7 @@ class TorchClassifier:
         Raises:
             ValueError: another dtype or shape than ``(N, spec.image_size, spec.image_size, spec.channels)``.
         """
-        images = self._check_images(images)
-        x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).contiguous()  # copy: read-only input
-        z = predict_logits(self.run.model, x, self.run.preprocess, self.run.device, self.batch_size, tta=self.tta)
-        if len(images) == 0:
-            return np.zeros((0, 1 if self.spec.single_logit else len(self.spec.class_names)), np.float32)
-        return z.numpy().astype(np.float32, copy=False)
+        return self.run.logits(self._check_images(images), self.tta, self.batch_size)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities float32 ``(N, K)`` (``spec.probabilities`` of :meth:`predict_logits`).
@@ -162,7 +114,7 @@ class TorchClassifier:
 
         batch = self._check_images(np.asarray(image)[None])
         cls = int(self.spec.decide(self.predict_proba(batch))[0]) if class_idx is None else int(class_idx)
-        x = torch.from_numpy(np.array(batch, copy=True)).permute(0, 3, 1, 2).to(self.run.device)
+        x = torch.from_numpy(hwc_to_nchw(batch)).to(self.run.device)
         heat = gradcam(self.run.model, self.run.preprocess(x), class_idx=cls, target_layer=target_layer)
         return heat[0].numpy().astype(np.float32, copy=False)
 

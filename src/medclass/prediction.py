@@ -1,0 +1,105 @@
+"""Predicting image files with any backend: the one loop behind ``medclass predict`` (torch,
+ONNX and TorchScript), with one result type, :class:`Prediction`.
+
+A backend is any object with ``spec`` (a :class:`medclass.spec.ModelSpec`) and
+``predict_proba(images)`` (uint8 ``(N, H, W, C)`` at ``spec.image_size`` and ``spec.channels`` ->
+float32 calibrated probabilities ``(N, K)``): :class:`medclass.serving.predictor.TorchClassifier`,
+:class:`medclass.serving.onnx_backend.OnnxClassifier`,
+:class:`medclass.serving.predictor.TorchScriptClassifier`, or a loaded run
+(:func:`medclass.evaluation.predict.predict_images`).
+
+Torch-free (numpy, Pillow and pydicom through :mod:`medclass.data.io`), so ``predict --backend
+onnx`` runs without PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .data.io import ImageReadError, expand_image_paths, read_image
+from .spec import ModelSpec
+
+__all__ = ["Prediction", "read_files", "predict_files", "predict_read"]
+
+
+@dataclass
+class Prediction:
+    """One file's outcome: the predicted class and per-class probabilities, or an error.
+
+    Attributes:
+        path: the file, as given or found under a given folder.
+        predicted: the predicted class name (``spec.decide``), None when the file could not be read.
+        probabilities: class name -> calibrated probability, None when the file could not be read.
+        error: why the file could not be read, else None.
+    """
+
+    path: str
+    predicted: Optional[str] = None
+    probabilities: Optional[dict[str, float]] = None
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """The four fields as a JSON-serialisable dict."""
+        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
+
+
+def read_files(paths: Sequence[Union[str, os.PathLike]], spec: ModelSpec) -> tuple[list[Prediction], np.ndarray, list[int]]:
+    """Read image files (and the images under folders) as the model takes them.
+
+    Each file is decoded as in training (:func:`medclass.data.io.read_image` at ``spec.image_size``,
+    ``spec.channels``, ``spec.dicom_window`` and ``spec.resize``); a file that cannot be read gets
+    its own ``error``.
+
+    Returns:
+        ``(results, images, ok)``: one :class:`Prediction` per expanded path, in order (no class
+        yet); the readable images uint8 ``(M, image_size, image_size, channels)``; ``ok``: the
+        position in ``results`` of each of the ``M`` images.
+    """
+    results: list[Prediction] = []
+    arrays, ok = [], []
+    for p in expand_image_paths(paths):
+        results.append(Prediction(str(p)))
+        try:
+            arrays.append(read_image(p, spec.channels, spec.image_size, dicom_window=spec.dicom_window,
+                                     resize=spec.resize))
+            ok.append(len(results) - 1)
+        except ImageReadError as e:
+            results[-1].error = str(e)
+    s, c = spec.image_size, spec.channels
+    images = np.stack(arrays) if arrays else np.zeros((0, s, s, c), np.uint8)
+    return results, images, ok
+
+
+def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[Prediction]:
+    """Predict image files (and the images under folders) with any backend.
+
+    Files are read by :func:`read_files`; one that cannot be read gets its own ``error`` and the
+    others are still predicted. The class is ``spec.decide`` of the calibrated probabilities (the
+    operating threshold for a binary task that has one, else the arg-max).
+
+    Args:
+        classifier: an object with ``spec`` (:class:`~medclass.spec.ModelSpec`) and
+            ``predict_proba(images)`` (uint8 ``(N, H, W, C)`` -> float32 ``(N, K)``).
+        paths: files and folders.
+
+    Returns:
+        One :class:`Prediction` per expanded path, in order.
+    """
+    return predict_read(classifier, *read_files(paths, classifier.spec))
+
+
+def predict_read(classifier, results: list[Prediction], images: np.ndarray, ok: Sequence[int]) -> list[Prediction]:
+    """Fill in ``results`` (from :func:`read_files`) with ``classifier``'s calibrated probabilities
+    of ``images`` uint8 ``(M, H, W, C)`` and ``spec.decide``'s class, at the positions ``ok``.
+    Returns ``results``."""
+    spec: ModelSpec = classifier.spec
+    if len(ok):
+        probs = classifier.predict_proba(images)
+        for i, pr, k in zip(ok, probs.tolist(), spec.decide(probs).tolist()):
+            results[i].probabilities = {n: float(v) for n, v in zip(spec.class_names, pr)}
+            results[i].predicted = spec.class_names[k]
+    return results

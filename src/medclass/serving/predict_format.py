@@ -1,0 +1,54 @@
+"""Predictions of image files as ``medclass predict`` writes them: a table, CSV or JSON.
+
+Torch-free (the ONNX path of ``medclass predict`` never imports PyTorch). Works on any list of
+objects with ``path``, ``predicted``, ``probabilities`` (class name -> probability) and ``error``
+and a ``to_dict()``: :class:`medclass.evaluation.predict.Prediction` and
+:class:`medclass.serving.onnx_backend.FilePrediction`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Sequence
+
+__all__ = ["PREDICTION_FORMATS", "format_predictions"]
+
+PREDICTION_FORMATS = ("table", "csv", "json")
+
+
+def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: str = "table") -> str:
+    """The predictions as text ending in a newline.
+
+    - ``table``: a header and one line per file (predicted class, probability per class to four
+      decimals), or ``ERROR: <reason>`` for a file that could not be predicted; columns are as wide
+      as the longest path;
+    - ``csv``: columns ``path, predicted, p_<class>..., error`` (probabilities to six decimals);
+    - ``json``: a list of ``to_dict()`` objects, indented by one space.
+
+    Raises:
+        ValueError: ``fmt`` is not one of :data:`PREDICTION_FORMATS`.
+    """
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump([p.to_dict() for p in preds], buf, indent=1)
+        buf.write("\n")
+    elif fmt == "csv":
+        w = csv.writer(buf)
+        w.writerow(["path", "predicted", *[f"p_{n}" for n in class_names], "error"])
+        for p in preds:
+            probs = [f"{p.probabilities[n]:.6f}" for n in class_names] if p.probabilities else [""] * len(class_names)
+            w.writerow([p.path, p.predicted or "", *probs, p.error or ""])
+    elif fmt == "table":
+        width = max([len(p.path) for p in preds], default=len("path"))
+        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in class_names) + "\n")
+        for p in preds:
+            if p.error:
+                buf.write(f"{p.path:{width}s}  ERROR: {p.error}\n")
+            else:
+                buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
+                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in class_names) + "\n")
+    else:
+        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
+    return buf.getvalue()
