@@ -1,12 +1,24 @@
-"""Models: the from-scratch ResNet family and the helpers to build and regularise one."""
+"""Models: the registry of architectures (the from-scratch ResNet family, the custom CNN, the
+chained model) and the helpers to build and regularise one.
+
+Every architecture is a :class:`ClassifierModel` registered with :func:`register_model`; build one
+by name with :func:`create_model`, or from a ``ModelConfig`` with :func:`build_model`.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 
 from ..config import ModelConfig
-from .custom_cnn import ChainedModel, CustomCNN, conv_block
+from . import custom_cnn as _custom_cnn, registry as _registry, resnet as _resnet
+from .base import ClassifierModel
+from .custom_cnn import ChainedModel, CustomCNN, chained, conv_block, custom_cnn
 from .ensemble import SoftVotingEnsemble, logits_to_probs
+from .registry import (
+    ModelInfo, create_model, is_model, list_models, model_info, model_options, models_table, register_model,
+)
 from .resnet import (
     RESNET_DEPTHS,
     BasicBlock,
@@ -21,52 +33,32 @@ from .resnet import (
 )
 
 __all__ = [
-    "SoftVotingEnsemble",
-    "logits_to_probs",
-    "ChainedModel",
-    "CustomCNN",
-    "conv_block",
-    "BasicBlock",
-    "Bottleneck",
-    "ClassifierHead",
-    "ResNet",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "build_model",
-    "weight_decay_param_groups",
-    "count_parameters",
+    "ClassifierModel", "SoftVotingEnsemble", "logits_to_probs",
+    *_resnet.__all__, *_custom_cnn.__all__, *_registry.__all__,
+    "build_model", "weight_decay_param_groups", "count_parameters",
 ]
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """Build the configured network with ``num_classes`` outputs (1 when ``cfg.single_logit``).
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> ClassifierModel:
+    """Build the configured network with ``num_classes`` outputs (1 when ``cfg.single_logit``):
+    ``create_model(cfg.arch, outputs, in_channels, **options)``, where ``options`` are the
+    ``ModelConfig`` fields the architecture's entrypoint accepts (:func:`model_options`; lists
+    become tuples). A new architecture needs no edit here.
 
-    Returns a :class:`ResNet`, :class:`CustomCNN` or :class:`ChainedModel`; every one has its
-    classifier head as ``fc``.
+    Returns:
+        A :class:`ClassifierModel` (float32, training mode).
 
     Raises:
-        ValueError: unknown ``arch``, or ``single_logit`` with other than 2 classes.
+        ValueError: unknown ``arch`` (the message lists the registered ones), or ``single_logit``
+            with other than 2 classes.
     """
     if cfg.single_logit and num_classes != 2:
         raise ValueError(f"model.single_logit needs a binary task, this data has {num_classes} classes")
     outputs = 1 if cfg.single_logit else num_classes
-    head = dict(head_hidden=tuple(cfg.head_hidden), dropout=cfg.dropout, head_kind=cfg.head_kind)
-    if cfg.arch == "custom_cnn":
-        return CustomCNN(in_channels, outputs, tuple(cfg.cnn_widths), cfg.cnn_convs_per_block, **head)
-    if cfg.arch == "chained":
-        resnet = ResNet(*RESNET_DEPTHS[50], in_channels=in_channels, stem=cfg.stem,
-                        zero_init_residual=cfg.zero_init_residual)
-        return ChainedModel(resnet, cfg.chain_stage, outputs, tuple(cfg.cnn_widths), cfg.cnn_convs_per_block, **head)
-    depth = cfg.arch[6:]
-    if not cfg.arch.startswith("resnet") or not depth.isdigit() or int(depth) not in RESNET_DEPTHS:
-        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose custom_cnn, chained or one of "
-                         + ", ".join(f"resnet{d}" for d in RESNET_DEPTHS))
-    block, layers = RESNET_DEPTHS[int(depth)]
-    return ResNet(block, layers, num_classes=outputs, in_channels=in_channels, stem=cfg.stem,
-                  zero_init_residual=cfg.zero_init_residual, **head)
+    accepted = set(model_options(cfg.arch))
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in accepted}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return create_model(cfg.arch, outputs, in_channels, **options)
 
 
 def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

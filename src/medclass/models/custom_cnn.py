@@ -15,14 +15,16 @@ only the CNN and the classifier train.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .resnet import ClassifierHead, ResNet
+from .base import ClassifierModel
+from .registry import register_model
+from .resnet import ClassifierHead, ResNet, resnet50
 
-__all__ = ["CustomCNN", "ChainedModel", "conv_block"]
+__all__ = ["CustomCNN", "ChainedModel", "conv_block", "custom_cnn", "chained"]
 
 
 def conv_block(in_channels: int, out_channels: int, convs: int = 1) -> nn.Sequential:
@@ -38,7 +40,7 @@ def conv_block(in_channels: int, out_channels: int, convs: int = 1) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-class CustomCNN(nn.Module):
+class CustomCNN(ClassifierModel):
     """A plain CNN: conv blocks (``widths``), global average pooling, head (``fc``).
 
     Input ``(N, in_channels, H, W)`` float with H, W >= ``2 ** len(widths)``; output logits
@@ -48,6 +50,8 @@ class CustomCNN(nn.Module):
     Raises:
         ValueError: empty ``widths`` or ``convs_per_block`` < 1.
     """
+
+    head_name = "fc"
 
     def __init__(
         self,
@@ -71,13 +75,32 @@ class CustomCNN(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The conv blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], H / 2**len(widths), W / 2**len(widths))``."""
+        return self.features(x)
+
+    def default_gradcam_layer(self) -> str:
+        """The last conv block, ``"features.<len(features) - 1>"`` (it ends with its max-pool, so
+        its map is the one pooling sees)."""
+        return f"features.{len(self.features) - 1}"
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
-class ChainedModel(nn.Module):
+class ChainedModel(ClassifierModel):
     """A ResNet cut after stage ``stage`` (``resnet``), feeding a custom CNN (``cnn``), then
     global average pooling and the head (``fc``). See the module docstring.
+
+    Args:
+        resnet: the ResNet to cut (modified in place: later stages, pooling and head removed).
+        stage: 1..4, the last ResNet stage kept.
+        num_classes: outputs of the head.
+        widths: the custom CNN's block widths.
+        chain_freeze_resnet: keep the ResNet part's weights and batch-norm statistics fixed for
+            the whole run (:meth:`set_trainable` applies it).
+        cnn_options: ``convs_per_block``, ``head_hidden``, ``dropout``, ``head_kind`` of
+            :class:`CustomCNN`.
 
     Input ``(N, C, H, W)`` float; output logits ``(N, num_classes)``. The ResNet part's
     ``state_dict`` keys are the ResNet's own with the prefix ``resnet.``, so a ResNet checkpoint
@@ -87,34 +110,35 @@ class ChainedModel(nn.Module):
         ValueError: ``stage`` outside 1..4.
     """
 
-    def __init__(
-        self,
-        resnet: ResNet,
-        stage: int,
-        num_classes: int,
-        widths: Sequence[int] = (256, 256),
-        convs_per_block: int = 1,
-        head_hidden: Sequence[int] = (),
-        dropout: float = 0.0,
-        head_kind: str = "dense",
-    ) -> None:
+    head_name = "fc"
+
+    def __init__(self, resnet: ResNet, stage: int, num_classes: int, widths: Sequence[int] = (256, 256), *,
+                 chain_freeze_resnet: bool = False, **cnn_options: Any) -> None:
         super().__init__()
         if stage not in (1, 2, 3, 4):
             raise ValueError(f"model.chain_stage must be 1..4, got {stage}")
         self.stage = stage
+        self.chain_freeze_resnet = bool(chain_freeze_resnet)
         for k in range(stage + 1, 5):  # drop the stages after the cut, the pooling and the head
             setattr(resnet, f"layer{k}", nn.Identity())
         resnet.avgpool, resnet.fc = nn.Identity(), nn.Identity()
         self.resnet = resnet
         channels = resnet.layer1[0].conv1.out_channels * (2 ** (stage - 1)) * type(resnet.layer1[0]).expansion
-        cnn = CustomCNN(channels, num_classes, widths, convs_per_block, head_hidden, dropout, head_kind)
+        cnn = CustomCNN(channels, num_classes, widths, **cnn_options)
         self.cnn = cnn.features
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = cnn.fc
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """ResNet stages 1..``stage`` then the CNN's blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], h, w)``."""
+        return self.cnn(self.resnet.forward_features(x))
+
+    def default_gradcam_layer(self) -> str:
+        """The custom CNN's last conv block, ``"cnn.<len(cnn) - 1>"``."""
+        return f"cnn.{len(self.cnn) - 1}"
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.resnet.forward_features(x)
-        return self.fc(torch.flatten(self.avgpool(self.cnn(x)), 1))
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
     def load_resnet_state_dict(self, state: dict[str, Tensor]) -> int:
         """Load a ResNet ``state_dict`` (torchvision layout) into the part before the cut; keys of
@@ -128,6 +152,28 @@ class ChainedModel(nn.Module):
         self.resnet.load_state_dict(subset, strict=True)
         return len(subset)
 
+    def load_pretrained_weights(self, source: Any, num_classes: Optional[int] = None, reset_head: bool = False,
+                                download: bool = True) -> dict[str, Any]:
+        """Load a ResNet checkpoint (any source of :func:`medclass.models.pretrained.resolve_source`)
+        into the ResNet part only (:meth:`load_resnet_state_dict`); the CNN and the head keep their
+        initialisation, so ``num_classes`` and ``reset_head`` play no part.
+
+        Returns:
+            ``{"source": str, "file": str | None, "loaded_keys": int, "head_reinitialised": False,
+            "part": "ResNet part"}``.
+
+        Raises:
+            medclass.models.pretrained.PretrainedError: the source cannot be found or read.
+            RuntimeError: a needed key is missing or has another shape.
+        """
+        from .pretrained import resolve_source
+
+        state, file = resolve_source(source, download=download)
+        n = self.load_resnet_state_dict(state)
+        label = "<state dict>" if isinstance(source, Mapping) else str(source)
+        return {"source": label, "file": str(file) if file is not None else None, "loaded_keys": n,
+                "head_reinitialised": False, "part": "ResNet part"}
+
     def freeze_resnet(self) -> None:
         """Freeze the ResNet part: no gradients, batch norms in eval mode (call after ``train()``)."""
         for p in self.resnet.parameters():
@@ -135,3 +181,37 @@ class ChainedModel(nn.Module):
         for m in self.resnet.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+    def set_trainable(self, backbone: bool) -> None:
+        """As :meth:`ClassifierModel.set_trainable`, then, with ``chain_freeze_resnet``,
+        :meth:`freeze_resnet` (the ResNet part stays frozen in every epoch)."""
+        super().set_trainable(backbone)
+        if self.chain_freeze_resnet:
+            self.freeze_resnet()
+
+    @property
+    def has_frozen_parts(self) -> bool:
+        """True with ``chain_freeze_resnet``."""
+        return self.chain_freeze_resnet
+
+
+@register_model(description="the seeds' plain CNN: conv blocks, pooling, head", input_sizes=(28, 256))
+def custom_cnn(num_classes: int, in_channels: int = 3, cnn_widths: Sequence[int] = (32, 64, 128, 256),
+               cnn_convs_per_block: int = 1, head_hidden: Sequence[int] = (), dropout: float = 0.0,
+               head_kind: str = "dense") -> CustomCNN:
+    """The custom CNN (:class:`CustomCNN`), its options named as in ``ModelConfig``."""
+    return CustomCNN(in_channels, num_classes, tuple(cnn_widths), cnn_convs_per_block, tuple(head_hidden), dropout,
+                     head_kind)
+
+
+@register_model(description="ResNet-50 cut after chain_stage, feeding a custom CNN", input_sizes=(112, 512))
+def chained(num_classes: int, in_channels: int = 3, chain_stage: int = 2, cnn_widths: Sequence[int] = (256, 256),
+            cnn_convs_per_block: int = 1, chain_freeze_resnet: bool = False, stem: str = "imagenet",
+            zero_init_residual: bool = False, head_hidden: Sequence[int] = (), dropout: float = 0.0,
+            head_kind: str = "dense") -> ChainedModel:
+    """The chained model (:class:`ChainedModel`) on a from-scratch ResNet-50, its options named as
+    in ``ModelConfig``."""
+    resnet = resnet50(in_channels=in_channels, stem=stem, zero_init_residual=zero_init_residual)
+    return ChainedModel(resnet, chain_stage, num_classes, tuple(cnn_widths), chain_freeze_resnet=chain_freeze_resnet,
+                        convs_per_block=cnn_convs_per_block, head_hidden=tuple(head_hidden), dropout=dropout,
+                        head_kind=head_kind)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .base import ClassifierModel
 from .resnet import RESNET_DEPTHS, Bottleneck, ResNet
 
 __all__ = [
@@ -65,10 +66,8 @@ __all__ = [
     "param_groups_with_lrs",
 ]
 
-#: Per-channel mean of RGB ImageNet images in [0, 1] (torchvision's normalisation for its weights).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-#: Per-channel standard deviation matching :data:`IMAGENET_MEAN` (torchvision).
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# ImageNet's per-channel mean/std live with the run contract (torch-free), which applies them.
+from ..spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 #: Keras' "caffe" preprocessing (``keras.applications.resnet50.preprocess_input``): RGB -> BGR,
 #: then subtract this per-channel mean (BGR order, 0-255 pixel scale), no scaling.
 KERAS_CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
@@ -610,12 +609,25 @@ def _listing(title: str, items: list[str]) -> str:
     return f"{title} ({len(items)}): {head or '-'}"
 
 
-def _is_head_key(name: str) -> bool:
-    return name == "fc" or name.startswith("fc.")
+def _head_name(model: nn.Module) -> str:
+    """The name of the model's classifier head: ``model.head_name`` of a
+    :class:`~medclass.models.base.ClassifierModel` (``"fc"`` for a plain module)."""
+    return getattr(model, "head_name", ClassifierModel.head_name)
+
+
+def _head(model: nn.Module) -> Optional[nn.Module]:
+    """The model's classifier head (``get_classifier()``; a plain module's ``fc``), or None."""
+    head = model.get_classifier() if isinstance(model, ClassifierModel) else getattr(model, _head_name(model), None)
+    return head if isinstance(head, nn.Module) else None
+
+
+def _is_head_key(name: str, head: str) -> bool:
+    """``name`` (a parameter, buffer or module name) belongs to the head called ``head``."""
+    return name == head or name.startswith(head + ".")
 
 
 def _head_outputs(model: nn.Module) -> Optional[int]:
-    head = getattr(model, "fc", None)
+    head = _head(model)
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
     return linears[-1].out_features if linears else None
 
@@ -623,7 +635,7 @@ def _head_outputs(model: nn.Module) -> Optional[int]:
 def _reset_head(model: nn.Module) -> None:
     """Re-initialise the classifier head as the constructor does (``nn.Linear``'s and
     ``nn.BatchNorm1d``'s own ``reset_parameters``)."""
-    head = getattr(model, "fc", None)
+    head = _head(model)
     if head is None:
         return
     for m in head.modules():
@@ -690,7 +702,8 @@ def load_pretrained(
     - a medclass run folder: its ``checkpoints/best.pt`` (the ``"model"`` entry);
     - a state dict (mapping of names to tensors).
 
-    The classifier head (keys starting with ``fc.``) is taken from the source only when its keys
+    The classifier head (keys starting with ``model.head_name + "."``, ``fc.`` for the ResNets)
+    is taken from the source only when its keys
     and shapes equal the model's and ``reset_head`` is False; otherwise (another class count, a
     notop file, a different head kind) the model's head is re-initialised as the constructor
     does. Every other key must match in name and shape: ``num_batches_tracked`` counters may be
@@ -719,19 +732,20 @@ def load_pretrained(
     if num_classes is not None and outputs is not None and outputs != num_classes and not (outputs == 1 and num_classes == 2):
         raise ValueError(f"the model's head has {outputs} outputs, the task {num_classes} classes")
     src, file = resolve_source(source, download)
+    head = _head_name(model)
     label = str(file) if file is not None else ("<state dict>" if isinstance(source, Mapping) else str(source))
 
     target = model.state_dict()
     missing, unexpected, mismatched = [], [], {}
     for k, v in target.items():
-        if _is_head_key(k) or k.endswith("num_batches_tracked"):
+        if _is_head_key(k, head) or k.endswith("num_batches_tracked"):
             continue
         if k not in src:
             missing.append(k)
         elif tuple(src[k].shape) != tuple(v.shape):
             mismatched[k] = (tuple(src[k].shape), tuple(v.shape))
     for k in src:
-        if not _is_head_key(k) and k not in target:
+        if not _is_head_key(k, head) and k not in target:
             unexpected.append(k)
     if missing or unexpected or mismatched:
         shapes = [f"{k}: source {s} vs model {d}" for k, (s, d) in mismatched.items()]
@@ -743,8 +757,8 @@ def load_pretrained(
             + _mismatch_hints(mismatched)
         )
 
-    head_target = {k: tuple(v.shape) for k, v in target.items() if _is_head_key(k)}
-    head_src = {k: tuple(v.shape) for k, v in src.items() if _is_head_key(k)}
+    head_target = {k: tuple(v.shape) for k, v in target.items() if _is_head_key(k, head)}
+    head_src = {k: tuple(v.shape) for k, v in src.items() if _is_head_key(k, head)}
     # A head's BatchNorm1d counter may be absent from the source, as in the backbone.
     head_src_cmp = {k: s for k, s in head_src.items() if not k.endswith("num_batches_tracked")}
     head_target_cmp = {k: s for k, s in head_target.items() if not k.endswith("num_batches_tracked")}
@@ -756,7 +770,7 @@ def load_pretrained(
     merged: dict[str, Tensor] = {}
     loaded = 0
     for k, v in target.items():
-        if _is_head_key(k) and not take_head:
+        if _is_head_key(k, head) and not take_head:
             merged[k] = v
         elif k in src:
             merged[k] = src[k]
@@ -772,7 +786,8 @@ def load_pretrained(
 
 
 def freeze_backbone(model: nn.Module, freeze_bn_stats: bool = True) -> None:
-    """Linear probing / head-first fine-tuning: every parameter except the head's (``fc``) gets
+    """Linear probing / head-first fine-tuning: every parameter except the head's
+    (``model.head_name``, ``fc`` for the built-in models) gets
     ``requires_grad=False``.
 
     With ``freeze_bn_stats`` the backbone's batch norms are also put in eval mode
@@ -781,24 +796,25 @@ def freeze_backbone(model: nn.Module, freeze_bn_stats: bool = True) -> None:
     call :func:`set_backbone_bn_eval` after every ``model.train()`` while the backbone is frozen.
     Build the optimizer after freezing (frozen parameters are left out of its groups).
     """
+    head = _head_name(model)
     for name, p in model.named_parameters():
-        if not _is_head_key(name):
+        if not _is_head_key(name, head):
             p.requires_grad_(False)
     if freeze_bn_stats:
         set_backbone_bn_eval(model)
 
 
 def set_backbone_bn_eval(model: nn.Module) -> int:
-    """Put every batch norm outside the head (``fc``) in eval mode: it then normalises with its
+    """Put every batch norm outside the head (``model.head_name``) in eval mode: it then normalises with its
     running statistics and leaves them unchanged. Call it after ``model.train()``. The head's
     layers (e.g. a ``BatchNorm1d`` head, dropout) keep the model's mode.
 
     Returns:
         The number of batch-norm layers set to eval mode.
     """
-    n = 0
+    n, head = 0, _head_name(model)
     for name, m in model.named_modules():
-        if isinstance(m, _BatchNorm) and not _is_head_key(name):
+        if isinstance(m, _BatchNorm) and not _is_head_key(name, head):
             m.eval()
             n += 1
     return n
@@ -820,7 +836,7 @@ def param_groups_with_lrs(
     *,
     weight_decay: float,
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for discriminative fine-tuning: the head (``fc``) at
+    """Optimizer parameter groups for discriminative fine-tuning: the head (``model.head_name``) at
     ``base_lr``, the rest at ``base_lr * backbone_lr_mult``; within each, weight decay only on
     conv and linear weights (the split of :func:`medclass.models.weight_decay_param_groups`,
     applied to the head and to the backbone's modules).
@@ -835,7 +851,7 @@ def param_groups_with_lrs(
         ``[{"params": [...], "lr": float, "weight_decay": float, "name": str}, ...]``.
 
     Raises:
-        ValueError: ``base_lr <= 0``, ``backbone_lr_mult < 0``, or the model has no ``fc`` head
+        ValueError: ``base_lr <= 0``, ``backbone_lr_mult < 0``, or the model has no head
             or parameters outside its children.
     """
     from . import weight_decay_param_groups  # here: this module may be imported by the package
@@ -844,12 +860,12 @@ def param_groups_with_lrs(
         raise ValueError(f"base_lr must be positive, got {base_lr}")
     if backbone_lr_mult < 0:
         raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
-    head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Module):
-        raise ValueError(f"{type(model).__name__} has no 'fc' head")
+    head_name, head = _head_name(model), _head(model)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no {head_name!r} head")
     if any(p.requires_grad for p in model.parameters(recurse=False)):
         raise ValueError(f"{type(model).__name__} has parameters outside its child modules")
-    backbone = nn.ModuleList([m for name, m in model.named_children() if name != "fc"])
+    backbone = nn.ModuleList([m for name, m in model.named_children() if name != head_name])
     groups: list[dict[str, Any]] = []
     for part, module, lr in (("head", head, base_lr), ("backbone", backbone, base_lr * backbone_lr_mult)):
         decay, no_decay = weight_decay_param_groups(module, weight_decay)

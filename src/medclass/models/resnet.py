@@ -23,6 +23,9 @@ from typing import Optional, Sequence, Type, Union
 import torch
 from torch import Tensor, nn
 
+from .base import ClassifierModel
+from .registry import register_model
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -55,13 +58,40 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> Optiona
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What the two blocks share: ``relu(branch(x) + shortcut(x))``, the shortcut being the
+    identity or ``downsample`` (a projection). Subclasses build ``conv1``, ``bn1``, ... (the
+    torchvision names), ``relu`` and ``downsample``, and define :meth:`branch` and ``last_bn_name``."""
+
+    expansion = 1
+    last_bn_name = "bn2"
+    downsample: Optional[nn.Sequential]
+    relu: nn.ReLU
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The residual branch's last batch norm (zero-initialised with ``zero_init_residual``)."""
+        return getattr(self, self.last_bn_name)
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual branch, without the final ReLU."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.branch(x)
+        out += identity  # in place, as torchvision: one activation-sized allocation fewer
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 convolutions with a skip connection (ResNet-18/34).
 
     Input ``(N, in_planes, H, W)`` float; output ``(N, planes, H/stride, W/stride)``.
     """
 
     expansion = 1
+    last_bn_name = "bn2"
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -72,19 +102,11 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = projection_shortcut(in_planes, planes * self.expansion, stride)
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += identity  # in place, as torchvision: one activation-sized allocation fewer
-        return self.relu(out)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """The bottleneck block: 1x1 (reduce), 3x3 (stride here, v1.5), 1x1 (expand x4).
 
     With a projection shortcut (``downsample``) it is Keras' "convolutional block", without one
@@ -93,6 +115,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    last_bn_name = "bn3"
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -106,17 +129,10 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = projection_shortcut(in_planes, out_planes, stride)
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += identity  # in place, as torchvision: one activation-sized allocation fewer
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
@@ -163,7 +179,7 @@ class ClassifierHead(nn.Module):
         return self.layers(x)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierModel):
     """A residual network: stem, four stages, global average pooling, classifier.
 
     Args:
@@ -184,6 +200,8 @@ class ResNet(nn.Module):
     ``(N, num_classes)``. Spatial size is divided by 32 (``imagenet`` stem) or 8 (``small``)
     before pooling.
     """
+
+    head_name = "fc"
 
     def __init__(
         self,
@@ -241,7 +259,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
+                if isinstance(m, _ResidualBlock):
                     nn.init.zeros_(m.last_bn.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -251,6 +269,11 @@ class ResNet(nn.Module):
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)
+
+    def default_gradcam_layer(self) -> str:
+        """``"layer4"``: the last stage (1/32 of the input size with the ImageNet stem, 1/8 with
+        the small stem)."""
+        return "layer4"
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x)
@@ -295,3 +318,13 @@ def resnet101(**kwargs) -> ResNet:
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152: bottleneck blocks [3, 8, 36, 3]; 60,192,808 parameters with 1000 classes."""
     return _resnet(152, **kwargs)
+
+
+# Registered as model.arch names (the same as ``@register_model(...)`` on each): the ImageNet
+# stem suits 112 px and up, model.stem=small 28 to 64 px.
+for _entry, (_depth, (_block, _layers)) in zip((resnet18, resnet34, resnet50, resnet101, resnet152),
+                                               RESNET_DEPTHS.items()):
+    _kind = "basic" if _block is BasicBlock else "bottleneck"
+    register_model(_entry, description=f"ResNet-{_depth}, {_kind} blocks {list(_layers)}; model.stem=small: 28-64 px",
+                   input_sizes=(112, 512), accepts=ResNet)
+del _entry, _depth, _block, _layers, _kind
