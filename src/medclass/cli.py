@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -16,65 +13,67 @@ from .config import PRESETS, ConfigError, RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
-#: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3) test results on BreastMNIST.
-PUBLISHED_BREASTMNIST = {"ResNet-50 (28)": {"accuracy": 0.812, "auroc": 0.857}, "ResNet-18 (28)": {"accuracy": 0.863, "auroc": 0.901}}
+#: medclass's errors whose message is written for the user, as (module, class name): a
+#: ``with _user_errors():`` block prints them as one ``error: ...`` line and exits with code 2.
+_USER_ERRORS = (
+    ("medclass.config", "ConfigError"),
+    ("medclass.runs", "RunError"),
+    ("medclass.data.sources", "DataError"),
+    ("medclass.data.io", "ImageReadError"),
+    ("medclass.engine.checkpoint", "CheckpointError"),
+    ("medclass.models.pretrained", "PretrainedError"),
+    ("medclass.serving.onnx_backend", "ModelFileError"),
+)
 
 
 def _fail(message: str) -> None:
+    """Print ``error: MESSAGE`` (red, on stderr) and exit with code 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
-def _build_config(data: Optional[str], config: Optional[Path], sets: List[str], **options) -> RunConfig:
-    cfg = RunConfig()
+@contextmanager
+def _user_errors(*also: type[BaseException]) -> Iterator[None]:
+    """Turn medclass's user-facing errors (:data:`_USER_ERRORS`), ``ValueError`` and the classes in
+    ``also`` raised inside the block into :func:`_fail` with the exception's message: one line, no
+    traceback, exit code 2. Other exceptions pass through.
+
+    The classes of :data:`_USER_ERRORS` are looked up only in modules already imported (an
+    exception cannot come from a module that was never loaded), so the handler imports nothing:
+    ``predict --backend onnx`` stays free of PyTorch."""
     try:
-        if config is None and data is None:
-            cfg.update(PRESETS["breastmnist"])
-        if config is not None:
-            cfg = RunConfig.load(config)
-        if data is not None:
-            cfg.data.source = data
-        for key, value in options.items():
-            if value is not None:
-                cfg.set(key, value)
-        for item in sets:
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ConfigError(f"--set expects section.key=value, got {item!r}")
-            cfg.set(key.strip(), value)
-    except ConfigError as e:
+        yield
+    except Exception as e:
+        loaded = tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if sys.modules.get(m) is not None)
+        if not isinstance(e, (*loaded, ValueError, *also)):
+            raise
         _fail(str(e))
+
+
+def _build_config(data: Optional[str], config: Optional[Path], sets: List[str], **options) -> RunConfig:
+    """The run configuration: ``config`` (YAML) or, with neither ``config`` nor ``data``, the
+    BreastMNIST preset; then ``data`` as ``data.source``, the options that are not ``None`` (dotted
+    keys) and the ``--set section.key=value`` items in order.
+
+    Raises:
+        ConfigError: an unknown key, a bad value or a ``--set`` item without ``=``.
+    """
+    cfg = RunConfig()
+    if config is None and data is None:
+        cfg.update(PRESETS["breastmnist"])
+    if config is not None:
+        cfg = RunConfig.load(config)
+    if data is not None:
+        cfg.data.source = data
+    for key, value in options.items():
+        if value is not None:
+            cfg.set(key, value)
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        cfg.set(key.strip(), value)
     return cfg
-
-
-def _print_eval(metrics: dict) -> None:
-    auc = metrics["auroc"]
-    typer.echo(
-        f"{metrics['split']}: n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  balanced accuracy "
-        f"{metrics['balanced_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  AUROC "
-        + (f"{auc:.4f}" if auc is not None else "n/a") + f"  loss {metrics['loss']:.4f}"
-    )
-    ci = metrics.get("confidence_intervals", {}).get("metrics", {})
-    if ci:
-        typer.echo("  95% CI (bootstrap): " + "  ".join(
-            f"{k} {v['low']:.3f}-{v['high']:.3f}" for k, v in ci.items() if v.get("low") is not None))
-    cal = metrics.get("calibration") or {}
-    if cal.get("temperature"):
-        typer.echo(f"  calibration: T={cal['temperature']:.3f} (fitted on valid); ECE ({cal['n_bins']} bins) "
-                   f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after")
-    op = metrics.get("operating_point")
-    if op:
-        a = op["at_chosen"]
-        typer.echo(f"  operating point ({op['chosen_on_valid']['method']} on valid, positive {op['positive_class']}): "
-                   f"threshold {a['threshold']:.3f}  sensitivity {a['sensitivity']:.3f}  specificity {a['specificity']:.3f}")
-    dup = metrics.get("held_out_duplicates")
-    if dup:
-        other = dup.get("metrics_with_duplicates") or dup.get("metrics_without_duplicates")
-        label = "with them" if dup["deduplicated"] else "without them"
-        if other:
-            typer.echo(f"  {dup['n']} images duplicate an earlier split; {label}: accuracy {other['accuracy']:.4f}"
-                       + (f"  AUROC {other['auroc']:.4f}" if other.get("auroc") is not None else ""))
-    typer.echo(f"written to {metrics['out_dir']}/metrics.json")
 
 
 @app.command()
@@ -101,50 +100,33 @@ def train(
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
 ) -> None:
     """Train a model; then evaluate it on the test split."""
-    from .data import DataError, ImageReadError
-    from .engine import RunError
     from .engine import train as run_training
-    from .models.pretrained import PretrainedError
+    from .engine.run_folder import new_run_dir, resume_run_dir
     from .evaluation import evaluate_run
+    from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
 
-    run_dir = runs_dir / name if name else None
-    if resume:
-        if run_dir is None:
-            _fail("--resume needs --name of the run to continue")
-        cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-        if cfg is None:
-            _fail(f"cannot resume: {run_dir}/config.yaml not found")
-    else:
-        cfg = _build_config(
-            data, config, sets,
-            **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
-               "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit, "model.pretrained": pretrained,
-               "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
-        )
-        if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _fail("under torchrun give --name, so that every process uses the same run folder")
-        if run_dir is None:
-            from datetime import datetime
-
-            stem = Path(cfg.data.source).stem if cfg.data.source else "breastmnist"
-            run_dir = runs_dir / f"{stem}-{cfg.model.arch}-{datetime.now():%Y%m%d-%H%M%S}"
-    if not sys.stderr.isatty():
-        cfg.train.progress = False
-    try:
+    with _user_errors():
+        if resume:
+            run_dir, cfg = resume_run_dir(runs_dir, name)
+        else:
+            cfg = _build_config(
+                data, config, sets,
+                **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
+                   "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
+                   "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
+            )
+            run_dir = new_run_dir(runs_dir, name, cfg)
+        if not sys.stderr.isatty():
+            cfg.train.progress = False
         result = run_training(cfg, run_dir, resume=resume)
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
             return
         typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
         if evaluate_test:
             metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
-            _print_eval(metrics)
+            typer.echo(format_metrics(metrics))
             if cfg.data.source is None:
-                typer.echo("published MedMNIST v2 test results on BreastMNIST (Yang et al. 2023):")
-                for model, m in PUBLISHED_BREASTMNIST.items():
-                    typer.echo(f"  {model:15s} accuracy {m['accuracy']:.3f}  AUROC {m['auroc']:.3f}")
-                typer.echo(f"  {'medclass':15s} accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}")
-    except (DataError, ImageReadError, RunError, ConfigError, PretrainedError, ValueError) as e:
-        _fail(str(e))
+                typer.echo(format_breastmnist_comparison(metrics))
 
 
 @app.command()
@@ -165,16 +147,14 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
-    from .data import DataError, ImageReadError
-    from .engine import CheckpointError, RunError
     from .evaluation import evaluate_run
+    from .evaluation.evaluate import format_metrics
 
-    try:
-        _print_eval(evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
-                                 tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
-                                 explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity))
-    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError, ValueError) as e:
-        _fail(str(e))
+    with _user_errors():
+        metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
+                               tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
+                               explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity)
+    typer.echo(format_metrics(metrics))
 
 
 @app.command()
@@ -188,15 +168,11 @@ def report(
     tta: bool = typer.Option(False, "--tta"),
 ) -> None:
     """Write one self-contained HTML report (figures embedded) of a run."""
-    from .data import DataError, ImageReadError
-    from .engine import CheckpointError, RunError
     from .evaluation.report import build_report
 
-    try:
+    with _user_errors():
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
                             progress=sys.stderr.isatty())
-    except (DataError, ImageReadError, RunError, CheckpointError, ConfigError, ValueError) as e:
-        _fail(str(e))
     typer.echo(f"report: {path}")
 
 
@@ -217,29 +193,27 @@ def predict(
     """Predict the class of unseen images; unreadable files get an error line, the rest are predicted.
 
     Exits with 1 when no file could be predicted, 2 on a usage error (bad option, not a run, no export)."""
-    if fmt not in ("table", "csv", "json"):
+    from .serving.predict_format import PREDICTION_FORMATS, format_predictions
+
+    if fmt not in PREDICTION_FORMATS:
         _fail(f"--format must be table, csv or json, got {fmt!r}")
     if backend not in ("torch", "onnx", "torchscript"):
         _fail(f"--backend must be torch, onnx or torchscript, got {backend!r}")
+    tta_ops = ("hflip",) if tta else ()
     if backend == "torch":
-        from .engine import CheckpointError, RunError, load_run
-        from .evaluation import predict_images
-
         if run.is_file() and run.suffix.lower() in (".onnx", ".pt"):
             other = "onnx" if run.suffix.lower() == ".onnx" else "torchscript"
             _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
-        try:
+        from .engine import load_run
+        from .evaluation import predict_images
+
+        with _user_errors():
             loaded = load_run(run)
-        except (RunError, CheckpointError, ConfigError) as e:
-            _fail(str(e))
-        try:
-            preds = predict_images(loaded, paths, tta=("hflip",) if tta else (), explain_dir=explain, target_layer=target_layer)
-        except ValueError as e:
-            _fail(str(e))
+            preds = predict_images(loaded, paths, tta=tta_ops, explain_dir=explain, target_layer=target_layer)
         names = loaded.class_names
     else:
         # No PyTorch import on this path for onnx: only numpy, Pillow and onnxruntime.
-        from .serving.onnx_backend import ModelFileError, load_onnx_classifier, predict_files
+        from .serving.onnx_backend import load_onnx_classifier, predict_files
 
         if explain is not None:
             _fail(f"--explain needs the torch backend (Grad-CAM takes gradients through the PyTorch model); "
@@ -249,46 +223,23 @@ def predict(
         if run.is_dir() and not model_path.is_file():
             _fail(f"{run} has no {fmt_name} export ({model_path} is missing): run "
                   f"`medclass export {run} --format {fmt_name}` first, or give the exported file")
-        try:
+        with _user_errors(FileNotFoundError, ImportError):
             if backend == "onnx":
-                classifier = load_onnx_classifier(model_path, tta=("hflip",) if tta else ())
+                classifier = load_onnx_classifier(model_path, tta=tta_ops)
             else:
                 from .serving.predictor import load_torchscript_classifier
 
-                classifier = load_torchscript_classifier(model_path, tta=("hflip",) if tta else ())
-        except (FileNotFoundError, ModelFileError, ImportError) as e:
-            _fail(str(e))
-        try:
+                classifier = load_torchscript_classifier(model_path, tta=tta_ops)
             preds = predict_files(classifier, paths)
-        except ValueError as e:
-            _fail(str(e))
         names = classifier.spec.class_names
     if not preds:
         _fail("no image files found in the given paths")
-    buf = io.StringIO()
-    if fmt == "json":
-        json.dump([p.to_dict() for p in preds], buf, indent=1)
-        buf.write("\n")
-    elif fmt == "csv":
-        w = csv.writer(buf)
-        w.writerow(["path", "predicted", *[f"p_{n}" for n in names], "error"])
-        for p in preds:
-            probs = [f"{p.probabilities[n]:.6f}" for n in names] if p.probabilities else [""] * len(names)
-            w.writerow([p.path, p.predicted or "", *probs, p.error or ""])
-    else:
-        width = max(len(p.path) for p in preds)
-        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in names) + "\n")
-        for p in preds:
-            if p.error:
-                buf.write(f"{p.path:{width}s}  ERROR: {p.error}\n")
-            else:
-                buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
-                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in names) + "\n")
+    text = format_predictions(preds, names, fmt)
     if output:
-        output.write_text(buf.getvalue())
+        output.write_text(text)
         typer.echo(f"wrote {len(preds)} predictions to {output}")
     else:
-        typer.echo(buf.getvalue(), nl=False)
+        typer.echo(text, nl=False)
     errors = [p for p in preds if p.error]
     for p in errors:
         typer.secho(f"error: {p.error}", fg=typer.colors.RED, err=True)
@@ -312,22 +263,16 @@ def export(
         _fail(f"--format must be onnx or torchscript, got {fmt!r}")
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
-    from .engine import CheckpointError, RunError, load_run
-    from .serving.export import VERIFY_TOLERANCE, export_run
-
-    try:
-        loaded = load_run(run, checkpoint=checkpoint, device="cpu")
-    except (RunError, CheckpointError, ConfigError) as e:
-        _fail(str(e))
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            # a mismatch is reported below, as a CLI warning
-            warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-            result = export_run(loaded, fmt, out)
-    except (ValueError, ImportError, OSError) as e:
-        _fail(str(e))
+    from .engine import load_run
+    from .serving.export import VERIFY_TOLERANCE, export_run
+
+    with _user_errors(ImportError, OSError), warnings.catch_warnings():
+        loaded = load_run(run, checkpoint=checkpoint, device="cpu")
+        # a mismatch is reported below, as a CLI warning
+        warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
+        result = export_run(loaded, fmt, out)
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -350,23 +295,20 @@ def ensemble(
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate it on the test split."),
 ) -> None:
     """Soft-voting ensemble of runs, saved as a run of its own that refers to its members."""
-    from .data import DataError
-    from .engine import CheckpointError, RunError
     from .evaluation import evaluate_run, make_ensemble
+    from .evaluation.evaluate import format_metrics
 
     try:
         w = weights if weights in ("equal", "auto") else [float(x) for x in weights.split(",")]
     except ValueError:
         _fail(f"--weights must be equal, auto or comma-separated numbers, got {weights!r}")
     progress = sys.stderr.isatty()
-    try:
+    with _user_errors():
         spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
         typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
                    + f"; run in {runs_dir / name}")
         if evaluate_test:
-            _print_eval(evaluate_run(runs_dir / name, progress=progress))
-    except (DataError, RunError, CheckpointError, ConfigError, ValueError) as e:
-        _fail(str(e))
+            typer.echo(format_metrics(evaluate_run(runs_dir / name, progress=progress)))
 
 
 @app.command()
@@ -375,13 +317,10 @@ def compare(
     out: Path = typer.Option(Path("comparison"), "--out", help="Folder for comparison.md/.csv/.png."),
 ) -> None:
     """Compare runs side by side: a Markdown and CSV table and a bar chart."""
-    from .engine import CheckpointError, RunError
     from .evaluation import compare_runs
 
-    try:
+    with _user_errors():
         compare_runs(runs, out, progress=sys.stderr.isatty())
-    except (RunError, CheckpointError, ConfigError) as e:
-        _fail(str(e))
     typer.echo((out / "comparison.md").read_text(), nl=False)
     typer.echo(f"written to {out}/comparison.md, comparison.csv, comparison.png")
 
@@ -403,62 +342,23 @@ def audit(
     ),
 ) -> None:
     """Audit a data set: counts, sizes, unreadable files, exact and near duplicates, leakage across splits."""
-    from .data import DataError, build_index, write_manifest
-    from .data.audit import NEAR_THRESHOLD, audit as run_audit, dedupe, write_audit
+    from .data import build_index, write_manifest
+    from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
 
-    cfg = _build_config(data, config, sets)
-    cfg.data.skip_corrupt = True  # a CSV id without its file is reported as unreadable, not an error
     threshold = NEAR_THRESHOLD if near_threshold is None else near_threshold
-    if not 0 <= threshold <= 64:
-        _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
-    source = cfg.data.manifest or cfg.data.source
-    stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
-    out = out if out is not None else Path(f"audit-{stem}")
-    try:
+    with _user_errors(OSError):
+        cfg = _build_config(data, config, sets)
+        cfg.data.skip_corrupt = True  # a CSV id without its file is reported as unreadable, not an error
+        if not 0 <= threshold <= 64:
+            _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
+        source = cfg.data.manifest or cfg.data.source
+        stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
+        out = out if out is not None else Path(f"audit-{stem}")
         index = build_index(cfg.data)
         report = run_audit(index, threshold, near, progress=sys.stderr.isatty(),
                            source=str(source) if source else None)
         json_path, md_path = write_audit(report, out)
-    except (DataError, ConfigError, OSError, ValueError) as e:
-        _fail(str(e))
-    splits = list(report["counts"])
-    width = max([len("class")] + [len(c) for c in report["class_names"]])
-    typer.echo(f"{'class':{width}s}  " + "  ".join(f"{s:>6s}" for s in splits) + "   total")
-    for c in report["class_names"]:
-        row = [report["counts"][s].get(c, 0) for s in splits]
-        typer.echo(f"{c:{width}s}  " + "  ".join(f"{n:6d}" for n in row) + f"  {sum(row):6d}")
-    totals = [sum(report["counts"][s].values()) for s in splits]
-    typer.echo(f"{'total':{width}s}  " + "  ".join(f"{n:6d}" for n in totals) + f"  {sum(totals):6d}")
-    ex, nd = report["exact_duplicates"], report["near_duplicates"]
-    typer.echo(f"unreadable files: {len(report['unreadable'])}")
-    typer.echo(f"exact duplicate groups: {ex['n_groups']} ({ex['n_cross_split']} across splits, "
-               f"{ex['n_within_split']} within one split; {ex['n_images_in_groups']} images)")
-    if near:
-        typer.echo(f"near duplicates (pHash distance <= {threshold}): {nd['n_pairs']} pairs ({nd['n_cross_split_pairs']} "
-                   f"across splits), {nd['n_groups']} groups ({nd['n_cross_split']} across splits, "
-                   f"{nd['n_within_split']} within one split)")
-    typer.echo(f"groups (patient/lesion) in several splits: {len(report['groups_in_several_splits'])}; "
-               f"label conflicts: {len(report['label_conflicts'])}")
-    cross = [g for g in ex["groups"] if g["cross_split"]]
-    shown = 10
-    root = Path(source) if source and Path(source).is_dir() else (Path(source).parent if source else None)
-
-    def rel(path: str) -> str:
-        try:
-            return os.path.relpath(path, root) if root is not None and "::" not in path else path
-        except ValueError:
-            return path
-
-    if cross:
-        typer.echo("exact duplicates across splits (one file per split shown):")
-        for g in cross[:shown]:
-            first = {}
-            for i in g["items"]:
-                first.setdefault(i["split"], i["path"])
-            counts = ", ".join(f"{s} {n}" for s, n in g["splits"].items())
-            typer.echo(f"  [{counts}] {', '.join(g['labels'])}: " + " = ".join(rel(x) for x in first.values()))
-        if len(cross) > shown:
-            typer.echo(f"  ... and {len(cross) - shown} more groups (all in {md_path})")
+    typer.echo(audit_summary(report, md_path))
     if dedupe_manifest is not None:
         deduped, removed = dedupe(index, near, threshold)
         try:
@@ -495,18 +395,11 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
-    try:
+    with _user_errors(FileNotFoundError):
         limits = UploadLimits.from_env(
             max_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels, max_side=max_side)
-    except ValueError as e:
-        _fail(str(e))
-    from .engine import CheckpointError, RunError
-
-    try:
         application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint)
-    except (RunError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
     if not is_loopback(host):
         typer.secho(f"warning: {host} is reachable from other machines and the service has no authentication or "
                     "TLS; put it behind a reverse proxy that provides both", fg=typer.colors.YELLOW, err=True)
@@ -515,6 +408,19 @@ def serve(
         run_server(application, host=host, port=port, log_level=log_level)
     except OSError as e:
         _fail(f"cannot listen on {host}:{port}: {e}")
+
+
+@app.command("models")
+def models_command(
+    num_classes: int = typer.Option(2, "--classes", help="Classes the parameter count is for."),
+    channels: int = typer.Option(3, "--channels", help="Image channels the parameter count is for."),
+) -> None:
+    """List the registered architectures (model.arch): parameters and the input sizes they suit."""
+    from .models import models_table
+
+    with _user_errors():
+        table = models_table(num_classes, channels)
+    typer.echo(f"parameters for {num_classes} classes and {channels} channels\n{table}")
 
 
 def main() -> None:

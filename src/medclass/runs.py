@@ -18,36 +18,27 @@ class RunError(RuntimeError):
     space, nothing to resume), or a checkpoint could not be written during training."""
 
 
+def _run_file(*parts: str) -> property:
+    """A read-only attribute of :class:`RunFiles`: the path ``root / parts[0] / parts[1] ...``."""
+    return property(lambda self: self.root.joinpath(*parts), doc=f"``RUN/{'/'.join(parts)}``")
+
+
 @dataclass(frozen=True)
 class RunFiles:
-    """Where a run keeps its files: ``runs/<name>/...``."""
+    """Where a run keeps its files: ``runs/<name>/...``; each attribute below is a ``Path``."""
 
     root: Path
 
-    @property
-    def config(self) -> Path: return self.root / "config.yaml"
-    @property
-    def manifest(self) -> Path: return self.root / "manifest.csv"
-    @property
-    def classes(self) -> Path: return self.root / "classes.json"
-    @property
-    def best(self) -> Path: return self.root / "checkpoints" / "best.pt"
-    @property
-    def last(self) -> Path: return self.root / "checkpoints" / "last.pt"
-    @property
-    def metrics_csv(self) -> Path: return self.root / "metrics.csv"
-    @property
-    def curves(self) -> Path: return self.root / "curves.png"
-    @property
-    def summary(self) -> Path: return self.root / "train_summary.json"
-    @property
-    def tensorboard(self) -> Path: return self.root / "tensorboard"
-    @property
-    def ensemble(self) -> Path: return self.root / "ensemble.json"
-    @property
-    def calibration(self) -> Path: return self.root / "calibration.json"
-    @property
-    def dedupe(self) -> Path: return self.root / "dedupe.json"
-
-    @property
-    def spec(self) -> Path: return self.root / "model_spec.json"
+    config = _run_file("config.yaml")  # the RunConfig the run was trained with
+    manifest = _run_file("manifest.csv")  # the split: split, path and label of every image
+    classes = _run_file("classes.json")
+    best = _run_file("checkpoints", "best.pt")  # weights of the best epoch of train.monitor
+    last = _run_file("checkpoints", "last.pt")  # the resume point (with optimizer, schedule, history)
+    metrics_csv = _run_file("metrics.csv")
+    curves = _run_file("curves.png")
+    summary = _run_file("train_summary.json")
+    tensorboard = _run_file("tensorboard")
+    ensemble = _run_file("ensemble.json")  # only in ensemble runs: members and weights
+    calibration = _run_file("calibration.json")
+    dedupe = _run_file("dedupe.json")
+    spec = _run_file("model_spec.json")  # the run contract (medclass.spec.ModelSpec)

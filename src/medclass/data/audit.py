@@ -55,6 +55,7 @@ __all__ = [
     "dedupe",
     "write_audit",
     "audit_markdown",
+    "audit_summary",
     "image_fingerprint",
     "Fingerprint",
 ]
@@ -634,3 +635,41 @@ def write_audit(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path
     except OSError as e:
         raise OSError(f"cannot write the audit report into {out}: {e}; give a writable --out folder") from e
     return json_path, md_path
+
+
+def audit_summary(report: dict[str, Any], md_path: str | Path, shown: int = 10) -> str:
+    """The report of :func:`audit` as the lines ``medclass audit`` prints (no final newline): images
+    per class and split, counts of unreadable files, exact and near duplicates, groups in several
+    splits and label conflicts, then up to ``shown`` exact-duplicate groups across splits (one file
+    per split, paths relative to the data folder); the rest are in ``md_path``."""
+    root = _root_of(report)
+    splits = list(report["counts"])
+    width = max([len("class")] + [len(c) for c in report["class_names"]])
+    lines = [f"{'class':{width}s}  " + "  ".join(f"{s:>6s}" for s in splits) + "   total"]
+    for c in report["class_names"]:
+        row = [report["counts"][s].get(c, 0) for s in splits]
+        lines.append(f"{c:{width}s}  " + "  ".join(f"{n:6d}" for n in row) + f"  {sum(row):6d}")
+    totals = [sum(report["counts"][s].values()) for s in splits]
+    lines.append(f"{'total':{width}s}  " + "  ".join(f"{n:6d}" for n in totals) + f"  {sum(totals):6d}")
+    ex, nd = report["exact_duplicates"], report["near_duplicates"]
+    lines.append(f"unreadable files: {len(report['unreadable'])}")
+    lines.append(f"exact duplicate groups: {ex['n_groups']} ({ex['n_cross_split']} across splits, "
+                 f"{ex['n_within_split']} within one split; {ex['n_images_in_groups']} images)")
+    if nd["enabled"]:
+        lines.append(f"near duplicates (pHash distance <= {nd['threshold']}): {nd['n_pairs']} pairs "
+                     f"({nd['n_cross_split_pairs']} across splits), {nd['n_groups']} groups ({nd['n_cross_split']} "
+                     f"across splits, {nd['n_within_split']} within one split)")
+    lines.append(f"groups (patient/lesion) in several splits: {len(report['groups_in_several_splits'])}; "
+                 f"label conflicts: {len(report['label_conflicts'])}")
+    cross = [g for g in ex["groups"] if g["cross_split"]]
+    if cross:
+        lines.append("exact duplicates across splits (one file per split shown):")
+        for g in cross[:shown]:
+            first: dict[str, str] = {}
+            for i in g["items"]:
+                first.setdefault(i["split"], i["path"])
+            counts = ", ".join(f"{s} {n}" for s, n in g["splits"].items())
+            lines.append(f"  [{counts}] {', '.join(g['labels'])}: " + " = ".join(_rel(x, root) for x in first.values()))
+        if len(cross) > shown:
+            lines.append(f"  ... and {len(cross) - shown} more groups (all in {md_path})")
+    return "\n".join(lines)

@@ -6,6 +6,10 @@ each epoch train over shuffled batches (augmentation batched on the device), val
 schedule, log (``metrics.csv``, TensorBoard, ``curves.png``), write ``best.pt``/``last.pt``
 atomically and check early stopping. It returns the history and where things were written.
 
+The loop itself stays in :func:`train`; its pieces are small functions above it
+(:func:`train_one_epoch`, :func:`validate`, :func:`save_epoch`, :func:`write_summary`, ...). The
+run folder's naming, resume rules and pre-checks are in :mod:`medclass.engine.run_folder`.
+
 Faults: checkpoints are replaced atomically, so a killed process (``SIGKILL`` included) leaves the
 previous ``last.pt`` whole; the run folder's writability and free disk space are checked before
 any work, and a full disk during training is reported with the file and the resume point.
@@ -17,15 +21,15 @@ was never interrupted.
 
 from __future__ import annotations
 
+import copy
 import csv
-import errno
 import json
-import math
-import shutil
+import shutil  # noqa: F401  (tests patch trainer.shutil.disk_usage)
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,27 +43,21 @@ from ..runs import RunError, RunFiles
 from ..data import (
     DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, write_manifest,
 )
-from ..models import ChainedModel, build_model, count_parameters, weight_decay_param_groups
-from ..models.pretrained import (
-    IMAGENET_ALIASES,
-    IMAGENET_CHECKPOINTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    freeze_backbone,
-    load_pretrained,
-    resolve_source as resolve_pretrained_source,
-    param_groups_with_lrs,
-    unfreeze_all,
-)
-from .checkpoint import load_checkpoint, save_checkpoint, temp_name_pattern
+from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..models.pretrained import param_groups_with_lrs
+from ..spec import read_spec, recorded_config, spec_from_config, write_spec
+from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (
     DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
 )
 from .early_stopping import EarlyStopping
 from .inference import channels_last_wanted, predict_logits, select_device
+from .run_folder import (  # noqa: F401  (DISK_MARGIN_BYTES, checkpoint_bytes_needed: importable from here too)
+    DISK_MARGIN_BYTES, check_disk_space, checkpoint_bytes_needed, prepare_run_dir, remove_stale_temp_files, write_failed,
+)
 from .schedules import LRSchedule
 
-__all__ = ["train", "TrainResult", "RunFiles", "RunError"]
+__all__ = ["train", "TrainResult", "train_one_epoch", "validate", "save_epoch", "write_summary", "RunFiles", "RunError"]
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
@@ -217,154 +215,6 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def prepare_run_dir(files: RunFiles, resume: bool) -> None:
-    """Create the run folder and check it is writable before any work.
-
-    Raises:
-        RunError: the folder holds a run and ``resume`` is off; ``resume`` without ``last.pt``;
-            the folder cannot be written (the message says which).
-    """
-    if resume and not files.last.is_file():
-        raise RunError(f"cannot resume: no {files.last}; start the run without --resume")
-    if not resume and files.last.exists():
-        raise RunError(f"{files.root} already holds a run; pass --resume to continue it or choose another --name")
-    try:
-        (files.root / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = files.root / ".write_test"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"run folder {files.root} is not writable: {e}") from e
-
-
-def remove_stale_temp_files(files: RunFiles) -> list[Path]:
-    """Delete what a killed process can leave half written in the run folder: checkpoint temporary
-    files (``checkpoints/.last.pt.*.tmp``), ``metrics.tmp`` and the write probe. The real files
-    are replaced atomically, so they are whole; these are never read. Returns the removed paths."""
-    stale = [*files.root.glob(".write_test"), files.metrics_csv.with_suffix(".tmp")]
-    for ck in (files.best, files.last):
-        stale += ck.parent.glob(temp_name_pattern(ck))
-    removed = []
-    for p in stale:
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-MiB = 2**20
-#: Free space kept on top of the checkpoint estimate (history, metrics, TensorBoard, curves).
-DISK_MARGIN_BYTES = 16 * MiB
-
-
-def checkpoint_bytes_needed(cfg: RunConfig, num_classes: int, channels: int) -> int:
-    """Disk space the run's checkpoints take at their peak, estimated before any data is decoded.
-
-    The model is built on the ``meta`` device (no memory, no random draws) to count its state:
-    ``best.pt`` holds the weights and buffers (``S`` bytes), ``last.pt`` also the optimizer state
-    (Adam/AdamW keep two moments per parameter, SGD one momentum buffer), and while ``last.pt`` is
-    replaced its old and new copy coexist: ``S + 2 * (S + k * P)``, plus 10 % and
-    :data:`DISK_MARGIN_BYTES`.
-    """
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg.model, num_classes, channels)
-    except Exception:  # a model that cannot be built on meta: build it for real, RNG untouched
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(cfg.model, num_classes, channels)
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    moments = 1 if cfg.train.optimizer == "sgd" else 2
-    last = state + moments * params
-    return int(1.1 * (state + 2 * last)) + DISK_MARGIN_BYTES
-
-
-def _existing_dir(path: Path) -> Path:
-    """``path`` or its nearest existing parent (``shutil.disk_usage`` needs an existing path)."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_disk_space(cfg: RunConfig, files: RunFiles, index, resume: bool) -> None:
-    """Fail before decoding or training when the disks cannot hold what the run will write: the
-    checkpoints in the run folder (see :func:`checkpoint_bytes_needed`; on resume less the
-    checkpoints already there, which are replaced) and the decode-cache entries of the train and
-    validation splits not cached yet (``N x C x H x W`` bytes each). The decode cache folder must
-    also be writable. Needs on one file system are added up.
-
-    Raises:
-        RunError: a folder is not writable or has too little free space; the message names the
-            folder, the free and needed MiB and what to do.
-    """
-    from ..data.dataset import cache_key
-
-    ch, size = cfg.data.channels, cfg.data.image_size
-    ck_dir = files.last.parent
-    needed = checkpoint_bytes_needed(cfg, index.num_classes, ch)
-    if resume:
-        needed -= sum(p.stat().st_size for p in (files.best, files.last) if p.is_file())
-    wants: list[tuple[Path, int, str]] = [(ck_dir, max(needed, DISK_MARGIN_BYTES), "the checkpoints")]
-
-    cache_dir = cache_dir_for(cfg.data)
-    if cache_dir is not None:
-        cache_dir = Path(cache_dir)
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            probe = cache_dir / f".write_test.{id(files)}"
-            probe.write_bytes(b"0")
-            probe.unlink()
-        except OSError as e:
-            raise RunError(
-                f"cannot write the decode cache in {cache_dir} ({e}); set data.cache_dir to a writable folder "
-                "(or MEDCLASS_CACHE_DIR), or data.cache=false to decode into memory"
-            ) from e
-        cache_bytes = 0
-        for split in ("train", "valid"):
-            samples = index.splits.get(split) or []
-            if samples and not (cache_dir / f"{cache_key(samples, ch, size, cfg.data.dicom_window)}.npy").is_file():
-                cache_bytes += len(samples) * ch * size * size + 64 * 1024
-        if cache_bytes:
-            wants.append((cache_dir, cache_bytes, "the decode cache"))
-
-    by_device: dict[int, list[tuple[Path, int, str]]] = {}
-    for folder, n, what in wants:
-        by_device.setdefault(_existing_dir(folder).stat().st_dev, []).append((folder, n, what))
-    for group in by_device.values():
-        folder = group[0][0]
-        free = shutil.disk_usage(_existing_dir(folder)).free
-        total = sum(n for _, n, _ in group)
-        if free < total:
-            what = " and ".join(
-                w if len(group) == 1 else f"{w} ({n / MiB:.0f} MiB{'' if f == folder else f' in {f}'})"
-                for f, n, w in group
-            )
-            advice = ("free some space or choose a run folder on another disk (--runs-dir)"
-                      if group[0][2] == "the checkpoints" else "free some space or set data.cache_dir")
-            raise RunError(
-                f"not enough free disk space in {folder}: {free / MiB:.0f} MiB free, "
-                f"about {total / MiB:.0f} MiB needed for {what}; {advice}"
-            )
-
-
-def _write_failed(e: OSError, path: Path, files: RunFiles, saved_epoch: int) -> RunError:
-    """The error for a checkpoint or log file that could not be written during training: which
-    file, why, and that the previous checkpoint is intact (atomic replace) and how to continue."""
-    reason = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    try:
-        free = f" ({shutil.disk_usage(_existing_dir(path.parent)).free / MiB:.0f} MiB free)"
-    except OSError:
-        free = ""
-    if saved_epoch > 0:
-        then = (f"the previous checkpoint {files.last} (epoch {saved_epoch}) is intact: free some space and "
-                f"continue from it with --resume (medclass train --name {files.root.name} "
-                f"--runs-dir {files.root.parent} --resume)")
-    else:
-        then = "no checkpoint was written yet: free some space and start the run again"
-    return RunError(f"cannot write {path}: {reason}{free}; {then}")
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -374,10 +224,26 @@ def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSpl
     cache_dir = cache_dir_for(cfg.data)
     args = (samples, cfg.data.channels, cfg.data.image_size, cfg.data.skip_corrupt, f"decode {split}")
     if cache_dir is None or not ctx.enabled:
-        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window)
-    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window) if ctx.is_main else None
+        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize)
+    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize) if ctx.is_main else None
     barrier(ctx)
-    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window)
+    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize)
+
+
+def _decode_splits(cfg: RunConfig, index, ctx: DistContext, log) -> tuple[DecodedSplit, DecodedSplit]:
+    """The train and validation splits of ``index`` decoded (uint8 ``(N, C, H, W)`` images, int64
+    labels ``(N,)``), through the decode cache when it is on.
+
+    Raises:
+        RunError: no readable image left in one of them.
+    """
+    train_split = _decode(cfg, index.splits["train"], "train", ctx)
+    val_split = _decode(cfg, index.splits["valid"], "valid", ctx)
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
+    if train_split.cache_path is not None:
+        log(f"decoded images: {'cached' if train_split.cache_hit else 'cache written'} in {train_split.cache_path.parent}")
+    return train_split, val_split
 
 
 def _check_leakage(cfg: RunConfig, index, files: RunFiles, main: bool):
@@ -404,6 +270,136 @@ def _check_leakage(cfg: RunConfig, index, files: RunFiles, main: bool):
     return index
 
 
+def _record_run(cfg: RunConfig, index, spec, files: RunFiles, resume: bool) -> None:
+    """Rank 0 writes what a new run is, before its first epoch: ``manifest.csv`` (the split),
+    ``config.yaml``, ``classes.json`` and ``model_spec.json``. A resumed run keeps its files; one
+    from before ``model_spec.json`` gets one."""
+    if not resume:
+        write_manifest(index, files.manifest)
+        recorded_config(cfg, spec).save(files.config)  # with the normalisation trained with (ImageNet's...)
+        files.classes.write_text(json.dumps(index.class_names, indent=1))
+        write_spec(spec, files.root)  # before the first epoch: every later stage reads it
+    elif not files.spec.is_file():  # a run from before model_spec.json: give it one
+        write_spec(spec, files.root)
+
+
+def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: torch.device,
+                 channels_last: bool, log) -> tuple[nn.Module, nn.Module]:
+    """Build the model for ``index``'s classes and ``data.channels``; load pretrained weights for
+    a new run (a resumed run takes its weights from ``last.pt``; a source run of another task gets
+    a fresh classifier head); move it to ``device`` (channels-last memory format when wanted).
+
+    Returns ``(model, net)``: ``model`` holds the state that is saved and validated, ``net`` is
+    what runs the training forward pass (``torch.compile`` with ``train.compile``, wrapped in
+    DistributedDataParallel under ``torchrun``).
+
+    Raises:
+        medclass.models.pretrained.PretrainedError: the pretrained weights cannot be found or loaded.
+    """
+    pretrained = cfg.model.pretrained
+    model = build_model(cfg.model, index.num_classes, cfg.data.channels)
+    if pretrained and not resume:  # a resumed run takes its weights from last.pt
+        source_classes = Path(pretrained) / "classes.json"
+        other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
+        # a run of another task: its classifier means other classes, even with the same count
+        report = model.load_pretrained_weights(pretrained, index.num_classes, reset_head=other_task)
+        log(f"pretrained: {report['loaded_keys']} tensors" + (f" of the {report['part']}" if "part" in report else "")
+            + f" from {report['source']}" + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+    if ctx.enabled and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = torch.compile(model) if cfg.train.compile else model  # what runs forward
+    if ctx.enabled:
+        freezing = cfg.model.finetune != "full" or model.has_frozen_parts
+        net = DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=freezing
+        )
+    return model, net
+
+
+@dataclass
+class _Fit:
+    """What the optimisation steps and the validation pass of every epoch use."""
+
+    model: nn.Module  # the state that is saved and validated
+    net: nn.Module  # what runs the training forward pass (compiled, DDP-wrapped)
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    preprocess: Preprocess  # uint8 -> [0, 1] float -> normalised, on the device
+    augment: Optional[nn.Module]  # batched augmentation on the device, or None
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # bfloat16 autocast on CUDA, else None (float32)
+    channels_last: bool
+
+
+def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[str, float]], int]:
+    """Load ``last.pt`` into the model, optimizer, LR schedule and early-stopping tracker; returns
+    the history so far and the epoch the checkpoint holds.
+
+    Raises:
+        medclass.engine.CheckpointError: ``path`` is missing or cannot be read.
+    """
+    state = load_checkpoint(path, map_location=fit.device)
+    fit.model.load_state_dict(state["model"])
+    fit.optimizer.load_state_dict(state["optimizer"])
+    fit.schedule.load_state_dict(state["schedule"])
+    tracker.load_state_dict(state["tracker"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
+                    steps: int, ctx: DistContext, progress: bool) -> tuple[float, float]:
+    """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
+    (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
+    ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
+    preprocess and augment on the device, forward under autocast, backward (DDP averages the
+    gradients over ranks), step the optimizer and the per-batch LR schedule.
+
+    Returns the mean training loss and accuracy of the epoch over all ranks.
+
+    Raises:
+        FloatingPointError: a loss that is not finite (names the epoch and step).
+    """
+    tc = cfg.train
+    torch.manual_seed(tc.seed * 100_003 + epoch + 7_919 * ctx.rank)
+    generator.manual_seed(tc.seed * 100_003 + epoch)
+    fit.model.train()
+    # feature extraction: backbone weights and BN statistics fixed; plus the model's own frozen parts
+    fit.model.set_trainable(backbone=not backbone_frozen(cfg, epoch))
+    sum_loss, n_correct, n_seen = 0.0, 0, 0
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        if step >= steps:
+            break
+        images = images.to(fit.device, non_blocking=True)
+        labels = labels.to(fit.device, non_blocking=True)
+        x = fit.preprocess.to_unit(images)
+        if fit.augment is not None:
+            x = fit.augment(x)
+        x = fit.preprocess.normalize_(x)
+        if fit.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(fit.device.type, dtype=fit.amp_dtype or torch.float32, enabled=fit.amp_dtype is not None):
+            logits = fit.net(x)
+            loss = fit.criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
+        fit.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the gradients over ranks here
+        fit.optimizer.step()
+        fit.schedule.step_batch()
+        sum_loss += loss.item() * len(labels)
+        n_correct += (predicted_class(logits.detach()) == labels).sum().item()
+        n_seen += len(labels)
+        bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{fit.schedule.lr:.2e}")
+    bar.close()
+    sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, fit.device)
+    return sum_loss / max(1, n_seen), n_correct / max(1, n_seen)
+
+
 def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
     """Give every rank rank 0's batch-norm running statistics (DDP syncs them only before a
     training forward), so that validation shards are scored by the same model."""
@@ -412,8 +408,113 @@ def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
             torch.distributed.broadcast(b, src=0)
 
 
+def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: DistContext,
+             batch_size: int) -> tuple[float, float]:
+    """Loss and accuracy of ``fit.model`` on the validation split: each rank scores its ``shard``
+    (row indices ``(n,)`` of the split; ``images`` uint8 ``(n, C, H, W)`` are those rows), the
+    logits are gathered on every rank in the split's order and scored against ``labels`` ``(N,)``.
+    Returns ``(val_loss, val_accuracy)``."""
+    _broadcast_buffers(fit.model, ctx)
+    local_logits = predict_logits(fit.model, images, fit.preprocess, fit.device, batch_size, fit.amp_dtype)
+    logits = all_gather_rows(local_logits.to(fit.device), shard, len(labels), ctx).cpu()
+    val_loss = fit.criterion(logits.to(fit.device), labels.to(fit.device)).item()
+    return val_loss, (predicted_class(logits) == labels).float().mean().item()
+
+
+def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list[dict[str, float]],
+               improved: bool, cfg: RunConfig, class_names: list[str], saved_epoch: int) -> int:
+    """Write the epoch just ended (the last row of ``history``): ``best.pt`` when the monitored
+    metric ``improved``, then ``last.pt`` (the resume point: model, optimizer, schedule, tracker,
+    history), then ``metrics.csv``; each replaced atomically. Returns the epoch ``last.pt`` holds.
+
+    Raises:
+        RunError: a file could not be written (a full disk); the message names it and the intact
+            checkpoint of ``saved_epoch`` that ``--resume`` continues from.
+    """
+    row, monitor = history[-1], cfg.train.monitor
+    epoch = row["epoch"]
+    writing = files.best
+    try:
+        if improved:
+            save_checkpoint(
+                {"model": fit.model.state_dict(), "epoch": epoch, "monitor": monitor, "value": row[monitor],
+                 "class_names": class_names, "config": cfg.to_dict()},
+                files.best,
+            )
+        writing = files.last
+        save_checkpoint(
+            {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
+             "schedule": fit.schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
+             "epoch": epoch, "class_names": class_names, "config": cfg.to_dict()},
+            files.last,
+        )
+        saved_epoch = epoch
+        writing = files.metrics_csv
+        write_metrics_csv(history, files.metrics_csv)
+    except OSError as e:  # a full disk: say which file, and that --resume continues
+        raise write_failed(e, writing, files, saved_epoch) from e
+    return saved_epoch
+
+
+@contextmanager
+def _tensorboard(files: Optional[RunFiles]) -> Iterator[Any]:
+    """A TensorBoard ``SummaryWriter`` on ``RUN/tensorboard``, closed on leaving the block; ``None``
+    without ``files`` (DDP ranks other than 0) or without the tensorboard package."""
+    writer = None
+    if files is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(files.tensorboard))
+        except ImportError:  # tensorboard is a dependency; tolerate its absence in trimmed installs
+            pass
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _log_scalars(writer, row: dict[str, float]) -> None:
+    """The epoch's row (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``) to TensorBoard."""
+    if writer is not None:
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            writer.add_scalar(k, row[k], row["epoch"])
+        writer.flush()
+
+
+def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: EarlyStopping, stopped_early: bool,
+                  seconds: float, splits: tuple[DecodedSplit, DecodedSplit], device: torch.device,
+                  ctx: DistContext, cfg: RunConfig) -> None:
+    """After the last epoch (rank 0): ``curves.png`` and ``train_summary.json`` (best epoch,
+    epochs run, training seconds across resumes, wall seconds of this invocation, image counts,
+    device, world size, global batch, the skipped unreadable files)."""
+    if history:
+        plot_curves(history, files.curves)
+    skipped = splits[0].skipped + splits[1].skipped
+    summary: dict[str, Any] = {
+        "best_epoch": tracker.best_epoch, "monitor": cfg.train.monitor, "best_value": tracker.best,
+        "epochs_run": len(history), "stopped_early": stopped_early,
+        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, across resumes
+        "wall_seconds_this_invocation": seconds,
+        "train_images": len(splits[0]), "valid_images": len(splits[1]), "device": str(device),
+        "world_size": ctx.world_size, "global_batch": cfg.train.batch_size,
+        "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    files.summary.write_text(json.dumps(summary, indent=1))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The ``log`` of DDP ranks other than 0: they print nothing."""
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     """Train the configured model on the configured data, writing everything to ``run_dir``.
+
+    ``cfg`` is not changed: the run works on a copy (whose ``data.manifest`` is the run's
+    ``manifest.csv`` on resume, ``None`` in the saved ``config.yaml`` of a new run).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this is DistributedDataParallel training: every rank
     runs this function on its shard of each global batch, metrics are reduced across ranks and
@@ -432,26 +533,25 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
     """
     t_start = time.time()
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     files = RunFiles(Path(run_dir))
     tc = cfg.train
     ctx = init_distributed(tc.device)
     main = ctx.is_main
-    log = print if main else (lambda *a, **k: None)
+    log = print if main else _quiet
     if main:
         prepare_run_dir(files, resume)
     barrier(ctx)
     torch.manual_seed(tc.seed)
     device = ctx.device if ctx.enabled else select_device(tc.device)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
 
-    # ---- data: index and split (the saved manifest when resuming), decode once (cached)
+    # ---- data: index and split (the saved manifest when resuming), check the disks, decode once (cached)
     if resume:
         cfg.data.manifest = str(files.manifest)
-    pretrained = cfg.model.pretrained
-    if pretrained and pretrained.lower() in {*IMAGENET_CHECKPOINTS, *IMAGENET_ALIASES} and not cfg.data.normalize:
-        # ImageNet weights expect ImageNet normalisation (torchvision's constants)
-        cfg.data.normalize, cfg.data.mean, cfg.data.std = True, list(IMAGENET_MEAN), list(IMAGENET_STD)
     index = build_index(cfg.data)
+    # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
+    # ImageNet normalisation there (spec_from_config), the config itself is not changed
+    spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
     if main:
         removed = remove_stale_temp_files(files)
         if removed:
@@ -460,205 +560,66 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if not resume:
         index = _check_leakage(cfg, index, files, main)
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
-        if main:
-            write_manifest(index, files.manifest)
-            cfg.save(files.config)
-            files.classes.write_text(json.dumps(index.class_names, indent=1))
-    size, ch = cfg.data.image_size, cfg.data.channels
-    train_split = _decode(cfg, index.splits["train"], "train", ctx)
-    val_split = _decode(cfg, index.splits["valid"], "valid", ctx)
-    skipped = train_split.skipped + val_split.skipped
-    if len(train_split) == 0 or len(val_split) == 0:
-        raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
-    if train_split.cache_path is not None:
-        log(f"decoded images: {'cached' if train_split.cache_hit else 'cache written'} in {train_split.cache_path.parent}")
-    preprocess = Preprocess.from_config(cfg.data).to(device)
+    if main:
+        _record_run(cfg, index, spec, files, resume)
+    train_split, val_split = _decode_splits(cfg, index, ctx, log)
+    preprocess = Preprocess(spec.mean, spec.std).to(device)
     augment = build_augmentation(cfg.data)
 
-    # ---- model, loss, optimizer, schedule
-    model = build_model(cfg.model, index.num_classes, ch)
-    if pretrained and not resume:  # a resumed run takes its weights from last.pt
-        if isinstance(model, ChainedModel):
-            n = model.load_resnet_state_dict(resolve_pretrained_source(pretrained, download=True)[0])
-            log(f"pretrained: {n} tensors of the ResNet part from {pretrained}")
-        else:
-            source_classes = Path(pretrained) / "classes.json"
-            other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
-            # a run of another task: its classifier means other classes, even with the same count
-            report = load_pretrained(model, pretrained, index.num_classes, reset_head=other_task)
-            log(f"pretrained: {report['loaded_keys']} tensors from {report['source']}"
-                + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
-    if ctx.enabled and tc.sync_bn:
-        model = convert_sync_batchnorm(model, device)
-    model = model.to(device)
-    channels_last = channels_last_wanted(device, size)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = torch.compile(model) if tc.compile else model  # what runs forward
-    if ctx.enabled:
-        freezing = cfg.model.finetune != "full" or (isinstance(model, ChainedModel) and cfg.model.chain_freeze_resnet)
-        net = DistributedDataParallel(
-            net, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=freezing
-        )
+    # ---- model, loss, optimizer, schedule; the resume point
+    channels_last = channels_last_wanted(device, cfg.data.image_size)
+    model, net = _setup_model(cfg, index, resume, ctx, device, channels_last, log)
     criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
     optimizer = make_optimizer(cfg, model)
-    generator = torch.Generator()
+    generator = torch.Generator()  # the sampler's: reseeded every epoch
     loader = make_loader(cfg, train_split, generator, ctx, device)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
-    schedule = LRSchedule(tc, optimizer, steps_per_epoch)
+    fit = _Fit(model=model, net=net, criterion=criterion, optimizer=optimizer,
+               schedule=LRSchedule(tc, optimizer, steps_per_epoch), preprocess=preprocess, augment=augment,
+               device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last)
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
-    history: list[dict[str, float]] = []
-    start_epoch = 1
-    saved_epoch = 0  # the epoch last.pt holds
+    history, saved_epoch = _restore(files.last, fit, tracker) if resume else ([], 0)  # saved: what last.pt holds
     val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
     val_images = val_split.images[val_shard] if ctx.enabled else val_split.images
-
-    # ---- resume
-    if resume:
-        state = load_checkpoint(files.last, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        tracker.load_state_dict(state["tracker"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        saved_epoch = start_epoch - 1
-        del state
-
-    writer = None
-    if main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(files.tensorboard))
-        except ImportError:  # tensorboard is a dependency; tolerate its absence in trimmed installs
-            pass
     log(
         f"medclass: {cfg.model.arch} ({count_parameters(model):,} parameters) on {device}"
         + (f" x {ctx.world_size} processes (DDP, global batch {tc.batch_size})" if ctx.enabled else "")
-        + f"; {index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images at {size} px"
+        + f"; {index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images"
+        f" at {cfg.data.image_size} px"
     )
+
+    # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
-    for epoch in range(start_epoch, tc.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.time()
-        # -- train one epoch (the sampler's seed is the same on every rank, augmentation's is not)
-        torch.manual_seed(tc.seed * 100_003 + epoch + 7_919 * ctx.rank)
-        generator.manual_seed(tc.seed * 100_003 + epoch)
-        model.train()
-        if backbone_frozen(cfg, epoch):  # feature extraction: backbone weights and BN statistics fixed
-            freeze_backbone(model)
-        else:
-            unfreeze_all(model)
-        if isinstance(model, ChainedModel) and cfg.model.chain_freeze_resnet:
-            model.freeze_resnet()
-        sum_loss, n_correct, n_seen = 0.0, 0, 0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}",
-                   disable=not (tc.progress and main), leave=False)
-        for step, (images, labels) in enumerate(bar):
-            if step >= steps_per_epoch:
+    with _tensorboard(files if main else None) as writer:
+        for epoch in range(saved_epoch + 1, tc.epochs + 1):
+            if stopped_early:
                 break
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            x = preprocess.to_unit(images)
-            if augment is not None:
-                x = augment(x)
-            x = preprocess.normalize_(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = net(x)
-                loss = criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over ranks here
-            optimizer.step()
-            schedule.step_batch()
-            sum_loss += loss.item() * len(labels)
-            n_correct += (predicted_class(logits.detach()) == labels).sum().item()
-            n_seen += len(labels)
-            bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{schedule.lr:.2e}")
-        bar.close()
-        sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, device)
-
-        # -- validate: each rank scores its shard, the logits are gathered on every rank
-        _broadcast_buffers(model, ctx)
-        local_logits = predict_logits(model, val_images, preprocess, device, 2 * tc.batch_size, amp_dtype)
-        val_logits = all_gather_rows(local_logits.to(device), val_shard, len(val_split), ctx).cpu()
-        val_loss = criterion(val_logits.to(device), val_split.labels.to(device)).item()
-        val_acc = (predicted_class(val_logits) == val_split.labels).float().mean().item()
-        row = {
-            "epoch": epoch,
-            "loss": sum_loss / max(1, n_seen),
-            "accuracy": n_correct / max(1, n_seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": schedule.lr,
-            "seconds": time.time() - t0,
-        }
-        history.append(row)
-        schedule.step_epoch(row[tc.monitor])
-
-        # -- checkpoint (best first, then last: last.pt is the resume point) and log; rank 0 only
-        improved = tracker.update(row[tc.monitor], epoch)
-        if main:
-            writing = files.best
-            try:
-                if improved:
-                    save_checkpoint(
-                        {"model": model.state_dict(), "epoch": epoch, "monitor": tc.monitor, "value": row[tc.monitor],
-                         "class_names": index.class_names, "config": cfg.to_dict()},
-                        files.best,
-                    )
-                writing = files.last
-                save_checkpoint(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
-                     "epoch": epoch, "class_names": index.class_names, "config": cfg.to_dict()},
-                    files.last,
-                )
-                saved_epoch = epoch
-                writing = files.metrics_csv
-                write_metrics_csv(history, files.metrics_csv)
-            except OSError as e:  # a full disk: say which file, and that --resume continues
-                if writer is not None:
-                    writer.close()
-                raise _write_failed(e, writing, files, saved_epoch) from e
-            if writer is not None:
-                for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
-                    writer.add_scalar(k, row[k], epoch)
-                writer.flush()
-        log(
-            f"epoch {epoch:3d}/{tc.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-            + ("  *" if tracker.best_epoch == epoch else ""),
-            flush=True,
-        )
-        stopped_early = tracker.should_stop
-        if stopped_early:
-            log(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
+            t0 = time.time()
+            loss, acc = train_one_epoch(fit, cfg, epoch, loader, generator, steps_per_epoch, ctx, tc.progress and main)
+            val_loss, val_acc = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
+            row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                   "lr": fit.schedule.lr, "seconds": time.time() - t0}
+            history.append(row)
+            fit.schedule.step_epoch(row[tc.monitor])
+            improved = tracker.update(row[tc.monitor], epoch)
+            if main:  # best.pt, then last.pt (the resume point), then metrics.csv
+                saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
+                _log_scalars(writer, row)
+            log(
+                f"epoch {epoch:3d}/{tc.epochs}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "
+                f"val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                + ("  *" if tracker.best_epoch == epoch else ""),
+                flush=True,
+            )
+            stopped_early = tracker.should_stop
+            if stopped_early:
+                log(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
 
     seconds = time.time() - t_start
     if main:
-        if writer is not None:
-            writer.close()
-        if history:
-            plot_curves(history, files.curves)
-        summary: dict[str, Any] = {
-            "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "best_value": tracker.best,
-            "epochs_run": len(history), "stopped_early": stopped_early,
-            "train_seconds": sum(r["seconds"] for r in history),  # all epochs, across resumes
-            "wall_seconds_this_invocation": seconds,
-            "train_images": len(train_split), "valid_images": len(val_split), "device": str(device),
-            "world_size": ctx.world_size, "global_batch": tc.batch_size,
-            "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
-        }
-        files.summary.write_text(json.dumps(summary, indent=1))
-        if skipped:
-            print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
+        write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg)
     if ctx.enabled:
         barrier(ctx)
         torch.distributed.destroy_process_group()
+    skipped = train_split.skipped + val_split.skipped
     return TrainResult(files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped, main)
