@@ -1,6 +1,20 @@
-"""Test-wide settings: the decode cache goes to a temporary folder, never to ~/.cache."""
+"""Test-wide settings and fixtures.
+
+- The decode cache goes to a temporary folder, never to ~/.cache.
+- ``shared_data``: the folder of real data sets (``../shared/data``, or ``$MEDCLASS_SHARED_DATA``);
+  ``chest_ct``: its chest CT set, skipping the test when it is missing.
+- ``chromium``: the headless Chromium binary, skipping the test when there is none; every test that
+  uses it (directly or through another fixture) is marked ``browser``.
+
+Plain helpers (tiny data sets and configs, PNG and DICOM writers) are in ``tests/helpers.py``;
+the markers ``slow``, ``integration`` and ``browser`` are described in ``pyproject.toml``.
+"""
+
+from pathlib import Path
 
 import pytest
+
+from helpers import SHARED_DATA, need
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -9,3 +23,36 @@ def _decode_cache_in_tmp(tmp_path_factory):
     mp.setenv("MEDCLASS_CACHE_DIR", str(tmp_path_factory.mktemp("decode-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real data sets: ``../shared/data`` beside the repository, or the folder named by
+    ``$MEDCLASS_SHARED_DATA``. It may not exist: use ``helpers.need(shared_data / name)`` (or the
+    ``chest_ct`` fixture) to skip when a set is missing. Read-only."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def chest_ct(shared_data) -> Path:
+    """``shared_data / "chest-ct"`` (train/valid/test, four classes); skips the test when missing."""
+    return need(shared_data / "chest-ct")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium binary for headless rendering; skips the test when none is installed."""
+    from browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install --no-install-recommends chromium; "
+                    ".ci/run installs it); browser tests skipped")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs Chromium ``browser``, so ``-m "not browser"`` leaves them all out."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

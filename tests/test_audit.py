@@ -4,7 +4,6 @@ dedupe removes exactly the held-out copies; on the real chest CT set the train/t
 import filecmp
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from medclass.config import DataConfig
 from medclass.data import DataIndex, Sample, build_index, read_manifest
 from medclass.data.audit import NEAR_THRESHOLD, audit, cross_split_duplicates, dedupe, write_audit
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
 
 
@@ -221,8 +219,8 @@ def test_cli_audit_of_a_csv_with_groups(tmp_path):
 
 
 @pytest.mark.integration
-def test_chest_ct_train_test_leak_is_found():
-    data = SHARED / "chest-ct"
+def test_chest_ct_train_test_leak_is_found(shared_data):
+    data = shared_data / "chest-ct"
     if not data.exists():
         pytest.skip(f"{data} not present")
     index = build_index(DataConfig(source=str(data)))

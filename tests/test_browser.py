@@ -12,19 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from browser import find_chromium, is_blank, render, screenshot_stats  # noqa: E402
+from browser import is_blank, render, screenshot_stats  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install --no-install-recommends chromium; "
-                    ".ci/run installs it); browser tests skipped")
-    return path
+# the `chromium` fixture (tests/conftest.py) skips without Chromium and marks its tests `browser`
 
 
 def _figure_png(seed: int) -> bytes:

@@ -18,7 +18,8 @@ from medclass.evaluation import (
 )
 from medclass.evaluation.calibration import reliability_bins
 from medclass.data import Preprocess
-from test_engine import make_folder_dataset, tiny_config
+
+from helpers import make_folder_dataset, tiny_config
 
 
 def _sampled(n=6000, k=4, seed=0):

@@ -34,11 +34,9 @@ from medclass.data import (
     write_manifest,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CHEST_CT = SHARED / "chest-ct"
-HAM_CSV = SHARED / "ham10000-subset" / "HAM10000_metadata.csv"
+from helpers import CHEST_CLASSES, CHEST_CT, SHARED_DATA, need
 
-CHEST_CLASSES = ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.cell.carcinoma"]
+HAM_CSV = SHARED_DATA / "ham10000-subset" / "HAM10000_metadata.csv"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -66,16 +64,11 @@ def _files_in(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
-def _need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"real data not available: {path}")
-
-
 # --------------------------------------------------------------------------- 1. class matching
 
 
 def test_chest_ct_classes_and_split_sizes():
-    _need(CHEST_CT)
+    need(CHEST_CT)
     index = build_index(DataConfig(source=str(CHEST_CT)))
     assert index.class_names == CHEST_CLASSES
     assert index.given_splits
@@ -96,7 +89,7 @@ def test_chest_ct_classes_and_split_sizes():
 
 def test_chest_ct_class_map_overrides_matching():
     """Merging the three carcinomas (long and short folder names) into one class."""
-    _need(CHEST_CT)
+    need(CHEST_CT)
     folders = {d.name for s in SPLITS for d in (CHEST_CT / s).iterdir() if d.is_dir()}
     class_map = {f: "cancer" for f in folders if not f.startswith("normal")}
     assert len(class_map) == 6  # 3 long names (train/valid) + 3 short ones (test)
@@ -184,12 +177,12 @@ def _ham_rows() -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def ham_index() -> DataIndex:
-    _need(HAM_CSV)
+    need(HAM_CSV)
     return build_index(DataConfig(source=str(HAM_CSV), skip_corrupt=True))
 
 
 def test_ham_missing_image_is_an_error_naming_the_id():
-    _need(HAM_CSV)
+    need(HAM_CSV)
     have = {p.stem for p in (HAM_CSV.parent / "images").iterdir()}
     missing = [r["image_id"] for r in _ham_rows() if r["image_id"] not in have]
     assert missing, "the shared HAM10000 subset is expected to lack one listed image"
@@ -475,7 +468,7 @@ def test_read_image_16_bit_full_range(tmp_path):
 
 def test_read_real_chest_ct_modes():
     """One real chest-ct file of each mode/format (RGBA, RGB, L PNG; JPEG, also named .png)."""
-    _need(CHEST_CT)
+    need(CHEST_CT)
     first: dict[tuple[str, str, str], Path] = {}
     for p in sorted(CHEST_CT.rglob("*")):
         if p.is_file():

@@ -1,27 +1,17 @@
 """DICOM reading: HU rescale, windows, MONOCHROME1, RGB, refusals, folders and the decode cache.
 
-The DICOM files are written by the tests with pydicom from real chest CT images of
+The DICOM files are written by the tests (tests/helpers.py's write_dicom) from real chest CT images of
 ../shared/data/chest-ct: greyscale 0..255 is mapped to stored values 0..2040 (int16) with
 RescaleSlope 1 and RescaleIntercept -1024, i.e. -1024..1016 HU.
 """
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGLosslessSV1,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, SecondaryCaptureImageStorage
 
 from medclass.config import DataConfig, RunConfig
 from medclass.data import ImageReadError, build_index, decode_split, read_dicom, read_image
@@ -29,63 +19,15 @@ from medclass.data.dataset import cache_key
 from medclass.data.dicom import window_to_uint8
 from medclass.data.io import IMAGE_EXTENSIONS, is_image_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CT = SHARED / "chest-ct"
-INTERCEPT = -1024.0
+from helpers import CHEST_CT, INTERCEPT, need, stored_from_png, write_dicom
+
+CT = CHEST_CT
 
 
 def ct_pngs(n, split="train", cls="normal"):
-    if not CT.exists():
-        pytest.skip(f"{CT} not present")
+    need(CT)
     files = sorted(p for p in (CT / split / cls).iterdir() if p.suffix.lower() == ".png")
     return files[:n]
-
-
-def stored_from_png(path, size=None):
-    """Real CT PNG -> int16 stored values 0..2040 (x8 of the greyscale value)."""
-    img = Image.open(path).convert("L")
-    if size:
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img).astype(np.int16) * 8
-
-
-def write_dicom(path, pixels, *, photometric="MONOCHROME2", window=None, frames=1,
-                syntax=ExplicitVRLittleEndian, encapsulated=None, sop=CTImageStorage):
-    """Write a minimal DICOM Part 10 file (CT Image Storage, explicit VR little endian)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = sop
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT" if sop == CTImageStorage else "OT"
-    ds.PatientID = "medclass-test"
-    rows, cols = pixels.shape[-3:-1] if photometric == "RGB" else pixels.shape[-2:]
-    ds.Rows, ds.Columns = int(rows), int(cols)
-    ds.PhotometricInterpretation = photometric
-    if photometric == "RGB":
-        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        data, vr = pixels.astype(np.uint8).tobytes(), "OB"
-    else:
-        ds.SamplesPerPixel = 1
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, INTERCEPT, "HU"
-        data, vr = pixels.astype("<i2").tobytes(), "OW"
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if encapsulated is not None:
-        ds.PixelData = encapsulate(encapsulated)
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    else:
-        ds.PixelData = data
-        ds["PixelData"].VR = vr
-    ds.save_as(path, enforce_file_format=True)
-    return Path(path)
 
 
 def expected(stored, center, width):

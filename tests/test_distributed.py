@@ -5,27 +5,18 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medclass.engine import load_checkpoint
 from medclass.engine.distributed import ShardedSampler, all_gather_rows, DistContext
 
+from helpers import make_folder_dataset
+
 
 def _dataset(root, per_class=24, size=16):
-    rng = np.random.default_rng(1)
-    for split, n in (("train", per_class), ("valid", 7), ("test", 4)):
-        for cls, base in (("dark", 60), ("bright", 180)):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(base, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                if cls == "bright":
-                    arr[:, 4:6] = 255
-                Image.fromarray(arr).save(d / f"{i}.png")
-    return root
+    return make_folder_dataset(root, size=size, splits={"train": per_class, "valid": 7, "test": 4}, seed=1,
+                               levels=(60, 180), noise=30, stripe=4, name="{i}.png")
 
 
 def test_sharded_sampler_steps_match_single_process_batches():
@@ -55,6 +46,7 @@ def _train_cmd(data, runs, name, launcher):
     ]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     data = _dataset(tmp_path / "data")
     runs = tmp_path / "runs"

@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medclass.config import RunConfig, TrainConfig
 from medclass.engine import (
@@ -23,35 +22,7 @@ from medclass.engine import (
 )
 from medclass.engine import trainer as trainer_module
 
-
-def make_folder_dataset(root, per_class=12, size=20):
-    """Two classes that differ in brightness and a stripe: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for cls, base in (("dark", 50), ("bright", 190)):
-        d = root / cls
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            arr = np.clip(rng.normal(base, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-            if cls == "bright":
-                arr[:, size // 2 : size // 2 + 2] = 255
-            Image.fromarray(arr).save(d / f"{cls}_{i}.png")
-    return root
-
-
-def tiny_config(source, **train):
-    cfg = RunConfig()
-    cfg.data.source = str(source)
-    cfg.data.image_size = 16
-    cfg.data.val_fraction = 0.25
-    cfg.data.test_fraction = 0.25
-    cfg.model.arch = "resnet18"
-    cfg.model.stem = "small"
-    cfg.train.batch_size = 4
-    cfg.train.epochs = 3
-    cfg.train.progress = False
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+from helpers import make_folder_dataset, tiny_config
 
 
 def lrs_over(cfg, steps_per_epoch, epochs, metric=None):
@@ -322,6 +293,7 @@ def test_custom_cnn_and_chained_model_train_evaluate_and_load(tmp_path):
     assert type(load_run(chained.files.root).model).__name__ == "ChainedModel"
 
 
+@pytest.mark.slow
 def test_ensemble_soft_votes_and_compare_writes_the_table(tmp_path):
     from medclass.engine import logits_to_probs, predict_logits
     from medclass.evaluation import compare_runs, evaluate_run, fit_ensemble_weights, make_ensemble

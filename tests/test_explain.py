@@ -81,6 +81,7 @@ def quadrant_ratio(heat: torch.Tensor) -> torch.Tensor:
     return heat[:, mask].mean(1) / heat[:, ~mask].mean(1).clamp_min(1e-6)
 
 
+@pytest.mark.slow
 def test_gradcam_puts_the_heat_on_the_deciding_square(trained):
     images, _ = make_images(12, seed=2000, positive=True)
     x = Preprocess()(images)
@@ -96,6 +97,7 @@ def test_gradcam_puts_the_heat_on_the_deciding_square(trained):
     assert ((flat // SIZE < SIZE // 2) & (flat % SIZE < SIZE // 2)).all()
 
 
+@pytest.mark.slow
 def test_model_is_left_as_found_in_eval_mode(trained):
     model = tiny_resnet()
     model.load_state_dict(trained.state_dict())
@@ -119,6 +121,7 @@ def test_model_is_left_as_found_in_eval_mode(trained):
         assert torch.equal(model(x), trained(x))
 
 
+@pytest.mark.slow
 def test_each_image_gets_its_own_class(trained):
     pos, _ = make_images(3, seed=3000, positive=True)
     neg, _ = make_images(3, seed=3001, positive=False)
@@ -135,6 +138,7 @@ def test_each_image_gets_its_own_class(trained):
     assert not torch.allclose(swapped, batched, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_single_logit_model_explains_both_classes(trained):
     """A single-logit copy of the trained model (z = logit_1 - logit_0): class 1 is explained
     by z and shows the square, class 0 by -z and leaves the square cold."""
@@ -162,6 +166,7 @@ def test_single_logit_model_explains_both_classes(trained):
     assert square0 < 0.5 * square1
 
 
+@pytest.mark.slow
 def test_target_layers(trained):
     x = Preprocess()(make_images(2, seed=5)[0])
     assert default_target_layer(trained) == "layer4"
@@ -259,6 +264,7 @@ def test_select_examples():
         select_examples(probs, labels[:3], n=1)
 
 
+@pytest.mark.slow
 def test_save_explanations_writes_readable_pngs(trained, tmp_path: Path):
     images, labels = make_images(5, seed=6000)
     names = [f"case/{i:02d}.png" for i in range(5)]

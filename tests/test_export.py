@@ -32,6 +32,9 @@ from medclass.serving import (  # noqa: E402
     load_torchscript_classifier, onnx_session, spec_from_run,
 )
 from medclass.serving.onnx_backend import SPEC_KEY  # noqa: E402
+from medclass.spec import update_calibration  # noqa: E402
+
+from helpers import CHEST_CLASSES, CHEST_CT  # noqa: E402
 
 SIZE = 32
 
@@ -100,15 +103,17 @@ def test_errors(tmp_path):
 # ---- medclass export: whole runs, preprocessing baked in, spec inside; the ONNX/TorchScript backends ----
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CHEST_TEST = SHARED / "chest-ct" / "test"
-CHEST_CLASSES = ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.cell.carcinoma"]
+CHEST_TEST = CHEST_CT / "test"
 RUN_SIZE = 32
 TRAIN_PER_CLASS, HELD_PER_CLASS = 6, 4  # trained on the first 6 test images of each class; predict the next 4
 MEAN, STD = [0.45, 0.5, 0.55], [0.22, 0.25, 0.28]
 TEMPERATURE = 1.6
 
-needs_chest = pytest.mark.skipif(not CHEST_TEST.is_dir(), reason="../shared/data/chest-ct is not available")
+
+def needs_chest(test):
+    """Marks a test that runs on the real chest-ct run (`chest_run`): integration, skipped without the data."""
+    skip = pytest.mark.skipif(not CHEST_TEST.is_dir(), reason=f"real data not available: {CHEST_TEST}")
+    return pytest.mark.integration(skip(test))
 
 
 def _class_files(cls: str) -> list[Path]:
@@ -140,7 +145,7 @@ def chest_run(tmp_path_factory):
     cfg.train.batch_size, cfg.train.epochs, cfg.train.progress = 8, 1, False
     run_dir = root / "run"
     train(cfg, run_dir)
-    RunFiles(run_dir).calibration.write_text(json.dumps({"temperature": TEMPERATURE, "threshold": None}))
+    update_calibration(run_dir, TEMPERATURE, None)  # what `medclass evaluate` stores in the run's spec
     seconds = {}
     for fmt in ("onnx", "torchscript"):
         t0 = time.perf_counter()
@@ -387,6 +392,7 @@ def test_single_logit_run_with_threshold_exports(tmp_path):
     run_dir.mkdir()
     cfg = RunConfig()
     cfg.data.image_size, cfg.data.channels, cfg.data.dicom_window = 24, 1, [-600, 1500]
+    cfg.model.single_logit = True  # the run's config says what its network emits (no probing forward pass)
     model = _TinyCNN()
     with torch.no_grad():
         model.train()(torch.rand(8, 1, 24, 24))

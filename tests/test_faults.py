@@ -29,7 +29,7 @@ from medclass.engine import RunError, load_checkpoint, train
 from medclass.engine import checkpoint as checkpoint_module
 from medclass.engine import trainer as trainer_module
 
-from test_engine import make_folder_dataset, tiny_config
+from helpers import make_folder_dataset, tiny_config
 
 EPOCHS = 4
 #: 80 images: 40 train at batch 4 is 10 steps per epoch; 20 valid, 20 test
@@ -96,6 +96,7 @@ def data(tmp_path_factory):
     return make_folder_dataset(tmp_path_factory.mktemp("faults") / "data", per_class=PER_CLASS)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     runs = tmp_path / "runs"
     t0 = time.monotonic()

@@ -1,24 +1,17 @@
 """End to end on real images from ../shared/data through the CLI: train, evaluate, predict."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from medclass.cli import app
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import shared_set as needs  # SHARED_DATA / name, or skip
+
 runner = CliRunner()
 
 pytestmark = pytest.mark.integration
-
-
-def needs(name):
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return path
 
 
 def invoke(*args):
@@ -27,6 +20,7 @@ def invoke(*args):
     return result.output
 
 
+@pytest.mark.slow
 def test_chest_ct_train_evaluate_predict(tmp_path):
     data = needs("chest-ct")
     out = invoke(
@@ -66,6 +60,7 @@ def test_chest_ct_train_evaluate_predict(tmp_path):
     assert csv_out.splitlines()[0].startswith("path,predicted,p_adenocarcinoma")
 
 
+@pytest.mark.slow
 def test_brain_mri_single_logit_binary(tmp_path):
     data = needs("brain-tumor-mri-yn")
     invoke(

@@ -4,28 +4,19 @@ section appears with and without --dedupe."""
 import re
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from browser import find_chromium, render
 from medclass.engine import train
 from medclass.evaluation.report import build_report
-from test_engine import tiny_config
+
+from browser import render
+from helpers import make_folder_dataset, tiny_config
 
 
 def _split_dataset(root, per_class=14, size=20):
     """train/valid/test folders; two test images are byte copies of train images (leakage)."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("valid", 6), ("test", 6)):
-        for cls, base in (("dark", 50), ("bright", 190)):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(base, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-                if cls == "bright":
-                    arr[:, size // 2 : size // 2 + 2] = 255
-                Image.fromarray(arr).save(d / f"{split}_{cls}_{i}.png")
+    make_folder_dataset(root, size=size, splits={"train": per_class, "valid": 6, "test": 6}, noise=25,
+                        name="{split}_{cls}_{i}.png")
     for cls in ("dark", "bright"):
         shutil.copy(root / "train" / cls / f"train_{cls}_0.png", root / "test" / cls / f"leak_{cls}.png")
     return root
@@ -54,8 +45,7 @@ def test_report_is_self_contained_and_lists_the_leaked_images(trained_run):
     assert "With the duplicates kept" in dd
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (Debian: apt-get install chromium)")
-def test_report_renders_in_headless_chromium_with_every_image_loaded(trained_run, tmp_path):
+def test_report_renders_in_headless_chromium_with_every_image_loaded(chromium, trained_run, tmp_path):
     page = build_report(trained_run, tmp_path / "report.html", n_bootstrap=100, explain=1)
     result = render(page, tmp_path / "report.png", width=1200, height=2400)
     assert result["total"] >= 5

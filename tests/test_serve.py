@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medclass.config import RunConfig
 from medclass.data.io import read_image
 from medclass.engine import load_run, train
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CHEST_CT = SHARED / "chest-ct"
+from helpers import CHEST_CT, bomb_png, need, png_bytes, tiny_config, write_dicom
+
+pytestmark = pytest.mark.integration  # every test here serves a run trained on real chest-ct images
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -41,8 +41,7 @@ from medclass.serving.uploads import UploadLimits  # noqa: E402
 
 
 def chest_ct_images(split: str = "test", per_class: int = 10) -> list[Path]:
-    if not CHEST_CT.exists():
-        pytest.skip(f"{CHEST_CT} not present")
+    need(CHEST_CT)
     out = []
     for cls in sorted(p for p in (CHEST_CT / split).iterdir() if p.is_dir()):
         out += sorted(p for p in cls.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:per_class]
@@ -58,16 +57,7 @@ def run_dir(tmp_path_factory) -> Path:
         dest = data / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, dest)
-    cfg = RunConfig()
-    cfg.data.source = str(data)
-    cfg.data.image_size = 32
-    cfg.data.val_fraction = 0.25
-    cfg.data.test_fraction = 0.25
-    cfg.model.arch = "resnet18"
-    cfg.model.stem = "small"
-    cfg.train.batch_size = 8
-    cfg.train.epochs = 2
-    cfg.train.progress = False
+    cfg = tiny_config(data, image_size=32, batch_size=8, epochs=2)
     result = train(cfg, root / "run")
     from medclass.evaluation import evaluate_run
 
@@ -165,7 +155,8 @@ def test_model_card_states_data_metrics_and_intended_use(client, run_dir):
 
 def test_model_card_without_evaluation_says_so(tmp_path, run_dir):
     bare = tmp_path / "bare"
-    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("eval-*", "calibration.json"))
+    # a run never evaluated: no eval-*, no calibration (in calibration.json nor in its spec)
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("eval-*", "calibration.json", "model_spec.json"))
     card = build_model_card(bare)
     assert card["metrics"] is None
     assert any("not been evaluated" in c for c in card["caveats"])
@@ -239,17 +230,12 @@ def live_server(run_dir):
 
 
 @pytest.fixture(scope="module")
-def browser_page():
+def browser_page(chromium):
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
-    from browser import find_chromium
-
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             yield browser.new_page()
         finally:
@@ -308,16 +294,9 @@ def test_model_card_page_renders_in_the_browser(live_server, browser_page):
 # ------------------------------------------------------------------------- bad input at the API
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
 def bad_uploads(tmp_path) -> list[tuple[str, str, bytes, int, str]]:
     """(kind, filename, bytes, expected HTTP status, expected error code): 20 kinds."""
     from pydicom.uid import BasicTextSRStorage
-    from test_uploads import bomb_png, write_dicom
 
     good = chest_ct_images("valid", per_class=1)[0].read_bytes()
     rgb = Image.open(io.BytesIO(good)).convert("RGB")
@@ -343,9 +322,9 @@ def bad_uploads(tmp_path) -> list[tuple[str, str, bytes, int, str]]:
         ("truncated JPEG", "cut.jpg", cmyk.getvalue()[:400], 400, "truncated"),
         ("corrupt PNG checksum", "crc.png", good[:40] + bytes([good[40] ^ 0xFF]) + good[41:], 400, "corrupt"),
         ("decompression bomb", "bomb.png", bomb_png(20_000, 20_000), 413, "too_many_pixels"),
-        ("huge side", "strip.png", _png(Image.new("L", (12_000, 1))), 413, "side_too_large"),
-        ("too small", "tiny.png", _png(Image.new("L", (2, 2))), 422, "too_small"),
-        ("transparent alpha", "alpha.png", _png(transparent), 422, "transparency"),
+        ("huge side", "strip.png", png_bytes(Image.new("L", (12_000, 1))), 413, "side_too_large"),
+        ("too small", "tiny.png", png_bytes(Image.new("L", (2, 2))), 422, "too_small"),
+        ("transparent alpha", "alpha.png", png_bytes(transparent), 422, "transparency"),
         ("CMYK JPEG", "cmyk.jpg", cmyk.getvalue(), 422, "unsupported_channels"),
         ("animated PNG", "anim.png", frames.getvalue(), 422, "multi_frame"),
         ("DICOM without pixels", "report.dcm", no_pixels, 422, "no_pixel_data"),

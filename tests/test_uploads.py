@@ -2,7 +2,7 @@
 (status code, code, a message naming the file); good files decode exactly as read_image does.
 
 Real images come from ../shared/data (chest-ct PNG/JPEG, brain MRI JPEG); DICOM files are written
-here with pydicom from a real chest CT PNG, as tests/test_dicom.py does.
+here from a real chest CT PNG with tests/helpers.py's write_dicom, as tests/test_dicom.py does.
 """
 
 import io
@@ -10,20 +10,11 @@ import struct
 import sys
 import time
 import warnings
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import (
-    BasicTextSRStorage,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import BasicTextSRStorage, SecondaryCaptureImageStorage
 
 from medclass.data.dicom import DicomReadError, read_dicom
 from medclass.data.io import read_image
@@ -36,14 +27,14 @@ from medclass.serving.uploads import (
     sniff_format,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CT = SHARED / "chest-ct"
-MRI = SHARED / "brain-tumor-mri-yn"
+from helpers import SHARED_DATA, bomb_png, encoded, need, png_bytes, stored_from_png, write_dicom
+
+CT = SHARED_DATA / "chest-ct"
+MRI = SHARED_DATA / "brain-tumor-mri-yn"
 
 
 def shared(folder, pattern, mode=None, n=1):
-    if not folder.exists():
-        pytest.skip(f"{folder} not present")
+    need(folder)
     out = []
     for p in sorted(folder.rglob(pattern)):
         if mode is None or Image.open(p).mode == mode:
@@ -53,68 +44,8 @@ def shared(folder, pattern, mode=None, n=1):
     pytest.skip(f"no {pattern} ({mode}) in {folder}")
 
 
-def png_bytes(img, **kw):
-    buf = io.BytesIO()
-    img.save(buf, "PNG", **kw)
-    return buf.getvalue()
-
-
-def encoded(img, fmt, **kw):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def chunk(kind, payload):
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def bomb_png(width, height):
-    """A real 1-bit greyscale PNG of width x height zeros, compressed row by row (no big buffer)."""
-    z = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    parts = [z.compress(row) for _ in range(height)] + [z.flush()]
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
-
-
-def write_dicom(path, pixels=None, *, photometric="MONOCHROME2", frames=1, samples=None, sop=CTImageStorage):
-    """Minimal DICOM Part 10 file (explicit VR little endian), as tests/test_dicom.py writes them:
-    greyscale 0..255 stored as int16 x8 with RescaleIntercept -1024. ``pixels=None``: no image at all."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = sop
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT" if sop == CTImageStorage else "OT"
-    ds.PatientID = "medclass-test"
-    if pixels is not None:
-        if samples is not None:  # colour-like: pixels (rows, cols, samples) uint8
-            ds.Rows, ds.Columns = pixels.shape[:2]
-            ds.SamplesPerPixel, ds.PlanarConfiguration = samples, 0
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-            data, vr = pixels.astype(np.uint8).tobytes(), "OB"
-        else:
-            ds.Rows, ds.Columns = pixels.shape[-2:]
-            ds.SamplesPerPixel = 1
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024.0, "HU"
-            data, vr = pixels.astype("<i2").tobytes(), "OW"
-        ds.PhotometricInterpretation = photometric
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        ds.PixelData = data
-        ds["PixelData"].VR = vr
-    ds.save_as(path, enforce_file_format=True)
-    return Path(path)
-
-
 def ct_stored(size=64):
-    p = shared(CT / "train", "*.png")[0]
-    img = Image.open(p).convert("L").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img).astype(np.int16) * 8
+    return stored_from_png(shared(CT / "train", "*.png")[0], size)
 
 
 def expect(data, name, status, code, **kw):
@@ -365,16 +296,16 @@ def test_caller_mistakes_are_value_errors(ct_png):
 def test_unexpected_errors_become_upload_errors(ct_png, monkeypatch):
     import medclass.serving.uploads as uploads
 
-    def explode(img, channels):
+    def explode(img, channels, size, resize):
         raise RuntimeError("something nobody expected")
 
-    monkeypatch.setattr(uploads, "to_channels", explode)
+    monkeypatch.setattr(uploads, "to_model_input", explode)
     expect(ct_png, "x.png", 422, "undecodable")
 
-    def no_memory(img, channels):
+    def no_memory(img, channels, size, resize):
         raise MemoryError
 
-    monkeypatch.setattr(uploads, "to_channels", no_memory)
+    monkeypatch.setattr(uploads, "to_model_input", no_memory)
     expect(ct_png, "x.png", 413, "out_of_memory")
 
 
