@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .config import PRESETS, ConfigError, RunConfig
+from .config import PRESETS, ConfigError, RunConfig, check_budget_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
@@ -83,8 +83,14 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name: the run goes to RUNS_DIR/NAME."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (ignored with --time-budget: planned)."),
+    image_size: Optional[str] = typer.Option(
+        None, "--image-size", help="Training size in pixels, or auto (with --time-budget: size and stem chosen from it)."
+    ),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time-budget", help="Wall-clock budget of the training, e.g. 90s, 15m, 1.5h: the epochs and the "
+        "LR schedule are planned from the measured speed to end within it (train.time_budget)."
+    ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
@@ -111,10 +117,12 @@ def train(
         else:
             cfg = _build_config(
                 data, config, sets,
-                **{"train.epochs": epochs, "data.image_size": image_size, "train.batch_size": batch_size,
+                **{"train.epochs": epochs, "data.image_size": image_size, "train.time_budget": time_budget,
+                   "train.batch_size": batch_size,
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
                    "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
             )
+            check_budget_config(cfg)  # before a run folder is named
             run_dir = new_run_dir(runs_dir, name, cfg)
         if not sys.stderr.isatty():
             cfg.train.progress = False
@@ -421,6 +429,52 @@ def models_command(
     with _user_errors():
         table = models_table(num_classes, channels)
     typer.echo(f"parameters for {num_classes} classes and {channels} channels\n{table}")
+
+
+@app.command("lr-find")
+def lr_find_command(
+    data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz (as for train); none: the bundled BreastMNIST."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.json "
+                                       "(default runs/lr-find-<data name>-<time>)."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate of the sweep."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate of the sweep."),
+    num_iter: int = typer.Option(100, "--num-iter", help="Optimisation steps of the sweep (at most)."),
+    suggest: str = typer.Option("steep", "--suggest", help="Rule of the suggested LR: steep (fastest fall of the "
+                                "smoothed loss), valley (fastai's longest valley) or minimum (a tenth of the LR at the lowest loss)."),
+) -> None:
+    """Learning-rate range test (Smith 2017): train a throwaway model while the LR grows from
+    --start-lr to --end-lr, plot the loss against the LR and suggest a learning rate for `train --lr`."""
+    import shlex
+
+    from .engine.lr_find import default_out_dir, lr_find
+
+    with _user_errors():
+        cfg = _build_config(data, config, sets,
+                            **{"data.image_size": image_size, "train.batch_size": batch_size, "model.arch": arch})
+        if not sys.stderr.isatty():
+            cfg.train.progress = False
+        out_dir = out if out is not None else default_out_dir(cfg)
+        result = lr_find(cfg, out_dir, start_lr, end_lr, num_iter, suggest_by=suggest)
+    others = ", ".join(f"{'minimum/10' if k == 'minimum' else k} {v:.1e}" for k, v in result.suggestions.items()
+                       if k != result.suggested_by and v is not None)
+    typer.echo(f"lr-find: {len(result.lrs)} steps, {result.stopped}; plot and values in {out_dir}/lr_find.png, lr_find.json")
+    if result.suggested_lr is None:
+        _fail(f"too few steps before the loss diverged to suggest an LR by {result.suggested_by!r}"
+              + (f" (other rules: {others})" if others else "") + "; lower --start-lr or raise --num-iter")
+    typer.echo(f"suggested learning rate: {result.suggested_lr:.1e} ({result.suggested_by})" + (f"; {others}" if others else ""))
+    words = ["medclass", "train"] + ([data] if data is not None else []) + (["--config", str(config)] if config else [])
+    for flag, value in (("--image-size", image_size), ("--batch-size", batch_size), ("--arch", arch)):
+        if value is not None:
+            words += [flag, str(value)]
+    for item in sets:
+        if item.partition("=")[0].strip() != "train.lr":  # --lr below replaces it
+            words += ["--set", item]
+    typer.echo("train with it: " + shlex.join(words + ["--lr", f"{result.suggested_lr:.1e}"]))
 
 
 def main() -> None:

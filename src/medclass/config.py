@@ -13,7 +13,10 @@ from typing import Any, Optional
 
 import yaml
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES"]
+__all__ = [
+    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "parse_duration",
+    "check_image_size", "check_budget_config", "check_recipe",
+]
 
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
 #: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
@@ -30,12 +33,120 @@ def _check_resize(value: Any) -> None:
         raise ConfigError(f"data.resize must be one of {' | '.join(RESIZE_RULES)}, got {value!r}")
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: Any, key: str = "train.time_budget") -> float:
+    """Seconds in a duration: a number of seconds (``90``, ``"90"``, ``2.5``) or a number with the
+    unit ``s``, ``m`` or ``h`` (``"90s"``, ``"15m"``, ``"1.5h"``; spaces and case ignored).
+
+    Args:
+        text: the value as written in a config file, on the command line or in Python.
+        key: the config key it came from, named in the error.
+    Returns:
+        The duration in seconds (float, > 0).
+    Raises:
+        ConfigError: not a positive number of seconds / minutes / hours; the message names ``key``.
+    """
+    if isinstance(text, bool):
+        raise ConfigError(f"{key} must be a duration such as 90s, 15m or 1.5h, got {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().lower().replace(" ", "")
+        factor = _DURATION_UNITS.get(raw[-1:], None) if raw else None
+        number = raw[:-1] if factor is not None else raw
+        try:
+            seconds = float(number) * (factor or 1.0)
+        except ValueError:
+            raise ConfigError(
+                f"{key} must be a duration such as 90s, 15m or 1.5h (a bare number is seconds), got {text!r}"
+            ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{key} must be a positive duration such as 90s, 15m or 1.5h, got {text!r}")
+    return seconds
+
+
+def check_image_size(value: Any) -> None:
+    """``data.image_size``: a positive number of pixels, or ``"auto"`` (chosen from a time budget,
+    :func:`medclass.engine.budget.choose_resolution`).
+
+    Raises:
+        ConfigError: anything else, naming the key.
+    """
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"data.image_size must be a positive integer (pixels) or 'auto', got {value!r}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: The training-recipe keys (issue 12) and what each accepts; :func:`check_recipe` and
+#: ``RunConfig.set`` check them, the code using them checks again.
+_RECIPE_RULES: dict[str, tuple[Any, str]] = {
+    "data.auto_augment": (lambda v: v in ("none", "randaugment", "trivialaugment"),
+                          "one of none | randaugment | trivialaugment"),
+    "data.randaugment_n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "data.randaugment_m": (lambda v: _number(v) and 0 < v < 30, "a magnitude in (0, 30) exclusive"),
+    "data.random_erasing": (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    "model.drop_path_rate": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "train.ema_decay": (lambda v: _number(v) and 0 < v < 1, "in (0, 1), e.g. 0.999"),
+    "train.mixup_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
+    "train.cutmix_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
+    "train.mix_prob": (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    "train.clip_grad_norm": (lambda v: v is None or (_number(v) and v > 0), "a positive norm, or null (off)"),
+    "train.progressive_resize": (lambda v: v is None or (_number(v) and 0 < v <= 1),
+                                 "a starting fraction of the image size in (0, 1], e.g. 0.5, or null (off)"),
+}
+
+
+def check_recipe(cfg: "RunConfig") -> None:
+    """The training-recipe keys of ``cfg`` (EMA, mixup/CutMix, auto-augment, random erasing, drop
+    path, gradient clipping, progressive resizing) have values they accept.
+
+    Raises:
+        ConfigError: the first bad value, naming its key and what it accepts.
+    """
+    for dotted in _RECIPE_RULES:
+        section, _, key = dotted.partition(".")
+        _check_recipe_value(dotted, getattr(getattr(cfg, section), key))
+
+
+def _check_recipe_value(dotted: str, value: Any) -> None:
+    rule = _RECIPE_RULES.get(dotted)
+    if rule is not None and not rule[0](value):
+        raise ConfigError(f"{dotted} must be {rule[1]}, got {value!r}")
+
+
+def check_budget_config(cfg: "RunConfig") -> None:
+    """The time-budget keys of ``cfg`` agree: ``train.time_budget`` parses
+    (:func:`parse_duration`) and ``data.image_size: auto`` comes with a budget (the size is chosen
+    from it).
+
+    Raises:
+        ConfigError: a bad duration, or ``auto`` without a budget; the message names the keys.
+    """
+    if cfg.train.time_budget is not None:
+        parse_duration(cfg.train.time_budget)
+    check_image_size(cfg.data.image_size)
+    if cfg.data.image_size == "auto" and cfg.train.time_budget is None:
+        raise ConfigError(
+            "data.image_size 'auto' chooses the size from a time budget: give train.time_budget too "
+            "(--time-budget 15m), or an image size in pixels"
+        )
+
+
 @dataclass
 class DataConfig:
     """Where the images are and how they become tensors.
 
     ``source``: a folder (class folders, optionally under train/valid/test), a CSV manifest, or a
-    MedMNIST ``.npz``; ``None`` means the bundled BreastMNIST. ``image_size`` is in pixels (square).
+    MedMNIST ``.npz``; ``None`` means the bundled BreastMNIST. ``image_size`` is in pixels (square),
+    or ``"auto"`` with ``train.time_budget``: chosen with the stem from the budget before training
+    (:func:`medclass.engine.budget.choose_resolution`; the run records the chosen size).
     ``channels``: 3 (RGB) or 1 (greyscale). Split fractions apply only where the data has no split.
     ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`).
 
@@ -44,7 +155,7 @@ class DataConfig:
     """
 
     source: Optional[str] = None
-    image_size: int = 224
+    image_size: int = 224  # or "auto" together with train.time_budget
     channels: int = 3
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -82,6 +193,15 @@ class DataConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     class_balance: str = "none"  # none | loss | sampler
+    # after the augmentation above (medclass.data.transforms.build_augmentation, kornia):
+    # none | randaugment (Cubuk et al. 2020, arXiv:1909.13719) | trivialaugment (Muller & Hutter 2021,
+    # arXiv:2103.10158), kornia.augmentation.auto's default policies; greyscale through 3 equal channels
+    auto_augment: str = "none"
+    randaugment_n: int = 2  # RandAugment: operations per image
+    randaugment_m: int = 9  # RandAugment: magnitude of every operation, of 30 (timm's rand-m9)
+    # random erasing (Zhong et al. 2020, arXiv:1708.04896; kornia RandomErasing, area 2-33 %, black):
+    # the probability per image; 0: off
+    random_erasing: float = 0.0
 
     def __post_init__(self) -> None:
         _check_resize(self.resize)
@@ -109,12 +229,22 @@ class ModelConfig:
     cnn_convs_per_block: int = 1
     chain_stage: int = 2  # chained: cut the ResNet-50 after layer1..layer4
     chain_freeze_resnet: bool = False  # chained: keep the ResNet part fixed
+    # stochastic depth (Huang et al. 2016, arXiv:1603.09382) in the ResNet residual blocks: the
+    # drop probability grows linearly over the blocks from 0 to this (as timm's ResNet); 0: off
+    drop_path_rate: float = 0.0
 
 
 @dataclass
 class TrainConfig:
     """Optimisation. ``lr`` is the peak learning rate; ``schedule`` in
-    constant | exponential | plateau | cosine."""
+    constant | exponential | plateau | cosine.
+
+    ``time_budget``: ``None`` (off), or the wall-clock time the whole ``train()`` call may take, as
+    seconds or a string with unit s/m/h (``"90s"``, ``"15m"``, ``"1.5h"``; :func:`parse_duration`).
+    With a budget the number of epochs comes from a plan (:mod:`medclass.engine.budget`: measured
+    throughput on the real data, re-planned after every epoch) and ``epochs`` is ignored; the
+    cosine schedule is sized to the plan and ends at its minimum at the last epoch run.
+    """
 
     epochs: int = 30
     batch_size: int = 32
@@ -142,6 +272,26 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
     progress: bool = True
+    # wall-clock budget of the whole training call: seconds, or "90s" / "15m" / "1.5h"; None: off.
+    # With it, epochs come from a measured plan (medclass.engine.budget) and `epochs` is ignored
+    time_budget: Optional[Any] = None
+    # ---- the training recipe (each off by default)
+    # EMA of the weights (timm ModelEmaV3; medclass.engine.ema): validated and saved in best.pt
+    # instead of the raw weights; last.pt holds both. ema_warmup: timm's decay warm-up (power 2/3)
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    # mixup (Zhang et al. 2018, arXiv:1710.09412) / CutMix (Yun et al. 2019, arXiv:1905.04899) with
+    # soft targets, timm's Mixup semantics (medclass.engine.mixup): Beta(alpha, alpha); 0: off;
+    # a batch is mixed with probability mix_prob; both on: CutMix or mixup with probability 0.5 each
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    # gradient clipping: max global L2 norm of the gradients (torch.nn.utils.clip_grad_norm_); None: off
+    clip_grad_norm: Optional[float] = None
+    # progressive resizing (fast.ai; FixRes, Touvron et al. 2019): epoch 1 trains at this fraction of
+    # data.image_size, growing linearly to the full size for the last quarter of the epochs; None: off
+    progressive_resize: Optional[float] = None
 
 
 @dataclass
@@ -192,6 +342,15 @@ class RunConfig:
             raise ConfigError(f"unknown config key {dotted!r}; known keys of {section}: {sorted(names)}")
         if isinstance(value, str):
             value = yaml.safe_load(value) if value != "" else None
+        if dotted == "train.time_budget":  # seconds or "15m": kept as written, checked here
+            if value is not None:
+                parse_duration(value, dotted)
+            setattr(obj, key, value)
+            return
+        if dotted == "data.image_size":  # pixels, or "auto" (with a time budget)
+            check_image_size(value)
+            setattr(obj, key, value)
+            return
         current = getattr(obj, key)
         if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
             try:  # YAML 1.1 reads "3e-4" as a string
@@ -208,6 +367,7 @@ class RunConfig:
             value = str(value)
         if dotted == "data.resize":
             _check_resize(value)
+        _check_recipe_value(dotted, value)
         setattr(obj, key, value)
 
 

@@ -129,7 +129,8 @@ def checkpoint_bytes_needed(cfg: RunConfig, num_classes: int, channels: int) -> 
 
     The model is built on the ``meta`` device (no memory, no random draws) to count its state:
     ``best.pt`` holds the weights and buffers (``S`` bytes), ``last.pt`` also the optimizer state
-    (Adam/AdamW keep two moments per parameter, SGD one momentum buffer), and while ``last.pt`` is
+    (Adam/AdamW keep two moments per parameter, SGD one momentum buffer; with ``train.ema`` the
+    EMA's ``S`` more), and while ``last.pt`` is
     replaced its old and new copy coexist: ``S + 2 * (S + k * P)``, plus 10 % and
     :data:`DISK_MARGIN_BYTES`.
     """
@@ -142,7 +143,7 @@ def checkpoint_bytes_needed(cfg: RunConfig, num_classes: int, channels: int) -> 
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     moments = 1 if cfg.train.optimizer == "sgd" else 2
-    last = state + moments * params
+    last = state + moments * params + (state if cfg.train.ema else 0)  # train.ema: last.pt holds the EMA too
     return int(1.1 * (state + 2 * last)) + DISK_MARGIN_BYTES
 
 

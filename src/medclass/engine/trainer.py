@@ -27,7 +27,7 @@ import json
 import shutil  # noqa: F401  (tests patch trainer.shutil.disk_usage)
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -38,12 +38,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..config import RunConfig, check_budget_config, check_recipe, parse_duration
 from ..runs import RunError, RunFiles
 from ..data import (
     DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, write_manifest,
 )
+from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..models.registry import model_options
 from ..models.pretrained import param_groups_with_lrs
 from ..spec import read_spec, recorded_config, spec_from_config, write_spec
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -51,9 +53,15 @@ from .distributed import (
     DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
 )
 from .early_stopping import EarlyStopping
+from .ema import ModelEma
+from .mixup import Mixup, build_mixup, dominant_labels
 from .inference import channels_last_wanted, predict_logits, select_device
 from .run_folder import (  # noqa: F401  (DISK_MARGIN_BYTES, checkpoint_bytes_needed: importable from here too)
     DISK_MARGIN_BYTES, check_disk_space, checkpoint_bytes_needed, prepare_run_dir, remove_stale_temp_files, write_failed,
+)
+from .budget import (
+    BUDGET_FILE, MAX_WARMUP_FRACTION, Budget, RunClock, choose_resolution, estimate_save_seconds, format_duration,
+    measure_candidate_speeds, measure_throughput, plan_message, preserved_state,
 )
 from .schedules import LRSchedule
 
@@ -83,18 +91,43 @@ class TrainResult:
 def make_loss(cfg: RunConfig, train_labels: Tensor, num_classes: int) -> nn.Module:
     """Softmax cross-entropy (optionally label-smoothed), or BCE-with-logits for a single logit.
     With ``data.class_balance=loss``, classes are weighted by ``N / (K * count)`` (scikit-learn's
-    "balanced" heuristic; for BCE as ``pos_weight = negatives / positives``)."""
+    "balanced" heuristic; for BCE as ``pos_weight = negatives / positives``).
+
+    The loss takes integer targets ``(N,)`` (label smoothing applied by the loss) or, from mixup /
+    CutMix (:mod:`medclass.engine.mixup`), soft float targets taken as they are: ``(N, K)`` class
+    probabilities, or ``(N,)`` probabilities of class 1 for a single logit (see :class:`SoftTargetCE`
+    and :class:`_BCEOneLogit`)."""
     counts = torch.bincount(train_labels, minlength=num_classes).float().clamp(min=1)
     balanced = cfg.data.class_balance == "loss"
     if cfg.model.single_logit:
         pos_weight = (counts[0] / counts[1]).reshape(1) if balanced else None
         return _BCEOneLogit(pos_weight, cfg.train.label_smoothing)
     weight = counts.sum() / (num_classes * counts) if balanced else None
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+    return SoftTargetCE(weight=weight, label_smoothing=cfg.train.label_smoothing)
+
+
+class SoftTargetCE(nn.CrossEntropyLoss):
+    """Softmax cross-entropy for logits ``(N, K)`` and either integer targets ``(N,)`` (exactly
+    ``nn.CrossEntropyLoss(weight, label_smoothing)``) or soft float targets ``(N, K)`` whose rows
+    sum to 1 (already smoothed; timm's ``SoftTargetCrossEntropy``). With class weights ``w`` and
+    soft targets, each sample's loss ``-sum_k t_ik log p_ik`` is weighted by its target-weighted
+    class weight ``w_i = sum_k t_ik w_k`` and the mean is ``sum_i w_i l_i / sum_i w_i``, which for
+    one-hot targets is ``nn.CrossEntropyLoss``'s weighted mean. Returns a float32 scalar."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if not target.is_floating_point():
+            return super().forward(logits, target)
+        per_sample = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
+        if self.weight is None:
+            return per_sample.mean()
+        w = target @ self.weight
+        return (w * per_sample).sum() / w.sum()
 
 
 class _BCEOneLogit(nn.Module):
-    """BCE with logits for logits ``(N, 1)`` and integer targets ``(N,)`` in {0, 1}."""
+    """BCE with logits for logits ``(N, 1)`` and integer targets ``(N,)`` in {0, 1} (smoothed here
+    to ``t * (1 - s) + s / 2``), or soft float targets ``(N,)`` in [0, 1] (mixup; taken as they are),
+    with ``pos_weight`` weighting the positive term ``-pos_weight * t * log(sigmoid(z))``."""
 
     def __init__(self, pos_weight: Optional[Tensor], smoothing: float) -> None:
         super().__init__()
@@ -103,7 +136,7 @@ class _BCEOneLogit(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         t = target.float().unsqueeze(1)
-        if self.smoothing:
+        if self.smoothing and not target.is_floating_point():
             t = t * (1 - self.smoothing) + 0.5 * self.smoothing
         return F.binary_cross_entropy_with_logits(logits.float(), t, pos_weight=self.pos_weight)
 
@@ -297,6 +330,9 @@ def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: 
         medclass.models.pretrained.PretrainedError: the pretrained weights cannot be found or loaded.
     """
     pretrained = cfg.model.pretrained
+    if cfg.model.drop_path_rate > 0 and "drop_path_rate" not in model_options(cfg.model.arch):
+        raise ValueError(f"model.drop_path_rate (stochastic depth) needs a residual architecture (resnet18..152); "
+                         f"{cfg.model.arch} has none: set it to 0")
     model = build_model(cfg.model, index.num_classes, cfg.data.channels)
     if pretrained and not resume:  # a resumed run takes its weights from last.pt
         source_classes = Path(pretrained) / "classes.json"
@@ -333,11 +369,28 @@ class _Fit:
     device: torch.device
     amp_dtype: Optional[torch.dtype]  # bfloat16 autocast on CUDA, else None (float32)
     channels_last: bool
+    ema: Optional[ModelEma] = None  # train.ema: the average validated and saved in best.pt
+    mixup: Optional[Mixup] = None  # train.mixup_alpha / cutmix_alpha: batch mixing with soft targets
+
+
+def _make_recipe(cfg: RunConfig, model: nn.Module, num_classes: int) -> tuple[Optional[ModelEma], Optional[Mixup]]:
+    """The EMA of ``model``'s weights (``train.ema``; made from the weights as they are now, on their
+    device; a resumed run then loads its own from ``last.pt``) and the batch mixer (mixup / CutMix
+    from ``train.mixup_alpha``, ``train.cutmix_alpha``, ``train.mix_prob``, with label smoothing),
+    each None when off.
+
+    Raises:
+        ValueError: a bad ``train.ema_decay``, alpha or ``train.mix_prob`` (names the key).
+    """
+    tc = cfg.train
+    ema = ModelEma(model, tc.ema_decay, tc.ema_warmup) if tc.ema else None
+    outputs = 1 if cfg.model.single_logit else num_classes
+    return ema, build_mixup(tc.mixup_alpha, tc.cutmix_alpha, tc.mix_prob, outputs, tc.label_smoothing)
 
 
 def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[str, float]], int]:
-    """Load ``last.pt`` into the model, optimizer, LR schedule and early-stopping tracker; returns
-    the history so far and the epoch the checkpoint holds.
+    """Load ``last.pt`` into the model, optimizer, LR schedule, early-stopping tracker and (with
+    ``train.ema``) the EMA of the weights; returns the history so far and the epoch the checkpoint holds.
 
     Raises:
         medclass.engine.CheckpointError: ``path`` is missing or cannot be read.
@@ -347,16 +400,29 @@ def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[s
     fit.optimizer.load_state_dict(state["optimizer"])
     fit.schedule.load_state_dict(state["schedule"])
     tracker.load_state_dict(state["tracker"])
+    if fit.ema is not None:
+        if "ema" in state:
+            fit.ema.load_state_dict(state["ema"])
+        else:  # a checkpoint written without train.ema: the average starts from the weights restored
+            fit.ema.set(fit.model)
     return list(state["history"]), int(state["epoch"])
 
 
 def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
-                    steps: int, ctx: DistContext, progress: bool) -> tuple[float, float]:
+                    steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None) -> tuple[float, float]:
     """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
     (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
     ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
     preprocess and augment on the device, forward under autocast, backward (DDP averages the
-    gradients over ranks), step the optimizer and the per-batch LR schedule.
+    gradients over ranks), step the optimizer and the per-batch LR schedule. ``desc``: the progress
+    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA).
+
+    The recipe's pieces, each when configured: after augmentation the batch is resized to the
+    epoch's side (``train.progressive_resize``, :func:`medclass.data.transforms.progressive_size`)
+    and mixed (``fit.mixup``: soft targets; the accuracy counts the dominant target,
+    :func:`medclass.engine.mixup.dominant_labels`); the gradients are clipped to
+    ``train.clip_grad_norm`` (global L2 norm) before the optimizer step; the EMA (``fit.ema``) is
+    updated after it.
 
     Returns the mean training loss and accuracy of the epoch over all ranks.
 
@@ -369,8 +435,9 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
     fit.model.train()
     # feature extraction: backbone weights and BN statistics fixed; plus the model's own frozen parts
     fit.model.set_trainable(backbone=not backbone_frozen(cfg, epoch))
+    side = progressive_size(epoch, tc.epochs, cfg.data.image_size, tc.progressive_resize)
     sum_loss, n_correct, n_seen = 0.0, 0, 0
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
+    bar = tqdm(loader, total=steps, desc=desc or f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
         if step >= steps:
             break
@@ -379,20 +446,30 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
         x = fit.preprocess.to_unit(images)
         if fit.augment is not None:
             x = fit.augment(x)
+        if tc.progressive_resize is not None:
+            x = resize_batch(x, side)
+        targets, counted = labels, labels  # what the loss takes, what the accuracy counts
+        if fit.mixup is not None:
+            mixed = fit.mixup(x, labels)
+            x, targets, counted = mixed.images, mixed.targets, dominant_labels(labels, mixed.lam)
         x = fit.preprocess.normalize_(x)
         if fit.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(fit.device.type, dtype=fit.amp_dtype or torch.float32, enabled=fit.amp_dtype is not None):
             logits = fit.net(x)
-            loss = fit.criterion(logits.float(), labels)
+            loss = fit.criterion(logits.float(), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
         fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over ranks here
+        if tc.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(fit.model.parameters(), tc.clip_grad_norm)
         fit.optimizer.step()
+        if fit.ema is not None:
+            fit.ema.update(fit.model)
         fit.schedule.step_batch()
         sum_loss += loss.item() * len(labels)
-        n_correct += (predicted_class(logits.detach()) == labels).sum().item()
+        n_correct += (predicted_class(logits.detach()) == counted).sum().item()
         n_seen += len(labels)
         bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{fit.schedule.lr:.2e}")
     bar.close()
@@ -410,12 +487,17 @@ def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
 
 def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: DistContext,
              batch_size: int) -> tuple[float, float]:
-    """Loss and accuracy of ``fit.model`` on the validation split: each rank scores its ``shard``
+    """Loss and accuracy of ``fit.model`` (of its EMA ``fit.ema`` with ``train.ema``) on the
+    validation split, at the full image size: each rank scores its ``shard``
     (row indices ``(n,)`` of the split; ``images`` uint8 ``(n, C, H, W)`` are those rows), the
     logits are gathered on every rank in the split's order and scored against ``labels`` ``(N,)``.
     Returns ``(val_loss, val_accuracy)``."""
     _broadcast_buffers(fit.model, ctx)
-    local_logits = predict_logits(fit.model, images, fit.preprocess, fit.device, batch_size, fit.amp_dtype)
+    scored = fit.model
+    if fit.ema is not None:
+        _broadcast_buffers(fit.ema.module, ctx)  # each rank averaged its own batch-norm statistics
+        scored = fit.ema.module
+    local_logits = predict_logits(scored, images, fit.preprocess, fit.device, batch_size, fit.amp_dtype)
     logits = all_gather_rows(local_logits.to(fit.device), shard, len(labels), ctx).cpu()
     val_loss = fit.criterion(logits.to(fit.device), labels.to(fit.device)).item()
     return val_loss, (predicted_class(logits) == labels).float().mean().item()
@@ -426,6 +508,9 @@ def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list
     """Write the epoch just ended (the last row of ``history``): ``best.pt`` when the monitored
     metric ``improved``, then ``last.pt`` (the resume point: model, optimizer, schedule, tracker,
     history), then ``metrics.csv``; each replaced atomically. Returns the epoch ``last.pt`` holds.
+    With ``train.ema`` ``best.pt``'s ``model`` is the EMA's weights (the ones validated, so
+    evaluate, export and serve use them unchanged; ``"weights": "ema"``), and ``last.pt`` holds the
+    raw weights under ``model`` and the EMA's state under ``ema``.
 
     Raises:
         RunError: a file could not be written (a full disk); the message names it and the intact
@@ -436,18 +521,18 @@ def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list
     writing = files.best
     try:
         if improved:
-            save_checkpoint(
-                {"model": fit.model.state_dict(), "epoch": epoch, "monitor": monitor, "value": row[monitor],
-                 "class_names": class_names, "config": cfg.to_dict()},
-                files.best,
-            )
+            best = {"model": (fit.model if fit.ema is None else fit.ema.module).state_dict(), "epoch": epoch,
+                    "monitor": monitor, "value": row[monitor], "class_names": class_names, "config": cfg.to_dict()}
+            if fit.ema is not None:
+                best["weights"] = "ema"
+            save_checkpoint(best, files.best)
         writing = files.last
-        save_checkpoint(
-            {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
-             "schedule": fit.schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
-             "epoch": epoch, "class_names": class_names, "config": cfg.to_dict()},
-            files.last,
-        )
+        last = {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
+                "schedule": fit.schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
+                "epoch": epoch, "class_names": class_names, "config": cfg.to_dict()}
+        if fit.ema is not None:
+            last["ema"] = fit.ema.state_dict()
+        save_checkpoint(last, files.last)
         saved_epoch = epoch
         writing = files.metrics_csv
         write_metrics_csv(history, files.metrics_csv)
@@ -485,10 +570,11 @@ def _log_scalars(writer, row: dict[str, float]) -> None:
 
 def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: EarlyStopping, stopped_early: bool,
                   seconds: float, splits: tuple[DecodedSplit, DecodedSplit], device: torch.device,
-                  ctx: DistContext, cfg: RunConfig) -> None:
+                  ctx: DistContext, cfg: RunConfig, budget: Optional[dict[str, Any]] = None) -> None:
     """After the last epoch (rank 0): ``curves.png`` and ``train_summary.json`` (best epoch,
     epochs run, training seconds across resumes, wall seconds of this invocation, image counts,
-    device, world size, global batch, the skipped unreadable files)."""
+    device, world size, global batch, the skipped unreadable files; with a time budget its plan
+    and actual time, :meth:`medclass.engine.budget.Budget.summary`, under ``budget``)."""
     if history:
         plot_curves(history, files.curves)
     skipped = splits[0].skipped + splits[1].skipped
@@ -501,6 +587,8 @@ def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: Ear
         "world_size": ctx.world_size, "global_batch": cfg.train.batch_size,
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
     }
+    if budget is not None:
+        summary["budget"] = budget
     files.summary.write_text(json.dumps(summary, indent=1))
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
@@ -508,6 +596,82 @@ def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: Ear
 
 def _quiet(*args, **kwargs) -> None:
     """The ``log`` of DDP ranks other than 0: they print nothing."""
+
+
+# --------------------------------------------------------------------------- the time budget (engine/budget.py)
+
+
+def _agree(value: int, ctx: DistContext, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (plans are timed per rank; all ranks must run the same epochs)."""
+    if not ctx.enabled:
+        return value
+    return int(round(all_reduce_sum([float(value) if ctx.is_main else 0.0], ctx, device)[0]))
+
+
+def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.device, ctx: DistContext, log) -> None:
+    """``data.image_size: auto``: measure the candidates' training speed on a sample of the real
+    training images and set ``cfg.data.image_size`` (an int) and ``cfg.model.stem`` to the choice
+    of :func:`medclass.engine.budget.choose_resolution`; the choice and its reason go to
+    ``budget.resolution``."""
+    samples = index.splits["train"]
+    per_rank = max(1, cfg.train.batch_size // ctx.world_size)
+    speeds = {k: v * ctx.world_size for k, v in
+              measure_candidate_speeds(cfg, samples, index.num_classes, device, batch_size=per_rank).items()}
+    n_val = len(index.splits.get("valid") or [])
+    choice = choose_resolution(budget.available(), len(samples), speeds, n_val_images=n_val)
+    order = [(r["image_size"], r["stem"]) for r in choice.candidates]
+    picked = order[_agree(order.index((choice.image_size, choice.stem)), ctx, device)]
+    cfg.data.image_size, cfg.model.stem = picked
+    budget.resolution = {"image_size": picked[0], "stem": picked[1], "reason": choice.reason,
+                         "candidates": choice.candidates}
+    log(f"image size auto: {choice.reason}")
+
+
+def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader, generator: torch.Generator,
+                 steps_per_epoch: int, val_images: Tensor, ctx: DistContext, log) -> None:
+    """A new budget run: measure the throughput on the real data (the weights, optimizer, schedule
+    and random generators are put back afterwards), plan the epochs, size the LR schedule to them
+    (``cfg.train.epochs`` becomes the plan) and print the plan.
+
+    Raises:
+        RunError: not one epoch fits in the budget.
+    """
+    tc = cfg.train
+    state = [getattr(fit, f.name) for f in fields(fit) if f.name != "net"]
+    with preserved_state(state, generator):
+        tp = measure_throughput(
+            lambda n: train_one_epoch(fit, cfg, 1, loader, generator, n, ctx, False),
+            lambda x: predict_logits(fit.model, x, fit.preprocess, fit.device, 2 * tc.batch_size, fit.amp_dtype),
+            val_images, steps_per_epoch=steps_per_epoch, batch_size=tc.batch_size, val_batch_size=2 * tc.batch_size,
+            save_seconds=estimate_save_seconds(fit.model, tc.optimizer), device=fit.device,
+        )
+    epochs = _agree(budget.plan(tp), ctx, fit.device)
+    budget.set_plan(epochs, tp.epoch_seconds)
+    if epochs < 1:
+        raise budget.too_small(tp)
+    log(plan_message(cfg, budget, tp, tc.epochs))
+    tc.epochs = epochs
+    tc.warmup_epochs = min(tc.warmup_epochs, MAX_WARMUP_FRACTION * epochs)
+    fit.schedule = LRSchedule(tc, fit.optimizer, steps_per_epoch)  # sized to the plan
+
+
+def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ctx: DistContext, log) -> bool:
+    """Re-plan a budget run after ``done`` epochs from the last epoch's wall time: ``tc.epochs``
+    becomes the new total and the LR schedule is re-sized to end at it. Returns False when not
+    one more epoch fits (the run stops; the log says why)."""
+    before = budget.planned_epochs
+    planned = _agree(budget.replan(done), ctx, fit.device)
+    budget.planned_epochs = planned
+    if planned <= done:  # the plan is done, or (stop_reason) not one more planned epoch fits
+        if budget.stop_reason:
+            log(budget.stop_reason)
+        return False
+    fit.schedule.set_total_steps(planned * steps_per_epoch)
+    if planned != before:
+        log(f"time budget: re-planned from {before} to {planned} epochs"
+            + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
+    tc.epochs = planned
+    return True
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
@@ -526,16 +690,27 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     killed at any point (even ``SIGKILL`` mid-save) leaves whole checkpoints, and ``resume=True``
     continues from ``last.pt`` with the same metrics as an uninterrupted run.
 
+    With ``train.time_budget`` the whole call is planned to end within the budget
+    (:mod:`medclass.engine.budget`): throughput measured before the first epoch, the epochs
+    (``train.epochs`` is ignored) and the LR schedule sized to it, re-planned after every epoch;
+    ``data.image_size: auto`` chooses the size and stem first. The plan and the time taken go to
+    ``train_summary.json`` (``budget``).
+
     Raises:
         RunError: see :func:`prepare_run_dir` and :func:`check_disk_space`; also a checkpoint or
             ``metrics.csv`` that cannot be written during training (a full disk), naming the
-            file and the intact checkpoint ``--resume`` continues from.
+            file and the intact checkpoint ``--resume`` continues from; a time budget that
+            cannot fit one epoch.
+        ConfigError: a bad ``train.time_budget``, or ``data.image_size: auto`` without one.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
     """
     t_start = time.time()
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
+    check_budget_config(cfg)
+    check_recipe(cfg)
     files = RunFiles(Path(run_dir))
     tc = cfg.train
+    budget = Budget(parse_duration(tc.time_budget), start=t_start) if tc.time_budget is not None else None
     ctx = init_distributed(tc.device)
     main = ctx.is_main
     log = print if main else _quiet
@@ -549,6 +724,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if resume:
         cfg.data.manifest = str(files.manifest)
     index = build_index(cfg.data)
+    if cfg.data.image_size == "auto":  # (a resumed run's config.yaml holds the size chosen)
+        _choose_image_size(cfg, index, budget, device, ctx, log)
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
     spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
@@ -574,9 +751,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     generator = torch.Generator()  # the sampler's: reseeded every epoch
     loader = make_loader(cfg, train_split, generator, ctx, device)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
+    ema, mixup = _make_recipe(cfg, model, index.num_classes)
     fit = _Fit(model=model, net=net, criterion=criterion, optimizer=optimizer,
                schedule=LRSchedule(tc, optimizer, steps_per_epoch), preprocess=preprocess, augment=augment,
-               device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last)
+               device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last,
+               ema=ema, mixup=mixup)
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
     history, saved_epoch = _restore(files.last, fit, tracker) if resume else ([], 0)  # saved: what last.pt holds
     val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
@@ -587,15 +766,32 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         + f"; {index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images"
         f" at {cfg.data.image_size} px"
     )
+    if budget is not None and not resume:  # measure, plan the epochs, size the schedule to them
+        _plan_budget(budget, cfg, fit, loader, generator, steps_per_epoch, val_images, ctx, log)
+    elif budget is not None:  # the plan the restored schedule holds; the time earlier invocations spent
+        tc.epochs = max(saved_epoch, round(fit.schedule.total_steps / steps_per_epoch))
+        budget = Budget.resume_from(files.root, budget.seconds, t_start, history, tc.epochs)
+        log(f"time budget {format_duration(budget.seconds)}: {format_duration(budget.elapsed())} spent before this "
+            f"resume; plan {tc.epochs} epochs")
+    clock = RunClock(cfg, t_start, steps_per_epoch, len(val_split), tqdm.write if main else _quiet,
+                     warn=budget is None)
 
     # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
+    epoch = saved_epoch
     with _tensorboard(files if main else None) as writer:
-        for epoch in range(saved_epoch + 1, tc.epochs + 1):
-            if stopped_early:
+        while not stopped_early:
+            # a budget run re-plans its epochs from the last one's wall time (tc.epochs is the plan)
+            if budget is not None and epoch > 0 and not _replan(budget, fit, tc, epoch, steps_per_epoch, ctx, log):
                 break
+            if epoch >= tc.epochs:
+                break
+            epoch += 1
             t0 = time.time()
-            loss, acc = train_one_epoch(fit, cfg, epoch, loader, generator, steps_per_epoch, ctx, tc.progress and main)
+            eta = clock.eta(tc.epochs - epoch + 1)
+            desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
+            loss, acc = train_one_epoch(fit, cfg, epoch, clock.timed(loader, tc.epochs - epoch + 1), generator,
+                                        steps_per_epoch, ctx, tc.progress and main, desc=desc)
             val_loss, val_acc = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "lr": fit.schedule.lr, "seconds": time.time() - t0}
@@ -605,9 +801,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             if main:  # best.pt, then last.pt (the resume point), then metrics.csv
                 saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
                 _log_scalars(writer, row)
+            clock.epoch_done(time.time() - t0, tc.epochs - epoch)  # wall time, checkpoints included
+            if budget is not None:
+                budget.note_epoch(clock.walls[-1])
+                if main:
+                    try:
+                        budget.save(files.root, epoch)
+                    except OSError as e:
+                        raise write_failed(e, files.root / BUDGET_FILE, files, saved_epoch) from e
+            eta = clock.eta(tc.epochs - epoch)
             log(
                 f"epoch {epoch:3d}/{tc.epochs}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "
                 f"val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                + (f"  ETA {format_duration(eta)}" if eta and epoch < tc.epochs else "")
                 + ("  *" if tracker.best_epoch == epoch else ""),
                 flush=True,
             )
@@ -617,7 +823,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
 
     seconds = time.time() - t_start
     if main:
-        write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg)
+        write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg,
+                      budget=None if budget is None else budget.summary(budget.elapsed()))
     if ctx.enabled:
         barrier(ctx)
         torch.distributed.destroy_process_group()

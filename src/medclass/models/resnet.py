@@ -8,6 +8,9 @@ References:
     bottleneck sits in its 3x3 convolution, not its first 1x1.
     Goyal et al., "Accurate, Large Minibatch SGD" (arXiv:1706.02677): zero-initialised scale
     (gamma) of the last batch norm of each residual branch.
+    Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016
+    (arXiv:1603.09382): each residual branch dropped per sample in training (:class:`DropPath`,
+    ``drop_path_rate``), with timm's ``DropPath`` and its ResNet's linear rate over the blocks.
 
 The module names (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``, ``fc``, ...)
 follow torchvision's ``models/resnet.py`` exactly, so a torchvision ImageNet ``state_dict`` loads
@@ -29,6 +32,7 @@ from .registry import register_model
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "DropPath",
     "ClassifierHead",
     "ResNet",
     "resnet18",
@@ -58,15 +62,44 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> Optiona
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth of a residual branch (Huang et al. 2016; timm's ``DropPath``): in training
+    each sample's branch output is zeroed with probability ``p`` and the kept ones are scaled by
+    ``1 / (1 - p)``, so the expectation is unchanged; at eval (and with ``p`` 0) the identity.
+    No parameters or buffers (a model's ``state_dict`` keys do not change). The draws use the
+    global torch generator of the input's device.
+
+    Input and output: float ``(N, ...)``, same shape and dtype.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"model.drop_path_rate must be in [0, 1), got a block rate of {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
 class _ResidualBlock(nn.Module):
-    """What the two blocks share: ``relu(branch(x) + shortcut(x))``, the shortcut being the
-    identity or ``downsample`` (a projection). Subclasses build ``conv1``, ``bn1``, ... (the
-    torchvision names), ``relu`` and ``downsample``, and define :meth:`branch` and ``last_bn_name``."""
+    """What the two blocks share: ``relu(drop_path(branch(x)) + shortcut(x))``, the shortcut being
+    the identity or ``downsample`` (a projection), ``drop_path`` stochastic depth (the identity at
+    rate 0 and at eval). Subclasses build ``conv1``, ``bn1``, ... (the torchvision names), ``relu``
+    and ``downsample``, and define :meth:`branch` and ``last_bn_name``."""
 
     expansion = 1
     last_bn_name = "bn2"
     downsample: Optional[nn.Sequential]
     relu: nn.ReLU
+    drop_path: nn.Module
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -79,7 +112,7 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.branch(x)
+        out = self.drop_path(self.branch(x))
         out += identity  # in place, as torchvision: one activation-sized allocation fewer
         return self.relu(out)
 
@@ -93,7 +126,7 @@ class BasicBlock(_ResidualBlock):
     expansion = 1
     last_bn_name = "bn2"
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -101,6 +134,7 @@ class BasicBlock(_ResidualBlock):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = projection_shortcut(in_planes, planes * self.expansion, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def branch(self, x: Tensor) -> Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -117,7 +151,7 @@ class Bottleneck(_ResidualBlock):
     expansion = 4
     last_bn_name = "bn3"
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = conv1x1(in_planes, planes)
@@ -128,6 +162,7 @@ class Bottleneck(_ResidualBlock):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = projection_shortcut(in_planes, out_planes, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -192,6 +227,9 @@ class ResNet(ClassifierModel):
             4x more resolution; used by MedMNIST-style and CIFAR-style ResNets).
         zero_init_residual: start each residual branch's last BN scale at zero (Goyal et al. 2017),
             so every block starts as the identity.
+        drop_path_rate: stochastic depth (Huang et al. 2016, :class:`DropPath`): block ``i`` of the
+            ``B`` residual blocks (0-based, over all stages) drops its branch with probability
+            ``drop_path_rate * i / (B - 1)``, as timm's ResNet; 0 (the default) leaves it out.
         head_hidden, dropout, head_kind: see :class:`ClassifierHead`. With the defaults
             (no hidden layer, no dropout, "dense") ``fc`` is a plain ``nn.Linear`` and the
             ``state_dict`` matches torchvision's.
@@ -214,14 +252,19 @@ class ResNet(ClassifierModel):
         head_hidden: Sequence[int] = (),
         dropout: float = 0.0,
         head_kind: str = "dense",
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got {list(layers)}")
         if stem not in ("imagenet", "small"):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if isinstance(drop_path_rate, bool) or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         self.stem_kind = stem
         self.in_planes = 64
+        total = sum(layers)
+        self._block_rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -234,6 +277,7 @@ class ResNet(ClassifierModel):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        del self._block_rates  # consumed by _make_layer
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = 512 * block.expansion
         if not head_hidden and dropout == 0.0 and head_kind == "dense":
@@ -244,9 +288,10 @@ class ResNet(ClassifierModel):
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         """One stage: a convolutional block (projection shortcut) then ``blocks - 1`` identity blocks."""
-        stage = [block(self.in_planes, planes, stride)]
+        rates, self._block_rates = self._block_rates[:blocks], self._block_rates[blocks:]
+        stage = [block(self.in_planes, planes, stride, drop_path=rates[0])]
         self.in_planes = planes * block.expansion
-        stage += [block(self.in_planes, planes) for _ in range(1, blocks)]
+        stage += [block(self.in_planes, planes, drop_path=rates[i]) for i in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def _init_weights(self, zero_init_residual: bool) -> None:

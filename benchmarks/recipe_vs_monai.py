@@ -1,0 +1,435 @@
+#!/usr/bin/env python
+"""Accuracy at equal wall-clock: medclass's default recipe against a plain MONAI ResNet-50 script.
+
+One data set, one time budget, the same split, one side after the other on this machine:
+
+0. **The split**: medclass's own index (:func:`medclass.data.build_index` with the default data
+   config for DATA; with ``--dedupe`` the held-out images that duplicate an earlier split are left
+   out, as ``medclass train --dedupe`` does), written once as ``manifest.csv`` and used by both sides.
+1. **MONAI**, as a typical user writes it: ``monai.networks.nets.resnet50(spatial_dims=2,
+   n_input_channels=C, num_classes=K)`` with MONAI's default stem (7x7 convolution, stride 1,
+   then max-pool); every image read with Pillow (``convert("RGB")``, or ``"L"`` for one channel),
+   resized bilinear to ``--image-size`` and held in memory, scaled to [0, 1] (no normalisation);
+   cross-entropy, AdamW (lr 1e-3, weight decay 1e-4), batch 32 (shuffled), random horizontal flips;
+   cosine annealing of the LR per epoch to 0 over the run (``CosineAnnealingLR(T_max=epochs)``).
+   The number of epochs is fixed after the first one: ``floor((budget - seconds spent reading the
+   images) / first epoch's seconds)`` (an epoch: training plus validation; the first epoch runs at
+   lr 1e-3 whatever that number). After every
+   epoch the validation accuracy is computed and the best weights are kept in memory; the test
+   split is scored with them.
+2. **medclass**: ``python -m medclass train DATA --time-budget <budget> --image-size N --set
+   data.manifest=manifest.csv --set data.channels=C --name medclass --runs-dir RUNS`` in a child
+   process, with its default recipe (nothing else set unless ``--medclass-args`` says so); its
+   evaluation of the best checkpoint on the test split (``RUN/eval-test/metrics.json``) gives the figures.
+   Its decode cache starts empty (``MEDCLASS_CACHE_DIR`` = ``RUNS/decode-cache``, removed afterwards),
+   so it decodes the images as the MONAI side reads them.
+
+Both sides' test figures come from :func:`medclass.evaluation.metrics.classification_metrics`
+(accuracy, balanced accuracy, AUROC) and :func:`~medclass.evaluation.metrics.bootstrap_ci` (95 %
+percentile intervals, 1000 resamples, seed 0) on the softmax probabilities of the test images.
+The budget covers reading/decoding the images and the epochs (training and validation) on both
+sides (for medclass: its whole ``train()`` call, as ``--time-budget`` means); process start and the
+test evaluation are outside it. ``wall_s`` is everything; ``train_s`` the epochs alone.
+
+Prints a Markdown table (progress and the child's output go to stderr) and writes JSON (``--out``).
+
+    python benchmarks/recipe_vs_monai.py ../shared/data/chest-ct --budget 15
+    python benchmarks/recipe_vs_monai.py ../shared/data/chest-ct --budget 15 --dedupe
+    python benchmarks/recipe_vs_monai.py ../shared/data/breastmnist/breastmnist.npz --budget 10
+    python benchmarks/recipe_vs_monai.py ../shared/data/ham10000-subset/HAM10000_metadata.csv --budget 15 --skip-corrupt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RunMonitor, log, markdown_table, run_metadata, set_threads, write_json  # noqa: E402
+
+from medclass.config import RunConfig, TrainConfig  # noqa: E402
+from medclass.data import build_index, write_manifest  # noqa: E402
+from medclass.data.sources import NPZ_SEP  # noqa: E402
+from medclass.evaluation.metrics import bootstrap_ci, classification_metrics  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+N_BOOTSTRAP, BOOTSTRAP_SEED = 1000, 0  # as `medclass train`'s evaluation (evaluate_run's defaults)
+MONAI_LR, MONAI_WEIGHT_DECAY, MONAI_BATCH = 1e-3, 1e-4, 32
+SMOKE_STEPS, SMOKE_EPOCHS = 2, 2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data", help="folder, CSV or MedMNIST .npz, as for `medclass train`")
+    p.add_argument("--budget", type=float, required=True, help="minutes of training (+ validation) per side")
+    p.add_argument("--dedupe", action="store_true",
+                   help="leave out valid/test images that duplicate an earlier split (as `medclass train --dedupe`)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave files that are missing or that Pillow cannot read out of the split (both sides), "
+                        "e.g. the HAM10000 subset's one id without an image")
+    p.add_argument("--image-size", type=int, default=None, help="pixels; default 28 for a .npz, else 64")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default 1 for a .npz, else 3")
+    p.add_argument("--medclass-args", default="",
+                   help="extra arguments for `medclass train` (one string, shell syntax), e.g. '--image-size auto'; "
+                        "an --image-size here replaces the script's")
+    p.add_argument("--only", choices=("monai", "medclass"), default=None, help="run one side only")
+    p.add_argument("--seed", type=int, default=0, help="MONAI side: weights, shuffling and flips")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of both sides (OMP_NUM_THREADS for the medclass process)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="folder for the manifest, the medclass run and its log (default runs/recipe-vs-monai/<name>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON result (default benchmarks/results/recipe_vs_monai-<data>[-dedupe].json)")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a seconds-long check of the script: {SMOKE_STEPS} steps per epoch, at most {SMOKE_EPOCHS} "
+                        "epochs per side, no --time-budget for medclass; the figures mean nothing")
+    args = p.parse_args(argv)
+    if not args.budget > 0:
+        p.error("--budget must be > 0 minutes")
+    args.data = str(Path(args.data).resolve())  # the manifest's paths then hold from any folder
+    npz = args.data.lower().endswith(".npz")
+    args.image_size = args.image_size or (28 if npz else 64)
+    args.channels = args.channels or (1 if npz else 3)
+    if args.image_size < 8:
+        p.error("--image-size must be >= 8")
+    return args
+
+
+def data_name(data: str) -> str:
+    """A short name for file names: a folder's name, a CSV's folder name, else the file's stem."""
+    path = Path(data).resolve()
+    if path.is_dir():
+        return path.name
+    return path.parent.name if path.suffix.lower() == ".csv" else path.stem
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def make_split(args: argparse.Namespace, manifest: Path) -> dict[str, Any]:
+    """medclass's index of ``args.data`` (deduped with ``--dedupe``), written to ``manifest``."""
+    cfg = RunConfig()
+    cfg.data.source = args.data
+    cfg.data.skip_corrupt = args.skip_corrupt
+    index = build_index(cfg.data)
+    unreadable = drop_unreadable(index) if args.skip_corrupt else []
+    removed: list[dict[str, Any]] = []
+    if args.dedupe:
+        from medclass.data.audit import dedupe
+
+        index, removed = dedupe(index, near=True)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(index, manifest)
+    counts = {s: len(v) for s, v in index.splits.items()}
+    log(f"split: {counts} ({len(removed)} duplicates, {len(unreadable)} unreadable files left out), manifest {manifest}")
+    return {"index": index, "manifest": str(manifest), "class_names": index.class_names, "counts": counts,
+            "unreadable_left_out": unreadable, "dedupe": args.dedupe,
+            "dedupe_removed": {s: sum(r["split"] == s for r in removed) for s in ("valid", "test")}}
+
+
+def drop_unreadable(index) -> list[str]:
+    """Remove from ``index`` (in place) the samples whose file is missing or that Pillow cannot
+    decode; returns their paths."""
+    from PIL import Image
+
+    bad: list[str] = []
+    for split, samples in index.splits.items():
+        kept = []
+        for s in samples:
+            try:
+                if NPZ_SEP not in s.path:
+                    with Image.open(s.path) as f:
+                        f.load()
+                kept.append(s)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                bad.append(s.path)
+        index.splits[split] = kept
+    return bad
+
+
+# --------------------------------------------------------------------------- MONAI side
+
+
+def read_images(samples, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow: each image ``convert("RGB"/"L")``, ``resize((size, size), BILINEAR)``; uint8
+    ``(N, C, size, size)`` and int64 labels ``(N,)``. MedMNIST ``.npz`` entries are taken from the
+    array (``Image.fromarray``)."""
+    from PIL import Image
+
+    arrays: dict[tuple[str, str], np.ndarray] = {}
+    out = np.empty((len(samples), channels, size, size), dtype=np.uint8)
+    mode = "RGB" if channels == 3 else "L"
+    for i, s in enumerate(samples):
+        if NPZ_SEP in s.path:
+            npz, prefix, j = s.path.split(NPZ_SEP)
+            if (npz, prefix) not in arrays:
+                with np.load(npz) as d:
+                    arrays[(npz, prefix)] = np.asarray(d[f"{prefix}_images"])
+            img = Image.fromarray(arrays[(npz, prefix)][int(j)])
+        else:
+            with Image.open(s.path) as f:
+                img = f.convert(mode)
+        arr = np.asarray(img.convert(mode).resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = arr.reshape(size, size, channels).transpose(2, 0, 1)
+    return torch.from_numpy(out), torch.tensor([s.label for s in samples], dtype=torch.int64)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 128) -> torch.Tensor:
+    """Softmax probabilities ``(N, K)`` of uint8 images ``(N, C, H, W)`` scaled to [0, 1]."""
+    model.eval()
+    out = [torch.softmax(model(x[i:i + batch].to(device).float() / 255).float(), 1).cpu()
+           for i in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]:
+    """Train and test the MONAI ResNet-50 as described in the module docstring."""
+    from monai.networks.nets import resnet50
+    from torch.utils.data import DataLoader, TensorDataset
+
+    t_start = time.perf_counter()
+    index, size, channels = split["index"], args.image_size, args.channels
+    data = {s: read_images(index.splits[s], size, channels) for s in ("train", "valid", "test")}
+    load_s = time.perf_counter() - t_start
+    log(f"monai: read {sum(len(v[1]) for v in data.values())} images with Pillow at {size} px in {load_s:.1f} s")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    model = resnet50(spatial_dims=2, n_input_channels=channels, num_classes=index.num_classes).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=MONAI_LR, weight_decay=MONAI_WEIGHT_DECAY)
+    loss_fn = nn.CrossEntropyLoss()
+    x_train, y_train = data["train"]
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=MONAI_BATCH, shuffle=True,
+                        drop_last=len(y_train) % MONAI_BATCH == 1)  # a batch of one breaks batch norm
+    budget_s = args.budget * 60 - load_s  # what is left for the epochs
+    epochs: Optional[int] = None
+    history, best_acc, best_state, best_epoch = [], -1.0, None, 0
+    t_train = time.perf_counter()
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        epoch += 1
+        t0 = time.perf_counter()
+        # CosineAnnealingLR(T_max=epochs, eta_min=0) stepped per epoch; epoch 1 is at the full LR for any T_max
+        lr = MONAI_LR if epochs is None else 0.5 * MONAI_LR * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        total, n = 0.0, 0
+        for step, (xb, yb) in enumerate(loader):
+            if args.smoke and step >= SMOKE_STEPS:
+                break
+            xb, yb = xb.to(device).float() / 255, yb.to(device)
+            flip = torch.rand(len(xb), device=device) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, n = total + loss.item() * len(yb), n + len(yb)
+        val_probs = predict_probs(model, data["valid"][0], device)
+        val_acc = float((val_probs.argmax(1) == data["valid"][1]).float().mean())
+        if val_acc > best_acc:
+            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
+        seconds = time.perf_counter() - t0
+        if epochs is None:  # fix the run's length from the first epoch
+            epochs = max(1, int(budget_s // seconds))  # reading + epochs * first epoch <= budget
+            if args.smoke:
+                epochs = min(epochs, SMOKE_EPOCHS)
+            log(f"monai: first epoch {seconds:.1f} s -> {epochs} epochs in {args.budget:g} min")
+        history.append({"epoch": epoch, "loss": total / max(1, n), "val_accuracy": val_acc, "lr": lr,
+                        "seconds": seconds})
+        log(f"monai: epoch {epoch}/{epochs} loss {total / max(1, n):.4f} val_acc {val_acc:.4f} lr {lr:.2e} "
+            f"{seconds:.1f}s" + ("  *" if best_epoch == epoch else ""))
+    train_s = time.perf_counter() - t_train
+    model.load_state_dict(best_state)
+    x_test, y_test = data["test"]
+    probs = predict_probs(model, x_test, device).numpy()
+    result = {
+        "side": "monai",
+        "model": f"monai.networks.nets.resnet50(spatial_dims=2, n_input_channels={channels}, "
+                 f"num_classes={index.num_classes})",
+        "stem": "monai default: 7x7 conv, stride 1, then 3x3/2 max-pool",
+        "image_size": size, "channels": channels, "batch_size": MONAI_BATCH,
+        "optimizer": f"AdamW lr {MONAI_LR:g} weight_decay {MONAI_WEIGHT_DECAY:g}", "schedule": "cosine per epoch to 0",
+        "augmentation": "random horizontal flip", "device": str(device),
+        "epochs": epochs, "epochs_run": len(history), "first_epoch_s": history[0]["seconds"],
+        "best_epoch": best_epoch, "best_val_accuracy": best_acc,
+        "load_s": load_s, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
+        "history": history,
+    }
+    result.update(test_figures(y_test.numpy(), probs, index.class_names))
+    return result
+
+
+def test_figures(y: np.ndarray, probs: np.ndarray, class_names) -> dict[str, Any]:
+    """Test accuracy, balanced accuracy and AUROC with their 95 % bootstrap intervals."""
+    point = classification_metrics(y, probs, class_names)
+    ci = bootstrap_ci(y, probs, N_BOOTSTRAP, BOOTSTRAP_SEED)
+    return summarise(point, ci)
+
+
+def summarise(point: dict[str, Any], ci: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"test_n": point["n"]}
+    for m in ("accuracy", "balanced_accuracy", "auroc"):
+        c = ci["metrics"][m]
+        out[f"test_{m}"] = point[m]
+        out[f"test_{m}_ci95"] = [c["low"], c["high"]]
+    out["test_macro_f1"] = point["macro_f1"]
+    out["bootstrap"] = {"n_resamples": ci["n_resamples"], "seed": ci["seed"], "level": ci["level"]}
+    return out
+
+
+# --------------------------------------------------------------------------- medclass side
+
+
+def has_time_budget() -> bool:
+    return any(f.name == "time_budget" for f in dataclasses.fields(TrainConfig))
+
+
+def medclass_command(args: argparse.Namespace, manifest: str, runs_dir: Path) -> list[str]:
+    """The ``medclass train`` command line of the medclass side."""
+    extra = shlex.split(args.medclass_args)
+    cmd = [sys.executable, "-m", "medclass", "train", args.data, "--name", "medclass", "--runs-dir", str(runs_dir),
+           "--set", f"data.manifest={manifest}", "--set", f"data.channels={args.channels}"]
+    if not any(a == "--image-size" or a.startswith("--image-size=") for a in extra):
+        cmd += ["--image-size", str(args.image_size)]
+    if args.smoke:
+        cmd += ["--epochs", str(SMOKE_EPOCHS), "--set", f"train.max_steps_per_epoch={SMOKE_STEPS}"]
+    else:
+        cmd += ["--time-budget", f"{round(args.budget * 60)}s"]
+    return cmd + extra
+
+
+def run_medclass(args: argparse.Namespace, split: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """``medclass train`` in a child process (its output to stderr and ``RUNS/medclass.log``),
+    then the figures of its test evaluation."""
+    run_dir = runs_dir / "medclass"
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: give another --runs-dir")
+    cmd = medclass_command(args, split["manifest"], runs_dir)
+    log("medclass: " + shlex.join(cmd))
+    cache = runs_dir / "decode-cache"  # cold, as the MONAI side reads every image
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MEDCLASS_CACHE_DIR=str(cache))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    if args.threads is not None:  # the same intra-op threads as the MONAI side
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    t_start, cpu_start = time.perf_counter(), os.times()
+    log_path = runs_dir / "medclass.log"
+    tail: list[str] = []
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            log_file.write(line)
+            sys.stderr.write("  | " + line)
+            tail = (tail + [line])[-30:]
+        rc = proc.wait()
+    shutil.rmtree(cache, ignore_errors=True)
+    wall_s = time.perf_counter() - t_start
+    cpu_end = os.times()
+    if rc != 0:
+        raise SystemExit(f"medclass train failed (exit {rc}); log in {log_path}:\n" + "".join(tail))
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    spec = json.loads((run_dir / "model_spec.json").read_text())
+    metrics = json.loads((run_dir / "eval-test" / "metrics.json").read_text())
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    result = {
+        "side": "medclass", "command": cmd, "run_dir": str(run_dir), "log": str(log_path),
+        "model": cfg["model"]["arch"], "stem": cfg["model"]["stem"], "image_size": spec["image_size"],
+        "channels": spec["channels"], "batch_size": cfg["train"]["batch_size"],
+        "epochs": cfg["train"]["epochs"], "epochs_run": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"], "monitor": summary["monitor"], "best_value": summary["best_value"],
+        "train_s": summary["train_seconds"], "wall_s": wall_s,
+        "child_cpu_s": round((cpu_end.children_user - cpu_start.children_user)
+                             + (cpu_end.children_system - cpu_start.children_system), 2),
+        "train_summary": summary, "config": cfg,
+    }
+    result.update(summarise(metrics, metrics["confidence_intervals"]))
+    if metrics.get("held_out_duplicates"):
+        result["held_out_duplicates"] = {k: v for k, v in metrics["held_out_duplicates"].items() if k != "paths"}
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def ci_text(side: dict[str, Any], m: str) -> str:
+    v, (lo, hi) = side[f"test_{m}"], side[f"test_{m}_ci95"]
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.only != "monai" and not args.smoke and not has_time_budget():
+        raise SystemExit("this medclass has no train.time_budget (`medclass train --time-budget`) yet; "
+                         "run with --only monai, or --smoke")
+    threads = set_threads(args.threads)
+    name = data_name(args.data) + ("-dedupe" if args.dedupe else "")
+    out = args.out or RESULTS / f"recipe_vs_monai-{name}.json"
+    runs_dir = args.runs_dir or REPO / "runs" / "recipe-vs-monai" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs_dir = runs_dir.resolve()
+    meta = run_metadata()
+    meta["hardware"]["threads_used"] = threads
+    split = make_split(args, runs_dir / "manifest.csv")
+    results: dict[str, Any] = {}
+    for side in ("monai", "medclass"):  # one after the other, never at once
+        if args.only not in (None, side):
+            continue
+        monitor = RunMonitor()
+        results[side] = run_monai(args, split) if side == "monai" else run_medclass(args, split, runs_dir)
+        results[side]["machine_during_run"] = monitor.summary()
+        log(f"{side}: test accuracy {results[side]['test_accuracy']:.3f}, "
+            f"balanced {results[side]['test_balanced_accuracy']:.3f} in {results[side]['wall_s']:.0f} s")
+    if len(results) == 2 and results["monai"]["test_n"] != results["medclass"]["test_n"]:
+        raise SystemExit(f"the sides scored different test sets ({results['monai']['test_n']} and "
+                         f"{results['medclass']['test_n']} images); see {runs_dir}")
+    record = {
+        **meta,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": {k: v for k, v in split.items() if k != "index"},
+        "budget_min": args.budget,
+        "results": results,
+        "notes": [
+            "Both sides: the same manifest.csv (medclass's split); test figures from "
+            "medclass.evaluation.metrics.classification_metrics and bootstrap_ci (95 % percentile intervals, "
+            f"{N_BOOTSTRAP} resamples, seed {BOOTSTRAP_SEED}) on softmax probabilities of the best checkpoint.",
+            "The budget covers reading/decoding the images and the epochs (training + validation) on both sides "
+            "(medclass: its whole train() call, decode cache empty at the start); wall_s also counts process "
+            "start and the test evaluation; train_s is the epochs alone.",
+            "MONAI: epochs = floor((budget - reading seconds) / first epoch's seconds); best validation accuracy "
+            "checkpoint kept in memory.",
+            "medclass: `medclass train --time-budget` with its default recipe (see results.medclass.command and "
+            ".config); best checkpoint by its train.monitor.",
+            "machine_during_run.process_cpu_* counts this process only: for the medclass side see child_cpu_s.",
+        ] + (["SMOKE RUN: a few steps per side; the figures mean nothing."] if args.smoke else []),
+    }
+    write_json(out, record)
+    rows = [[side, r["image_size"], r["epochs_run"], round(r["wall_s"]), ci_text(r, "accuracy"),
+             ci_text(r, "balanced_accuracy"), ci_text(r, "auroc")] for side, r in results.items()]
+    print(markdown_table(["side", "px", "epochs", "wall s", "accuracy [95% CI]", "balanced accuracy", "AUROC"], rows))
+    log(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

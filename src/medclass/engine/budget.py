@@ -1,0 +1,660 @@
+"""A time budget for training: measure, plan the epochs, re-plan as the run goes.
+
+``medclass train DATA --time-budget 15m`` (``train.time_budget``) asks for a run whose whole
+``train()`` call (decoding, setup, every epoch with its validation and checkpoints, the final
+summary) ends within the budget. :func:`medclass.engine.train` does, with the pieces of this module:
+
+1. Before the first epoch, measure on the real data at the chosen settings
+   (:func:`measure_throughput`): a warm-up step that is not counted, then a few timed optimisation
+   steps, and the validation pass's images/s; the model, optimizer, schedule and random generators
+   are put back as they were afterwards (:func:`preserved_state`), so the measurement changes
+   neither the weights nor the run's random draws. Checkpoint writing per epoch is estimated from
+   the model's size (:func:`estimate_save_seconds`).
+2. Plan (:meth:`Budget.plan`): the number of epochs ``E`` whose ``E x (train epoch + validation +
+   checkpoints)`` fits in the budget less the time already spent and the closing costs
+   (:data:`END_SECONDS`). ``train.epochs`` is ignored (the log says so); the LR schedule (warm-up,
+   cosine) is sized to ``E`` (warm-up at most :data:`MAX_WARMUP_FRACTION` of it).
+3. After every epoch, re-plan (:meth:`Budget.replan`) from the measured wall time of the last
+   epoch: the total becomes the epochs done plus those that still fit, shorter when the machine
+   slowed down, longer when it sped up, never more than fits; the cosine schedule is re-planned
+   with it (:meth:`medclass.engine.schedules.LRSchedule.set_total_steps`), so it still ends at its
+   minimum at the last epoch actually run. When not one more epoch fits, the run stops and says so.
+
+A resumed budget run counts the time its earlier invocations spent (``RUN/budget.json``, written
+after every epoch: seconds spent, plan, re-plans); time between a kill and the restart is not
+counted. A resume whose plan still holds continues exactly as the uninterrupted run would.
+
+``data.image_size: auto`` (``--image-size auto``, only with a budget) chooses the resolution and
+the ResNet stem before decoding (:func:`choose_resolution`): the training speed of each candidate
+of :data:`RESOLUTION_CANDIDATES` is measured on a sample of the real images
+(:func:`measure_candidate_speeds`), and the most preferred candidate that still affords
+:data:`MIN_EPOCHS_FOR_SIZE` epochs is taken.
+
+Without a budget nothing extra is run: the first steps of the first epoch are timed as they
+happen (:class:`TimedLoader`) and, when the whole run would pass :data:`LONG_RUN_SECONDS`, the
+estimate is printed with the options that shorten it (:func:`long_run_message`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import RunConfig, parse_duration
+from ..runs import RunError
+
+__all__ = [
+    "parse_duration", "Throughput", "Budget", "ResolutionChoice", "TimedLoader", "BUDGET_FILE",
+    "RESOLUTION_CANDIDATES", "MIN_EPOCHS_FOR_SIZE", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
+    "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds",
+    "measure_throughput", "preserved_state", "estimate_save_seconds", "format_duration", "long_run_message",
+    "plan_message", "RunClock",
+]
+
+#: The candidates of ``data.image_size: auto`` as ``(image_size, model.stem)``, most preferred
+#: first: :func:`choose_resolution` takes the first one that affords :data:`MIN_EPOCHS_FOR_SIZE`
+#: epochs in the budget. The order is "most compute per image first" (the small stem keeps 16x
+#: the positions of the ImageNet stem at the same size: 64 px small costs about what 256 px
+#: ImageNet does). PLACEHOLDER: the lead fills this table (and :data:`MIN_EPOCHS_FOR_SIZE`) from
+#: the measured validation accuracy per minute by size and stem in ``results/ablation/``.
+RESOLUTION_CANDIDATES: tuple[tuple[int, str], ...] = ((64, "small"), (128, "imagenet"), (64, "imagenet"))
+
+#: Fewest planned epochs for which ``auto`` accepts a candidate (from ``results/ablation/``, see above).
+MIN_EPOCHS_FOR_SIZE = 15
+
+#: Seconds kept at the end of a budget for what follows the last epoch (``curves.png``,
+#: ``train_summary.json``).
+END_SECONDS = 1.5
+
+#: Without a budget: a run estimated to take longer than this prints the estimate and the
+#: options that shorten it.
+LONG_RUN_SECONDS = 3600.0
+
+#: Upper bound of a planned number of epochs (a tiny data set and a long budget).
+MAX_PLANNED_EPOCHS = 1000
+
+#: With a budget, the warm-up lasts at most this fraction of the planned epochs.
+MAX_WARMUP_FRACTION = 0.2
+
+#: Inference is about this many times faster per image than a training step (forward only, no
+#: backward): used to cost a candidate's validation pass in :func:`choose_resolution`.
+VALIDATION_SPEEDUP = 3.0
+
+#: A re-plan lengthens the run only when the extra epochs fit with this factor of safety on the
+#: epoch time (a run shortened at its very end would stop above the cosine's minimum).
+EXTEND_MARGIN = 1.1
+
+#: Epochs whose wall times the re-plan looks at: it plans with the larger of the last epoch's
+#: time and their mean (a slowdown counts at once, a speed-up only when it lasts).
+RECENT_EPOCHS = 3
+
+#: Checkpoint writing speed assumed by :func:`estimate_save_seconds` (bytes per second).
+SAVE_BYTES_PER_SECOND = 200e6
+
+#: The budget's record in the run folder (plan, time spent, re-plans), rewritten after every epoch.
+BUDGET_FILE = "budget.json"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` for people: ``"4.2 s"``, ``"45 s"``, ``"14.2 min"``, ``"7 h 05 min"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    h, m = divmod(int(round(seconds / 60)), 60)
+    return f"{h} h {m:02d} min"
+
+
+def epochs_that_fit(available_seconds: float, epoch_seconds: float, cap: int = MAX_PLANNED_EPOCHS) -> int:
+    """Whole epochs of ``epoch_seconds`` that fit in ``available_seconds`` (0 when none does), at
+    most ``cap``.
+
+    Raises:
+        ValueError: ``epoch_seconds`` is not positive.
+    """
+    if not epoch_seconds > 0:
+        raise ValueError(f"epoch_seconds must be positive, got {epoch_seconds}")
+    if available_seconds <= 0:
+        return 0
+    return int(min(cap, math.floor(available_seconds / epoch_seconds + 1e-9)))
+
+
+@dataclass
+class Throughput:
+    """What one epoch costs, measured before training (:func:`measure_throughput`).
+
+    ``step_seconds``: one optimisation step of the global batch ``batch_size`` (seconds);
+    ``val_seconds``: one validation pass over the whole validation split; ``save_seconds``: the
+    checkpoints of one epoch (estimated); ``steps_per_epoch``: steps of an epoch (with
+    ``train.max_steps_per_epoch``).
+    """
+
+    step_seconds: float
+    val_seconds: float
+    save_seconds: float
+    steps_per_epoch: int
+    batch_size: int
+
+    @property
+    def train_img_per_s(self) -> float:
+        """Training images per second (global batch / step time)."""
+        return self.batch_size / self.step_seconds
+
+    @property
+    def epoch_seconds(self) -> float:
+        """Seconds of one epoch: training steps, validation and checkpoints."""
+        return self.steps_per_epoch * self.step_seconds + self.val_seconds + self.save_seconds
+
+
+@dataclass
+class ResolutionChoice:
+    """What ``data.image_size: auto`` chose: ``image_size`` (pixels), ``stem``, why (``reason``),
+    and per candidate its measured training images/s and the epochs it would afford
+    (``candidates``: dicts with ``image_size``, ``stem``, ``img_per_s``, ``epochs``)."""
+
+    image_size: int
+    stem: str
+    reason: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def choose_resolution(
+    budget_seconds: float,
+    n_train_images: int,
+    measured_speeds: dict[tuple[int, str], float],
+    *,
+    n_val_images: int = 0,
+    min_epochs: Optional[int] = None,
+    candidates: Optional[Sequence[tuple[int, str]]] = None,
+) -> ResolutionChoice:
+    """The resolution and stem of ``data.image_size: auto``: the first of ``candidates`` (most
+    preferred first, :data:`RESOLUTION_CANDIDATES`) whose planned epochs reach ``min_epochs``; when
+    none does, the fastest candidate (the most epochs).
+
+    A candidate's epoch costs ``n_train_images / img_per_s`` plus its validation pass
+    ``n_val_images / (img_per_s * VALIDATION_SPEEDUP)``; its planned epochs are the whole epochs
+    that fit in ``budget_seconds``.
+
+    Args:
+        budget_seconds: seconds available for the epochs (the budget less what setup spent).
+        n_train_images: images in the training split.
+        measured_speeds: ``{(image_size, stem): training images per second}`` (measured on the
+            real data, :func:`measure_candidate_speeds`); candidates missing here are skipped.
+        n_val_images: images in the validation split.
+        min_epochs: fewest epochs a candidate must afford (default :data:`MIN_EPOCHS_FOR_SIZE`).
+        candidates: ``(image_size, stem)`` in order of preference (default :data:`RESOLUTION_CANDIDATES`).
+    Returns:
+        The choice, with the reason and every candidate's figures.
+    Raises:
+        ValueError: no candidate has a positive measured speed.
+    """
+    min_epochs = MIN_EPOCHS_FOR_SIZE if min_epochs is None else min_epochs
+    candidates = RESOLUTION_CANDIDATES if candidates is None else candidates
+    rows = []
+    for size, stem in candidates:
+        ips = measured_speeds.get((size, stem))
+        if ips is None or not ips > 0:
+            continue
+        epoch_s = n_train_images / ips + n_val_images / (ips * VALIDATION_SPEEDUP)
+        rows.append({"image_size": int(size), "stem": stem, "img_per_s": float(ips), "epoch_seconds": epoch_s,
+                     "epochs": epochs_that_fit(budget_seconds, epoch_s)})
+    if not rows:
+        raise ValueError(f"no measured speed for any candidate of {list(candidates)}: {measured_speeds}")
+    for r in rows:
+        if r["epochs"] >= min_epochs:
+            reason = (f"{r['image_size']} px with the {r['stem']} stem: the first candidate (in order of preference) "
+                      f"that affords at least {min_epochs} epochs ({r['epochs']} at {r['img_per_s']:.1f} img/s)")
+            return ResolutionChoice(r["image_size"], r["stem"], reason, rows)
+    r = max(rows, key=lambda r: r["epochs"])
+    reason = (f"no candidate affords {min_epochs} epochs in {format_duration(budget_seconds)}: the fastest, "
+              f"{r['image_size']} px with the {r['stem']} stem ({r['epochs']} epochs at {r['img_per_s']:.1f} img/s)")
+    return ResolutionChoice(r["image_size"], r["stem"], reason, rows)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@contextmanager
+def preserved_state(objects: Iterable[Any], generator: Optional[torch.Generator] = None) -> Iterator[None]:
+    """Run the block, then put back the state of ``objects`` (anything with ``state_dict`` /
+    ``load_state_dict``: model, optimizer, LR schedule, an EMA of the weights...) and of the random
+    generators (torch CPU and CUDA, ``generator``, Python's ``random``, NumPy's global one), so
+    that a measurement inside changes neither the weights nor the run's random draws.
+    The states are copied (tensors cloned) on entry."""
+    objects = [o for o in objects if hasattr(o, "state_dict") and hasattr(o, "load_state_dict")]
+    saved = [copy.deepcopy(o.state_dict()) for o in objects]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    gen_state = generator.get_state() if generator is not None else None
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        for o, s in zip(objects, saved):
+            o.load_state_dict(s)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if generator is not None:
+            generator.set_state(gen_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def estimate_save_seconds(model: nn.Module, optimizer_name: str) -> float:
+    """Seconds to write one epoch's checkpoints of ``model``: ``last.pt`` (weights plus optimizer
+    state: two moments for Adam/AdamW, one for SGD momentum) and ``best.pt`` (weights), at
+    :data:`SAVE_BYTES_PER_SECOND`, plus 0.05 s of fixed cost."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, Tensor))
+    moments = 1 if optimizer_name == "sgd" else 2
+    return 0.05 + weights * (2 + moments) / SAVE_BYTES_PER_SECOND
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_throughput(
+    train_steps: Callable[[int], Any],
+    predict: Callable[[Tensor], Any],
+    val_images: Tensor,
+    *,
+    steps_per_epoch: int,
+    batch_size: int,
+    val_batch_size: int,
+    save_seconds: float,
+    device: torch.device = torch.device("cpu"),
+    warmup_steps: int = 1,
+    timed_steps: int = 5,
+    val_total: Optional[int] = None,
+) -> Throughput:
+    """Time the training steps and the validation pass of a run before it starts.
+
+    ``train_steps(n)`` runs ``n`` optimisation steps of the real training (the trainer's epoch
+    function with ``steps=n``); it is called once with ``warmup_steps`` (not counted: allocation,
+    kernel selection) and once with ``min(timed_steps, steps_per_epoch)`` steps, timed. Then
+    ``predict`` (uint8 images ``(n, C, H, W)`` -> logits) runs on one warm-up batch of
+    ``val_images`` and is timed on up to two more batches; the seconds per image times
+    ``val_total`` (default ``len(val_images)``) is the validation pass. Call it inside
+    :func:`preserved_state` so the run is not changed.
+
+    Returns:
+        :class:`Throughput` (with ``save_seconds`` as given).
+    """
+    if warmup_steps > 0:
+        train_steps(warmup_steps)
+    n = max(1, min(timed_steps, steps_per_epoch))
+    _sync(device)
+    t0 = time.perf_counter()
+    train_steps(n)
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / n
+
+    val_total = len(val_images) if val_total is None else val_total
+    val_s = 0.0
+    if len(val_images) and val_total:
+        predict(val_images[:val_batch_size])  # warm-up
+        sample = val_images[: 2 * val_batch_size] if len(val_images) > val_batch_size else val_images
+        _sync(device)
+        t0 = time.perf_counter()
+        predict(sample)
+        _sync(device)
+        val_s = (time.perf_counter() - t0) / len(sample) * val_total
+    return Throughput(step_s, val_s, save_seconds, steps_per_epoch, batch_size)
+
+
+def measure_candidate_speeds(
+    cfg: RunConfig,
+    samples: Sequence[Any],
+    num_classes: int,
+    device: torch.device,
+    candidates: Optional[Sequence[tuple[int, str]]] = None,
+    batch_size: Optional[int] = None,
+    timed_steps: int = 2,
+) -> dict[tuple[int, str], float]:
+    """Training images per second of each ``(image_size, stem)`` of ``candidates`` on real images:
+    one batch of training ``samples`` (spread over the split) is decoded at the candidate's size
+    (no cache), a fresh model with the candidate's stem takes one warm-up step and
+    ``timed_steps`` timed ones (augmentation, forward, loss, backward, optimizer step, as in
+    training). The run's random generators are put back afterwards.
+
+    Args:
+        cfg: the run's config (``data``, ``model``, ``train``); not changed.
+        samples: the training split's samples (:class:`medclass.data.Sample`).
+        num_classes: classes of the task.
+        device: the training device.
+        candidates: ``(image_size, stem)`` to measure (default :data:`RESOLUTION_CANDIDATES`).
+        batch_size: images per step (default ``train.batch_size``).
+    Returns:
+        ``{(image_size, stem): images per second}``.
+    Raises:
+        medclass.data.ImageReadError: an unreadable image (unless ``data.skip_corrupt``).
+    """
+    from ..data import Preprocess, build_augmentation, decode_split
+    from ..models import build_model
+    from .inference import channels_last_wanted
+    from .trainer import make_loss, make_optimizer
+
+    candidates = RESOLUTION_CANDIDATES if candidates is None else candidates
+    bs = max(2, min(batch_size or cfg.train.batch_size, len(samples)))
+    stride = max(1, len(samples) // bs)
+    sample = list(samples)[::stride][:bs]
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    speeds: dict[tuple[int, str], float] = {}
+    with preserved_state([]):
+        for size, stem in candidates:
+            c = copy.deepcopy(cfg)
+            c.data.image_size, c.model.stem = int(size), stem
+            split = decode_split(sample, c.data.channels, int(size), c.data.skip_corrupt, "measure", progress=False,
+                                 cache_dir=None, dicom_window=c.data.dicom_window, resize=c.data.resize)
+            if len(split) < 2:
+                continue
+            images, labels = split.images.to(device), split.labels.to(device)
+            model = build_model(c.model, num_classes, c.data.channels).to(device)
+            channels_last = channels_last_wanted(device, int(size))
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model.train()
+            criterion = make_loss(c, split.labels, num_classes).to(device)
+            optimizer = make_optimizer(c, model)
+            preprocess, augment = Preprocess(c.data.mean, c.data.std).to(device), build_augmentation(c.data)
+
+            def step() -> None:
+                x = preprocess(images) if augment is None else preprocess.normalize_(augment(preprocess.to_unit(images)))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss = criterion(model(x).float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            step()  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(timed_steps):
+                step()
+            _sync(device)
+            speeds[(int(size), stem)] = len(images) * timed_steps / (time.perf_counter() - t0)
+            del model, optimizer
+    return speeds
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Budget:
+    """The time budget of one run: the plan, the time spent, the re-plans.
+
+    ``seconds``: the budget; ``spent_before``: seconds spent by earlier invocations of this run
+    (resume); ``start``: ``time.time()`` when this invocation's ``train()`` began.
+    ``planned_epochs``: the current plan (total epochs of the run); ``replans``: one dict per
+    change of the plan (``after_epoch``, ``from``, ``to``, ``elapsed_seconds``,
+    ``epoch_seconds``, ``reason``); ``recent_epoch_seconds``: wall times (checkpoints included)
+    of the last :data:`RECENT_EPOCHS` epochs. ``clock`` returns the current time (tests pass a fake one).
+    """
+
+    seconds: float
+    start: float
+    spent_before: float = 0.0
+    planned_epochs: int = 0
+    measured_img_per_s: Optional[float] = None
+    estimated_seconds: Optional[float] = None
+    throughput: Optional[dict[str, Any]] = None
+    replans: list[dict[str, Any]] = field(default_factory=list)
+    resolution: Optional[dict[str, Any]] = None
+    stop_reason: Optional[str] = None
+    planned_epoch_seconds: Optional[float] = None  # the first plan's estimate of one epoch
+    recent_epoch_seconds: list[float] = field(default_factory=list)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+
+    def elapsed(self) -> float:
+        """Seconds of the budget spent so far (earlier invocations and this one)."""
+        return self.spent_before + self.clock() - self.start
+
+    def available(self) -> float:
+        """Seconds left for epochs: the budget less what is spent and :data:`END_SECONDS`."""
+        return self.seconds - self.elapsed() - END_SECONDS
+
+    def plan(self, tp: Throughput) -> int:
+        """The first plan: the epochs of ``tp.epoch_seconds`` that fit in :meth:`available`
+        (0: not one; see :meth:`too_small`). Sets ``planned_epochs``, ``estimated_seconds`` and
+        the measured figures."""
+        epochs = epochs_that_fit(self.available(), tp.epoch_seconds)
+        self.measured_img_per_s = tp.train_img_per_s
+        self.throughput = {**asdict(tp), "train_img_per_s": tp.train_img_per_s, "epoch_seconds": tp.epoch_seconds}
+        self.set_plan(epochs, tp.epoch_seconds)
+        return epochs
+
+    def set_plan(self, epochs: int, epoch_seconds: float) -> None:
+        """Make ``epochs`` of ``epoch_seconds`` the plan (under DDP: the plan rank 0 made)."""
+        self.planned_epochs = epochs
+        self.estimated_seconds = self.elapsed() + epochs * epoch_seconds + END_SECONDS
+        self.planned_epoch_seconds = epoch_seconds
+
+    def note_epoch(self, seconds: float) -> None:
+        """Record the wall time of the epoch just ended (training, validation, checkpoints)."""
+        self.recent_epoch_seconds = (self.recent_epoch_seconds + [float(seconds)])[-RECENT_EPOCHS:]
+
+    def epoch_estimate(self) -> Optional[float]:
+        """Seconds the next epoch is planned to take: the larger of the last epoch's wall time and
+        the mean of the last :data:`RECENT_EPOCHS`; before any epoch, the first plan's estimate."""
+        r = self.recent_epoch_seconds
+        return max(r[-1], sum(r) / len(r)) if r else self.planned_epoch_seconds
+
+    def too_small(self, tp: Throughput) -> RunError:
+        """The error of a budget that cannot fit one epoch: setup time, the measured epoch time and
+        what to change."""
+        return RunError(
+            f"the time budget of {format_duration(self.seconds)} cannot fit one epoch: setup took "
+            f"{format_duration(self.elapsed())} and one epoch takes about {format_duration(tp.epoch_seconds)} "
+            f"({tp.train_img_per_s:.1f} training images/s); give a longer --time-budget, a smaller --image-size, "
+            f"or --set train.max_steps_per_epoch=N"
+        )
+
+    def replan(self, epochs_done: int, epoch_seconds: Optional[float] = None) -> int:
+        """Re-plan after ``epochs_done`` epochs, the last of which took ``epoch_seconds`` of wall
+        time (recorded with :meth:`note_epoch`; default: as already recorded). With the epoch time
+        of :meth:`epoch_estimate`, the new total is ``epochs_done`` plus the epochs that still fit
+        in :meth:`available` when that is fewer than planned; more than planned only when they
+        fit with :data:`EXTEND_MARGIN` to spare; at most :data:`MAX_PLANNED_EPOCHS`. A change is
+        recorded in ``replans``; when no further epoch fits, ``stop_reason`` says so.
+        Returns the new planned total (``<= epochs_done``: stop now)."""
+        if epoch_seconds is not None:
+            self.note_epoch(epoch_seconds)
+        est = self.epoch_estimate()
+        if est is None or not est > 0:
+            return self.planned_epochs
+        left, before = self.available(), self.planned_epochs
+        cap = MAX_PLANNED_EPOCHS - epochs_done
+        new = epochs_done + epochs_that_fit(left, est, cap)
+        if new > self.planned_epochs:  # faster than planned: lengthen only with a margin
+            new = max(self.planned_epochs, epochs_done + epochs_that_fit(left, est * EXTEND_MARGIN, cap))
+        if new != self.planned_epochs:
+            if new <= epochs_done:
+                reason = (f"the {format_duration(max(0.0, left))} left cannot fit another epoch of "
+                          f"{format_duration(est)}")
+            elif new < self.planned_epochs:
+                reason = f"epochs take {format_duration(est)}, longer than planned: fewer fit"
+            else:
+                reason = f"epochs take {format_duration(est)}, shorter than planned: more fit"
+            self.replans.append({"after_epoch": epochs_done, "from": self.planned_epochs, "to": new,
+                                 "elapsed_seconds": round(self.elapsed(), 3), "epoch_seconds": round(est, 3),
+                                 "reason": reason})
+            self.planned_epochs = new
+        if new <= epochs_done < before:  # the plan wanted more epochs than fit
+            self.stop_reason = (f"time budget: stopping after epoch {epochs_done}: the "
+                                f"{format_duration(max(0.0, left))} left cannot fit another epoch of {format_duration(est)}")
+        return new
+
+    def record(self, epochs_done: int) -> dict[str, Any]:
+        """The state written to ``RUN/budget.json`` after an epoch (see :meth:`resume_from`)."""
+        out = self.summary(None)
+        out.update({"epoch": epochs_done, "spent_seconds": self.elapsed(),
+                    "planned_epoch_seconds": self.planned_epoch_seconds,
+                    "recent_epoch_seconds": list(self.recent_epoch_seconds)})
+        return out
+
+    def summary(self, actual_seconds: Optional[float]) -> dict[str, Any]:
+        """The ``budget`` entry of ``train_summary.json``: ``seconds``, ``planned_epochs``,
+        ``measured_img_per_s``, ``estimated_seconds``, ``replans``, ``actual_seconds`` (all
+        invocations), and the throughput measured, the resolution choice and the stop reason."""
+        return {"seconds": self.seconds, "planned_epochs": self.planned_epochs,
+                "measured_img_per_s": self.measured_img_per_s, "estimated_seconds": self.estimated_seconds,
+                "replans": list(self.replans), "actual_seconds": actual_seconds, "throughput": self.throughput,
+                "resolution": self.resolution, "stop_reason": self.stop_reason}
+
+    def save(self, run_dir: Path, epochs_done: int) -> None:
+        """Write :meth:`record` to ``run_dir/budget.json`` (a temporary file, then ``os.replace``)."""
+        path = Path(run_dir) / BUDGET_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.record(epochs_done), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def resume_from(cls, run_dir: Path, seconds: float, start: float, history: list[dict[str, float]],
+                    planned_epochs: int, clock: Callable[[], float] = time.time) -> "Budget":
+        """The budget of a resumed run: its ``budget.json`` (plan, re-plans, seconds spent up to its
+        epoch) plus the ``seconds`` of ``history`` rows after that epoch (a process killed between
+        ``last.pt`` and ``budget.json``); without the file, the epochs' seconds of ``history``.
+        ``planned_epochs``: the plan the restored LR schedule holds."""
+        path = Path(run_dir) / BUDGET_FILE
+        rec: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        done = int(rec.get("epoch", 0))
+        spent = float(rec.get("spent_seconds", 0.0)) + sum(r["seconds"] for r in history if r["epoch"] > done)
+        recent = [float(v) for v in rec.get("recent_epoch_seconds", [])]
+        recent += [r["seconds"] for r in history if r["epoch"] > done]  # (checkpoints not included)
+        return cls(seconds=seconds, start=start, spent_before=spent, planned_epochs=planned_epochs,
+                   measured_img_per_s=rec.get("measured_img_per_s"), estimated_seconds=rec.get("estimated_seconds"),
+                   throughput=rec.get("throughput"), replans=list(rec.get("replans", [])),
+                   resolution=rec.get("resolution"), planned_epoch_seconds=rec.get("planned_epoch_seconds"),
+                   recent_epoch_seconds=recent[-RECENT_EPOCHS:], clock=clock)
+
+
+def plan_message(cfg: RunConfig, budget: Budget, tp: Throughput, ignored_epochs: Optional[int]) -> str:
+    """The plan printed before training: size, stem, batch, measured images/s, epochs, estimated
+    minutes (and that ``train.epochs`` is ignored)."""
+    stem = f", stem {cfg.model.stem}" if cfg.model.arch.startswith("resnet") or cfg.model.arch == "chained" else ""
+    msg = (f"time budget {format_duration(budget.seconds)}: {cfg.data.image_size} px{stem}, batch {cfg.train.batch_size}; "
+           f"measured {tp.train_img_per_s:.1f} training images/s, one epoch about {format_duration(tp.epoch_seconds)} "
+           f"(train {format_duration(tp.steps_per_epoch * tp.step_seconds)}, validation {format_duration(tp.val_seconds)}, "
+           f"checkpoints {format_duration(tp.save_seconds)}); plan: {budget.planned_epochs} epochs, about "
+           f"{format_duration(budget.estimated_seconds or 0.0)} in all (setup {format_duration(budget.elapsed())})")
+    if ignored_epochs is not None:
+        msg += f"; train.epochs ({ignored_epochs}) is ignored: with a time budget the epochs come from the plan"
+    return msg
+
+
+# --------------------------------------------------------------------------- without a budget
+
+
+class TimedLoader:
+    """A training ``DataLoader`` that notes when each batch is asked for: after one warm-up step
+    and ``steps`` timed ones it calls ``on_estimate(seconds_per_step)`` once (the time between
+    requests is one optimisation step, data loading included). Costs nothing extra: the run's
+    own first steps are timed. Every other attribute is the wrapped loader's."""
+
+    def __init__(self, loader: Any, on_estimate: Callable[[float], None], steps: int = 5) -> None:
+        self.loader, self.on_estimate, self.steps = loader, on_estimate, steps
+        self.done = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        # the loader's iterator is made here, not at the first batch, as iterating the loader itself
+        # would: a DataLoader iterator draws its base seed from the global RNG when it is made
+        # (tqdm.auto makes one in its constructor), so the run's random draws stay as without timing
+        return self._timed(iter(self.loader))
+
+    def _timed(self, batches: Iterator[Any]) -> Iterator[Any]:
+        times: list[float] = []
+        for batch in batches:
+            times.append(time.perf_counter())
+            if not self.done and len(times) == self.steps + 2:
+                self.done = True
+                self.on_estimate((times[-1] - times[1]) / self.steps)
+            yield batch
+
+
+def long_run_message(cfg: RunConfig, estimate_seconds: float, epoch_seconds: float, img_per_s: float) -> str:
+    """The note printed when a run without a budget is estimated to pass :data:`LONG_RUN_SECONDS`:
+    the estimate and the options that shorten it."""
+    size = cfg.data.image_size
+    smaller = [s for s in (64, 96, 128) if isinstance(size, int) and s < size]
+    options = ["--time-budget 15m (fits the epochs to the time)"]
+    if smaller:
+        options.append(f"a smaller --image-size ({' or '.join(map(str, smaller))}; time grows with the pixels)")
+    options.append(f"fewer --epochs (now {cfg.train.epochs})")
+    if cfg.model.arch not in ("resnet18", "custom_cnn"):
+        options.append("--arch resnet18 (model.arch)")
+    return (f"note: this run will take about {format_duration(estimate_seconds)} ({cfg.train.epochs} epochs of about "
+            f"{format_duration(epoch_seconds)} at {size} px, {img_per_s:.1f} training images/s); to shorten it: "
+            + "; ".join(options))
+
+
+class RunClock:
+    """The whole run's ETA from the wall times of this invocation's epochs, and, without a budget,
+    the long-run note: the first steps of the first epoch are timed as they happen
+    (:meth:`timed`) and when the run's estimate passes :data:`LONG_RUN_SECONDS` the estimate and the
+    options that shorten it are printed once (:func:`long_run_message`), through ``write``."""
+
+    def __init__(self, cfg: RunConfig, start: float, steps_per_epoch: int, n_val_images: int,
+                 write: Callable[[str], None], warn: bool = True) -> None:
+        self.cfg, self.start, self.steps_per_epoch, self.n_val = cfg, start, steps_per_epoch, n_val_images
+        self.write, self.warn = write, warn
+        self.walls: list[float] = []
+        self.first_estimate: Optional[float] = None  # seconds of one epoch, from the first steps
+        self.epochs_left_at_start = 0
+        self.warned = False
+
+    def timed(self, loader: Any, epochs_left: int) -> Any:
+        """``loader`` wrapped to time its first steps (:class:`TimedLoader`) when there is no epoch
+        time yet; ``loader`` itself otherwise."""
+        if self.walls or self.first_estimate is not None:
+            return loader
+        self.epochs_left_at_start = epochs_left
+        return TimedLoader(loader, self._on_steps)
+
+    def _on_steps(self, step_seconds: float) -> None:
+        img_per_s = self.cfg.train.batch_size / step_seconds
+        self.first_estimate = (self.steps_per_epoch * step_seconds
+                               + self.n_val / (img_per_s * VALIDATION_SPEEDUP))
+        self._maybe_warn(self.first_estimate, self.epochs_left_at_start, img_per_s)
+
+    def _maybe_warn(self, epoch_s: float, epochs_left: int, img_per_s: float) -> None:
+        total = time.time() - self.start + epochs_left * epoch_s
+        if self.warn and not self.warned and total > LONG_RUN_SECONDS:
+            self.warned = True
+            self.write(long_run_message(self.cfg, total, epoch_s, img_per_s))
+
+    def epoch_done(self, wall_seconds: float, epochs_left: int) -> None:
+        """Record an epoch's wall time (checkpoints included); ``epochs_left`` after it."""
+        self.walls.append(wall_seconds)
+        if len(self.walls) == 1:
+            steps = self.steps_per_epoch * self.cfg.train.batch_size
+            self._maybe_warn(wall_seconds, epochs_left, steps / max(wall_seconds, 1e-9))
+
+    def eta(self, epochs_left: int) -> Optional[float]:
+        """Seconds until the run's last epoch ends (mean epoch wall time so far, or the first
+        steps' estimate), ``None`` before anything is known."""
+        per = sum(self.walls) / len(self.walls) if self.walls else self.first_estimate
+        return None if per is None else epochs_left * per
