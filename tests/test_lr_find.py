@@ -170,7 +170,7 @@ def test_cli_on_a_tiny_folder(tmp_path):
     assert saved["settings"]["image_size"] == 16 and saved["settings"]["arch"] == "resnet18"
     lr = saved["suggested_lr"]
     assert lr is not None and saved["start_lr"] <= lr <= saved["end_lr"]
-    assert f"suggested learning rate: {lr:.1e} (steep)" in result.output
+    assert f"suggested learning rate: {lr:.1e} (valley)" in result.output
     command = next(line for line in result.output.splitlines() if line.startswith("train with it:"))
     assert command.endswith(f"--lr {lr:.1e}") and "--set model.stem=small" in command
     assert "train.lr" not in command  # --lr replaces it

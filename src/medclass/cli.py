@@ -444,7 +444,7 @@ def lr_find_command(
     start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate of the sweep."),
     end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate of the sweep."),
     num_iter: int = typer.Option(100, "--num-iter", help="Optimisation steps of the sweep (at most)."),
-    suggest: str = typer.Option("steep", "--suggest", help="Rule of the suggested LR: steep (fastest fall of the "
+    suggest: str = typer.Option("valley", "--suggest", help="Rule of the suggested LR: steep (fastest fall of the "
                                 "smoothed loss), valley (fastai's longest valley) or minimum (a tenth of the LR at the lowest loss)."),
 ) -> None:
     """Learning-rate range test (Smith 2017): train a throwaway model while the LR grows from

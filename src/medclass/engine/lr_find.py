@@ -15,7 +15,8 @@ procedure and its suggestions follow fastai's ``Learner.lr_find`` (``fastai.call
   points (fastai's trimming): ``steep``, the LR where the smoothed loss falls fastest against
   ``log(lr)``; ``valley``, fastai's longest-valley rule (the LR a little past the middle of the
   longest decreasing stretch); ``minimum``, a tenth of the LR at the smallest smoothed loss.
-  The suggested one is ``steep`` unless another is asked for.
+  The suggested one is ``valley`` (fastai's default since 2.5: ``steep`` is noisy on easy
+  problems) unless another is asked for.
 
 The model, data decode, preprocessing, augmentation, loss and optimizer are those of
 ``medclass train`` (the pieces of :mod:`medclass.engine.trainer`), and so is the step: augment,
@@ -332,7 +333,7 @@ def lr_find(
     num_iter: int = DEFAULT_NUM_ITER,
     beta: float = DEFAULT_BETA,
     stop_div: float = DEFAULT_STOP_DIV,
-    suggest_by: str = "steep",
+    suggest_by: str = "valley",
     log: Callable[[str], None] = print,
 ) -> LRFindResult:
     """The range test on ``cfg``'s training split with ``cfg``'s model, loss, optimizer,
