@@ -29,7 +29,7 @@ from _common import RunMonitor, hardware_info, log, markdown_table, write_json
 #: name -> ``--set`` overrides. ``today`` is medclass's default before issue 12 (ResNet-50,
 #: ImageNet stem); the others change one thing at a time from the row they name in ``BASE``.
 CONFIGS: dict[str, list[str]] = {
-    "today": [],
+    "today": [],  # ResNet-50, ImageNet stem (the default before issue 12)
     "r50-small": ["model.stem=small"],
     "r18-small": ["model.arch=resnet18", "model.stem=small"],
     "r18-imagenet": ["model.arch=resnet18", "model.stem=imagenet"],
@@ -41,6 +41,11 @@ CONFIGS: dict[str, list[str]] = {
                          "data.auto_augment=trivialaugment"],
     "r18-small+ema+prog": ["model.arch=resnet18", "model.stem=small", "train.ema=true",
                            "train.progressive_resize=0.5"],
+    "r18-imagenet+ema": ["model.arch=resnet18", "train.ema=true"],
+    "r18-imagenet+ema+ta": ["model.arch=resnet18", "train.ema=true", "data.auto_augment=trivialaugment"],
+    "r18-imagenet+ema+mix": ["model.arch=resnet18", "train.ema=true", "train.mixup_alpha=0.2", "train.cutmix_alpha=1.0",
+                             "train.mix_prob=0.5"],
+    "r18-imagenet+ema+ls": ["model.arch=resnet18", "train.ema=true", "train.label_smoothing=0.1"],
     "r18-small+ema+dp": ["model.arch=resnet18", "model.stem=small", "train.ema=true", "model.drop_path_rate=0.05"],
 }
 
@@ -117,12 +122,12 @@ def main(argv=None) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDCLASS_CACHE_DIR", str(runs_dir / "decode-cache"))
     rows, manifest = [], None
+    out = args.out or Path("results") / "ablation" / f"{data}-{args.budget:g}min.json"
     for name in names:
         rows.append(run_one(args, name, CONFIGS[name], runs_dir, manifest))
         manifest = manifest or (runs_dir / name / "manifest.csv")
-    out = args.out or Path("results") / "ablation" / f"{data}-{args.budget:g}min.json"
-    write_json(out, {"data": args.data, "budget_minutes": args.budget, "split": "valid", "rows": rows,
-                     "command": " ".join(sys.argv), "hardware": hardware_info()})
+        write_json(out, {"data": args.data, "budget_minutes": args.budget, "split": "valid", "rows": rows,
+                         "command": " ".join(sys.argv), "hardware": hardware_info()})  # after every run
     print(markdown_table(
         ["config", "px", "epochs", "s", "val acc", "val bal. acc", "val AUROC", "busy"],
         [[r["config"], r["image_size"], r["epochs_run"], r["train_wall_s"], r["val_accuracy"],
