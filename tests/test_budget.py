@@ -361,7 +361,8 @@ def test_budget_run_with_image_size_auto_records_the_choice(tmp_path, monkeypatc
 
 
 def test_long_run_note_names_the_estimate_and_the_options():
-    cfg = RunConfig()  # 224 px, resnet50, 30 epochs
+    cfg = RunConfig()  # 224 px, 30 epochs
+    cfg.model.arch = "resnet50"  # the note suggests the smaller resnet18
     notes = []
     clock = RunClock(cfg, time.time(), steps_per_epoch=160, n_val_images=800, write=notes.append)
     loader = clock.timed(list(range(20)), epochs_left=30)

@@ -25,7 +25,7 @@ def test_chest_ct_train_evaluate_predict(tmp_path):
     data = needs("chest-ct")
     out = invoke(
         "train", data, "--name", "ct", "--runs-dir", tmp_path, "--epochs", "2", "--image-size", "32",
-        "--batch-size", "8", "--set", "train.max_steps_per_epoch=2", "--set", "model.stem=imagenet",
+        "--batch-size", "8", "--set", "train.max_steps_per_epoch=2", "--set", "model.stem=imagenet", "--arch", "resnet50",
     )
     run = tmp_path / "ct"
     assert "resnet50 (23,516,228 parameters)" in out  # ResNet-50 with a 4-class head
