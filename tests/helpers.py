@@ -11,9 +11,15 @@ by the environment variable ``MEDCLASS_SHARED_DATA``. They are read-only: no hel
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -31,6 +37,7 @@ __all__ = [
     "encoded",
     "make_folder_dataset",
     "need",
+    "served",
     "png_bytes",
     "shared_set",
     "stored_from_png",
@@ -265,3 +272,44 @@ def write_dicom(path, pixels=None, *, photometric="MONOCHROME2", window=None, fr
             ds["PixelData"].VR = vr
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- a live service
+
+
+@contextlib.contextmanager
+def served(run_dir: Path, log: Path):
+    """``python -m medclass serve RUN`` on a free loopback port, yielding its base URL once
+    ``/health`` answers 200 (at most 90 s); stopped with SIGINT (then killed) afterwards. Its output
+    goes to ``log``.
+
+    Raises:
+        AssertionError: the server exited, or gave no ``/health`` within 90 s (the log is in the message).
+    """
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "medclass", "serve", str(run_dir), "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, f"the server exited: {log.read_text()}"
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, f"no /health after 90 s: {log.read_text()}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,12 +11,8 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ from PIL import Image
 from medclass.data.io import read_image
 from medclass.engine import load_run, train
 
-from helpers import CHEST_CT, bomb_png, need, png_bytes, tiny_config, write_dicom
+from helpers import CHEST_CT, bomb_png, need, png_bytes, served, tiny_config, write_dicom
 
 pytestmark = pytest.mark.integration  # every test here serves a run trained on real chest-ct images
 
@@ -192,41 +188,11 @@ def test_concurrent_requests_with_gradcam_all_succeed(client):
 # ------------------------------------------------------------------- end to end: server + browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(run_dir):
     """``python -m medclass serve RUN`` on a free loopback port, stopped with SIGINT afterwards."""
-    import httpx
-
-    port = _free_port()
-    log = run_dir.parent / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "medclass", "serve", str(run_dir), "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, f"the server exited: {log.read_text()}"
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, f"no /health after 90 s: {log.read_text()}"
-            time.sleep(0.2)
+    with served(run_dir, run_dir.parent / "serve.log") as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,13 @@ and calibration have to agree too.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CHEST_CLASSES, need, stored_from_png, write_dicom
+from helpers import CHEST_CLASSES, need, served, stored_from_png, write_dicom
 from medclass.config import RunConfig
 from medclass.data import decode_split
 from medclass.data.sources import Sample
@@ -104,45 +99,17 @@ def skew_files(tmp_path_factory) -> list[Path]:
     return files
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _served_probabilities(run_dir: Path, files: list[Path]) -> list[dict[str, float]]:
-    """``python -m medclass serve RUN`` on loopback; each file POSTed to /predict."""
+def _served_probabilities(run_dir: Path, files: list[Path]) -> list[dict]:
+    """``medclass serve RUN`` on loopback (:func:`helpers.served`); each file POSTed to /predict."""
     import httpx
 
-    port = _free_port()
-    log = run_dir.parent / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "medclass", "serve", str(run_dir), "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, f"the server exited: {log.read_text()}"
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, f"no /health after 90 s: {log.read_text()}"
-            time.sleep(0.2)
-        got = []
+    got = []
+    with served(run_dir, run_dir.parent / "serve.log") as base:
         for f in files:
             r = httpx.post(base + "/predict", files={"file": (f.name, f.read_bytes())}, timeout=60)
             assert r.status_code == 200, (f.name, r.text)
             got.append(r.json())
-        return got
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return got
 
 
 def test_every_path_gives_the_same_input_and_probabilities(skew_run, skew_files, tmp_path):
