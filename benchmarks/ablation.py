@@ -47,6 +47,17 @@ CONFIGS: dict[str, list[str]] = {
                              "train.mix_prob=0.5"],
     "r18-imagenet+ema+ls": ["model.arch=resnet18", "train.ema=true", "train.label_smoothing=0.1"],
     "r18-small+ema+dp": ["model.arch=resnet18", "model.stem=small", "train.ema=true", "model.drop_path_rate=0.05"],
+    # resolution and stem at today's default (ResNet-18): a data.image_size here replaces --image-size
+    "default": [],
+    "px96": ["data.image_size=96"],
+    "px128": ["data.image_size=128"],
+    "px160": ["data.image_size=160"],
+    "px224": ["data.image_size=224"],
+    "small": ["model.stem=small"],
+    "small-px32": ["model.stem=small", "data.image_size=32"],
+    "px64": ["data.image_size=64"],
+    "balanced-loss": ["data.class_balance=loss"],
+    "px128+balanced-loss": ["data.image_size=128", "data.class_balance=loss"],
 }
 
 
@@ -72,6 +83,10 @@ def run_one(args, name: str, overrides: list[str], runs_dir: Path, manifest: Pat
     """Train one configuration under the budget, then evaluate its best checkpoint on valid."""
     npz = args.data.lower().endswith(".npz")
     size = args.image_size or (28 if npz else 64)
+    for o in overrides:  # a configuration's own size replaces --image-size
+        if o.startswith("data.image_size="):
+            size = int(o.split("=", 1)[1])
+    overrides = [o for o in overrides if not o.startswith("data.image_size=")]
     channels = args.channels or (1 if npz else 3)
     cmd = [sys.executable, "-m", "medclass", "train", args.data, "--time-budget", f"{args.budget * 60:.0f}s",
            "--image-size", str(size), "--name", name, "--runs-dir", str(runs_dir), "--no-eval",
@@ -97,7 +112,7 @@ def run_one(args, name: str, overrides: list[str], runs_dir: Path, manifest: Pat
     summary = json.loads((runs_dir / name / "train_summary.json").read_text())
     ci = metrics.get("confidence_intervals", {}).get("metrics", {})
     row = {
-        "config": name, "overrides": overrides, "image_size": size, "train_wall_s": round(wall, 1),
+        "config": name, "overrides": CONFIGS[name], "image_size": size, "train_wall_s": round(wall, 1),
         "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
         "budget": summary.get("budget"),
         "val_accuracy": metrics.get("accuracy"), "val_balanced_accuracy": metrics.get("balanced_accuracy"),

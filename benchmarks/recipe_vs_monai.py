@@ -90,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="extra arguments for `medclass train` (one string, shell syntax), e.g. '--image-size auto'; "
                         "an --image-size here replaces the script's")
     p.add_argument("--only", choices=("monai", "medclass"), default=None, help="run one side only")
+    p.add_argument("--monai-from", type=Path, default=None,
+                   help="take the MONAI side from this earlier result JSON instead of training it again (the MONAI "
+                        "script does not change with medclass's recipe); refused unless that run's manifest.csv is "
+                        "byte-identical to this run's split")
     p.add_argument("--seed", type=int, default=0, help="MONAI side: weights, shuffling and flips")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads of both sides (OMP_NUM_THREADS for the medclass process)")
@@ -139,9 +143,39 @@ def make_split(args: argparse.Namespace, manifest: Path) -> dict[str, Any]:
     write_manifest(index, manifest)
     counts = {s: len(v) for s, v in index.splits.items()}
     log(f"split: {counts} ({len(removed)} duplicates, {len(unreadable)} unreadable files left out), manifest {manifest}")
-    return {"index": index, "manifest": str(manifest), "class_names": index.class_names, "counts": counts,
+    return {"index": index, "manifest": str(manifest), "manifest_sha256": file_sha256(manifest),
+            "class_names": index.class_names, "counts": counts,
             "unreadable_left_out": unreadable, "dedupe": args.dedupe,
             "dedupe_removed": {s: sum(r["split"] == s for r in removed) for s in ("valid", "test")}}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (the split's fingerprint: the manifest lists every path, split
+    and label)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def earlier_monai_side(path: Path, split: dict[str, Any]) -> dict[str, Any]:
+    """The MONAI side of an earlier result JSON, after checking that it was trained and scored on the
+    same split: its manifest (``data.manifest_sha256``, or the manifest file it names) must have the
+    SHA-256 of this run's. Raises SystemExit, naming the file, otherwise."""
+    try:
+        record = json.loads(Path(path).read_text())
+        side = record["results"]["monai"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--monai-from {path}: not a recipe_vs_monai result with a MONAI side ({e})")
+    digest = record.get("data", {}).get("manifest_sha256")
+    if digest is None:
+        old = Path(record.get("data", {}).get("manifest", ""))
+        if not old.is_file():
+            raise SystemExit(f"--monai-from {path}: its manifest {old} is gone, so the split cannot be checked")
+        digest = file_sha256(old)
+    if digest != split["manifest_sha256"]:
+        raise SystemExit(f"--monai-from {path}: its split differs from this one ({split['manifest']}); "
+                         "run the MONAI side again")
+    return {**side, "taken_from": {"file": str(path), "run_at": record.get("date") or record.get("timestamp")}}
 
 
 def drop_unreadable(index) -> list[str]:
@@ -394,6 +428,10 @@ def main(argv=None) -> int:
     results: dict[str, Any] = {}
     for side in ("monai", "medclass"):  # one after the other, never at once
         if args.only not in (None, side):
+            continue
+        if side == "monai" and args.monai_from is not None:
+            results[side] = earlier_monai_side(args.monai_from, split)
+            log(f"monai: taken from {args.monai_from} (same split)")
             continue
         monitor = RunMonitor()
         results[side] = run_monai(args, split) if side == "monai" else run_medclass(args, split, runs_dir)

@@ -72,3 +72,22 @@ def test_skip_corrupt_leaves_unreadable_files_out_of_the_split(tmp_path):
     split = bench.make_split(args, tmp_path / "manifest.csv")
     assert split["unreadable_left_out"] == [str(broken)] and split["counts"] == {"train": 8, "valid": 4, "test": 3}
     assert str(broken) not in (tmp_path / "manifest.csv").read_text()
+
+
+def test_monai_side_is_reused_only_on_the_same_split(tmp_path):
+    bench = _load_script()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,split,label\na.png,train,0\nb.png,test,1\n")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"date": "2026-11-29T10:00:00+00:00", "data": {"manifest": str(manifest)},
+                                   "results": {"monai": {"test_accuracy": 0.8, "test_n": 1}}}))
+    split = {"manifest": str(manifest), "manifest_sha256": bench.file_sha256(manifest)}
+    side = bench.earlier_monai_side(earlier, split)
+    assert side["test_accuracy"] == 0.8 and side["taken_from"]["file"] == str(earlier)
+    other = tmp_path / "other.csv"
+    other.write_text("path,split,label\na.png,test,0\nb.png,train,1\n")  # the same files, split differently
+    with pytest.raises(SystemExit, match="split differs"):
+        bench.earlier_monai_side(earlier, {"manifest": str(other), "manifest_sha256": bench.file_sha256(other)})
+    manifest.unlink()
+    with pytest.raises(SystemExit, match="is gone"):
+        bench.earlier_monai_side(earlier, split)
