@@ -17,9 +17,11 @@ One data set, one time budget, the same split, one side after the other on this 
    lr 1e-3 whatever that number). After every
    epoch the validation accuracy is computed and the best weights are kept in memory; the test
    split is scored with them.
-2. **medclass**: ``python -m medclass train DATA --time-budget <budget> --image-size N --set
+2. **medclass**: ``python -m medclass train DATA --time-budget <budget> --set
    data.manifest=manifest.csv --set data.channels=C --name medclass --runs-dir RUNS`` in a child
-   process, with its default recipe (nothing else set unless ``--medclass-args`` says so); its
+   process, with its default recipe (nothing else set unless ``--medclass-args`` says so: the image
+   size too is medclass's default, ``auto``, chosen for the budget; ``--image-size`` sets the MONAI
+   side's only); its
    evaluation of the best checkpoint on the test split (``RUN/eval-test/metrics.json``) gives the figures.
    Its decode cache starts empty (``MEDCLASS_CACHE_DIR`` = ``RUNS/decode-cache``, removed afterwards),
    so it decodes the images as the MONAI side reads them.
@@ -84,11 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave files that are missing or that Pillow cannot read out of the split (both sides), "
                         "e.g. the HAM10000 subset's one id without an image")
-    p.add_argument("--image-size", type=int, default=None, help="pixels; default 28 for a .npz, else 64")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="pixels of the MONAI side; default 28 for a .npz, else 64 (medclass chooses its own unless "
+                        "--medclass-args gives --image-size)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default 1 for a .npz, else 3")
     p.add_argument("--medclass-args", default="",
-                   help="extra arguments for `medclass train` (one string, shell syntax), e.g. '--image-size auto'; "
-                        "an --image-size here replaces the script's")
+                   help="extra arguments for `medclass train` (one string, shell syntax), e.g. '--image-size 64'")
     p.add_argument("--only", choices=("monai", "medclass"), default=None, help="run one side only")
     p.add_argument("--monai-from", type=Path, default=None,
                    help="take the MONAI side from this earlier result JSON instead of training it again (the MONAI "
@@ -342,10 +345,10 @@ def medclass_command(args: argparse.Namespace, manifest: str, runs_dir: Path) ->
     extra = shlex.split(args.medclass_args)
     cmd = [sys.executable, "-m", "medclass", "train", args.data, "--name", "medclass", "--runs-dir", str(runs_dir),
            "--set", f"data.manifest={manifest}", "--set", f"data.channels={args.channels}"]
-    if not any(a == "--image-size" or a.startswith("--image-size=") for a in extra):
-        cmd += ["--image-size", str(args.image_size)]
-    if args.smoke:
+    if args.smoke:  # no budget, so no size chosen for one: the MONAI side's
         cmd += ["--epochs", str(SMOKE_EPOCHS), "--set", f"train.max_steps_per_epoch={SMOKE_STEPS}"]
+        if not any(a == "--image-size" or a.startswith("--image-size=") for a in extra):
+            cmd += ["--image-size", str(args.image_size)]
     else:
         cmd += ["--time-budget", f"{round(args.budget * 60)}s"]
     return cmd + extra

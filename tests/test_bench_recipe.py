@@ -57,10 +57,10 @@ def test_medclass_command_uses_the_budget_and_the_split(tmp_path):
     cmd = bench.medclass_command(args, "/x/manifest.csv", tmp_path)
     assert cmd[cmd.index("--time-budget") + 1] == "150s"
     assert "data.manifest=/x/manifest.csv" in cmd and "data.channels=1" in cmd and cmd[-2:] == ["--set", "train.lr=3e-3"]
-    assert cmd[cmd.index("--image-size") + 1] == "28"
-    args = bench.parse_args([str(tmp_path), "--budget", "1", "--medclass-args", "--image-size auto"])
+    assert "--image-size" not in cmd  # medclass's default size (auto, for the budget); 28 px is the MONAI side's
+    args = bench.parse_args([str(tmp_path), "--budget", "1", "--medclass-args", "--image-size 64"])
     cmd = bench.medclass_command(args, "m.csv", tmp_path)
-    assert cmd.count("--image-size") == 1 and cmd[cmd.index("--image-size") + 1] == "auto"
+    assert cmd.count("--image-size") == 1 and cmd[cmd.index("--image-size") + 1] == "64"
 
 
 def test_skip_corrupt_leaves_unreadable_files_out_of_the_split(tmp_path):

@@ -7,15 +7,19 @@ import time
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from medclass.cli import app
-from medclass.config import ConfigError, RunConfig, TrainConfig, check_budget_config, parse_duration
+from medclass.config import (
+    DEFAULT_IMAGE_SIZE, ConfigError, RunConfig, TrainConfig, check_budget_config, fixed_image_size, parse_duration,
+)
 from medclass.engine import LRSchedule, train
 from medclass.engine import budget as budget_module
 from medclass.engine.budget import (
     END_SECONDS, Budget, RunClock, Throughput, TimedLoader, choose_resolution, epochs_that_fit, preserved_state,
 )
+from medclass.spec import read_spec
 
 from helpers import SHARED_DATA, make_folder_dataset, need, tiny_config
 
@@ -51,25 +55,27 @@ def test_config_keeps_the_budget_as_written_and_rejects_a_bad_one():
     assert parse_duration(cfg.train.time_budget) == 5400.0
 
 
-def test_image_size_auto_needs_a_budget(tmp_path):
+def test_image_size_auto_is_the_default_and_224_px_without_a_budget(tmp_path):
     cfg = RunConfig()
-    cfg.set("data.image_size", "auto")
     assert cfg.data.image_size == "auto"
-    with pytest.raises(ConfigError, match="train.time_budget"):
-        check_budget_config(cfg)
+    check_budget_config(cfg)
+    fixed_image_size(cfg)
+    assert cfg.data.image_size == DEFAULT_IMAGE_SIZE == 224
     with pytest.raises(ConfigError, match="data.image_size"):
         cfg.set("data.image_size", "big")
+    cfg = RunConfig()
     cfg.set("train.time_budget", "10m")
-    check_budget_config(cfg)  # fine together
+    fixed_image_size(cfg)
+    assert cfg.data.image_size == "auto"  # chosen from the budget when training starts
 
-    data = make_folder_dataset(tmp_path / "data", per_class=4)
-    with pytest.raises(ConfigError, match="time_budget"):
-        train(tiny_config(data, image_size="auto"), tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # refused before any folder is made
+    data = make_folder_dataset(tmp_path / "data", per_class=4, size=16)
+    cfg = tiny_config(data, image_size="auto", epochs=1, max_steps_per_epoch=1)
+    cfg.model.stem = "imagenet"  # a 224 px step of the small stem would take seconds
+    run = tmp_path / "run"
+    train(cfg, run)
+    assert read_spec(run).image_size == 224
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"] == 224
 
-    result = runner.invoke(app, ["train", str(data), "--image-size", "auto", "--runs-dir", str(tmp_path / "runs")])
-    assert result.exit_code == 2
-    assert "time-budget" in result.output and "auto" in result.output
     result = runner.invoke(app, ["train", str(data), "--time-budget", "soon", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "train.time_budget" in result.output
     assert not (tmp_path / "runs").exists()
@@ -313,6 +319,39 @@ def test_choose_resolution_takes_the_first_candidate_that_affords_the_minimum_ep
         choose_resolution(300.0, 1000, {}, candidates=candidates)
 
 
+def test_auto_never_upsamples_and_takes_the_small_stem_for_thumbnails(tmp_path):
+    from medclass.data import build_index, native_side
+
+    candidates = ((224, "imagenet"), (128, "imagenet"), (64, "imagenet"))
+    m = budget_module
+    assert m.auto_candidates(None, candidates) == (list(candidates), m.MIN_EPOCHS_FOR_SIZE)
+    assert m.auto_candidates(150, candidates) == ([(128, "imagenet"), (64, "imagenet")], m.MIN_EPOCHS_FOR_SIZE)
+    assert m.auto_candidates(28, candidates) == ([(28, "small"), (28, "imagenet")], m.MIN_EPOCHS_FOR_THUMBNAIL_STEM)
+    # the native side is the median shorter side of the images, read at their own size
+    data = make_folder_dataset(tmp_path / "data", per_class=4, size=40)
+    index = build_index(tiny_config(data).data)
+    assert native_side(index.splits["train"], 3) == 40
+
+
+def test_candidates_are_measured_cheapest_first_until_one_is_too_slow(monkeypatch):
+    table = {(224, "imagenet"): 5.0, (128, "imagenet"): 30.0, (96, "imagenet"): 60.0, (64, "imagenet"): 120.0}
+    asked = []
+
+    def fake(cfg, samples, n, device, cands, **k):
+        asked.extend(cands)
+        return {c: table[c] for c in cands}
+
+    monkeypatch.setattr(budget_module, "measure_candidate_speeds", fake)
+    # 600 images in 600 s at twice these speeds (speed_scale): 64 px affords 240 epochs, 96 px 120,
+    # 128 px 60 (fewer than 70: the last one measured; 224 px is never timed)
+    speeds = budget_module.measure_affordable_speeds(None, [0] * 600, 2, torch.device("cpu"), 600.0, list(table),
+                                                     min_epochs=70, speed_scale=2.0)
+    assert asked == [(64, "imagenet"), (96, "imagenet"), (128, "imagenet")]
+    assert speeds[(96, "imagenet")] == 120.0
+    choice = choose_resolution(600.0, 600, speeds, min_epochs=70, candidates=list(table))
+    assert (choice.image_size, choice.stem) == (96, "imagenet")
+
+
 def test_candidate_speeds_are_measured_on_the_real_images_without_changing_the_run(tmp_path):
     from medclass.data import build_index
 
@@ -334,9 +373,10 @@ def test_budget_run_with_image_size_auto_records_the_choice(tmp_path, monkeypatc
 
     data = make_folder_dataset(tmp_path / "data", per_class=12, size=24)
     monkeypatch.setattr(budget_module, "RESOLUTION_CANDIDATES", ((24, "small"), (16, "small")))
-    # 24 px cannot afford 15 epochs, 16 px can: the choice is 16 px
-    monkeypatch.setattr(trainer_module, "measure_candidate_speeds",
-                        lambda *a, **k: {(24, "small"): 0.05, (16, "small"): 1000.0})
+    # 24 px cannot afford MIN_EPOCHS_FOR_SIZE epochs, 16 px can: the choice is 16 px
+    table = {(24, "small"): 0.05, (16, "small"): 1000.0}
+    monkeypatch.setattr(budget_module, "measure_candidate_speeds",
+                        lambda cfg, samples, n, device, cands, **k: {c: table[c] for c in cands})
     cfg = tiny_config(data, image_size="auto", epochs=50)
     cfg.train.time_budget = "12s"
     t0 = time.time()
@@ -349,7 +389,8 @@ def test_budget_run_with_image_size_auto_records_the_choice(tmp_path, monkeypatc
     assert saved.data.image_size == 16 and saved.model.stem == "small"
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     b = summary["budget"]
-    assert b["resolution"]["image_size"] == 16 and "15 epochs" in b["resolution"]["reason"]
+    assert b["resolution"]["image_size"] == 16 and b["resolution"]["native_side"] == 24
+    assert f"{budget_module.MIN_EPOCHS_FOR_SIZE} epochs" in b["resolution"]["reason"]
     assert b["seconds"] == 12.0 and b["planned_epochs"] >= 1 and b["measured_img_per_s"] > 0
     assert set(b) >= {"seconds", "planned_epochs", "measured_img_per_s", "estimated_seconds", "replans", "actual_seconds"}
     assert len(result.history) == b["planned_epochs"]
@@ -361,7 +402,8 @@ def test_budget_run_with_image_size_auto_records_the_choice(tmp_path, monkeypatc
 
 
 def test_long_run_note_names_the_estimate_and_the_options():
-    cfg = RunConfig()  # 224 px, 30 epochs
+    cfg = RunConfig()  # 30 epochs
+    fixed_image_size(cfg)  # as train() does first: auto without a budget is 224 px
     cfg.model.arch = "resnet50"  # the note suggests the smaller resnet18
     notes = []
     clock = RunClock(cfg, time.time(), steps_per_epoch=160, n_val_images=800, write=notes.append)
@@ -451,3 +493,15 @@ def test_a_60_second_budget_on_real_images_ends_within_15_percent(tmp_path):
     assert len(result.history) >= 2 and b["planned_epochs"] == len(result.history)
     if not b["stop_reason"]:  # the plan was run to its end: the cosine is at its minimum
         assert result.history[-1]["lr"] == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)
+
+
+def test_quickstart_is_a_10_minute_budget_unless_epochs_are_given():
+    from medclass.cli import _build_config
+
+    cfg = _build_config(None, None, [], **{"train.epochs": None, "train.time_budget": None})
+    assert cfg.train.time_budget == "10m" and cfg.data.image_size == "auto" and cfg.data.channels == 1
+    cfg = _build_config(None, None, [], **{"train.epochs": 5, "train.time_budget": None})
+    assert cfg.train.time_budget is None and cfg.train.epochs == 5
+    assert (cfg.data.image_size, cfg.model.stem) == (28, "small")  # not auto's 224 px without a budget
+    cfg = _build_config(None, None, [], **{"train.epochs": 5, "train.time_budget": "2m"})
+    assert cfg.train.time_budget == "2m" and cfg.data.image_size == "auto"

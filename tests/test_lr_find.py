@@ -185,7 +185,7 @@ def test_cli_bad_setting_is_one_error_line(tmp_path):
 
 def test_lr_find_needs_a_pixel_size(tmp_path):
     cfg = tiny_config(tmp_path)
-    cfg.data.image_size = "auto"
+    cfg.data.image_size = "big"
     with pytest.raises(ValueError, match="image_size"):
         L.lr_find(cfg, None)
 

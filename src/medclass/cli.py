@@ -59,8 +59,9 @@ def _build_config(data: Optional[str], config: Optional[Path], sets: List[str], 
         ConfigError: an unknown key, a bad value or a ``--set`` item without ``=``.
     """
     cfg = RunConfig()
-    if config is None and data is None:
-        cfg.update(PRESETS["breastmnist"])
+    if config is None and data is None:  # the quickstart; --epochs alone means epochs, not its budget
+        fixed = options.get("train.epochs") is not None and options.get("train.time_budget") is None
+        cfg.update(PRESETS["breastmnist-epochs" if fixed else "breastmnist"])
     if config is not None:
         cfg = RunConfig.load(config)
     if data is not None:

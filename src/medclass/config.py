@@ -15,7 +15,7 @@ import yaml
 
 __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "parse_duration",
-    "check_image_size", "check_budget_config", "check_recipe",
+    "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
 ]
 
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
@@ -67,9 +67,22 @@ def parse_duration(text: Any, key: str = "train.time_budget") -> float:
     return seconds
 
 
+#: ``data.image_size: auto`` without a time budget: the ImageNet convention, 224 px (with a
+#: budget the size is chosen from it, :func:`medclass.engine.budget.choose_resolution`).
+DEFAULT_IMAGE_SIZE = 224
+
+
+def fixed_image_size(cfg: "RunConfig") -> None:
+    """Resolve ``data.image_size: auto`` of a run without ``train.time_budget`` to
+    :data:`DEFAULT_IMAGE_SIZE` (pixels), in place; a size in pixels, or ``auto`` with a budget
+    (chosen when training starts), stays as it is."""
+    if cfg.data.image_size == "auto" and cfg.train.time_budget is None:
+        cfg.data.image_size = DEFAULT_IMAGE_SIZE
+
+
 def check_image_size(value: Any) -> None:
-    """``data.image_size``: a positive number of pixels, or ``"auto"`` (chosen from a time budget,
-    :func:`medclass.engine.budget.choose_resolution`).
+    """``data.image_size``: a positive number of pixels, or ``"auto"`` (with a time budget chosen
+    from it, :func:`medclass.engine.budget.choose_resolution`; without one :data:`DEFAULT_IMAGE_SIZE`).
 
     Raises:
         ConfigError: anything else, naming the key.
@@ -122,21 +135,15 @@ def _check_recipe_value(dotted: str, value: Any) -> None:
 
 
 def check_budget_config(cfg: "RunConfig") -> None:
-    """The time-budget keys of ``cfg`` agree: ``train.time_budget`` parses
-    (:func:`parse_duration`) and ``data.image_size: auto`` comes with a budget (the size is chosen
-    from it).
+    """The time-budget keys of ``cfg`` are valid: ``train.time_budget`` parses
+    (:func:`parse_duration`) and ``data.image_size`` is pixels or ``auto``.
 
     Raises:
-        ConfigError: a bad duration, or ``auto`` without a budget; the message names the keys.
+        ConfigError: a bad duration or image size; the message names the key.
     """
     if cfg.train.time_budget is not None:
         parse_duration(cfg.train.time_budget)
     check_image_size(cfg.data.image_size)
-    if cfg.data.image_size == "auto" and cfg.train.time_budget is None:
-        raise ConfigError(
-            "data.image_size 'auto' chooses the size from a time budget: give train.time_budget too "
-            "(--time-budget 15m), or an image size in pixels"
-        )
 
 
 @dataclass
@@ -145,8 +152,9 @@ class DataConfig:
 
     ``source``: a folder (class folders, optionally under train/valid/test), a CSV manifest, or a
     MedMNIST ``.npz``; ``None`` means the bundled BreastMNIST. ``image_size`` is in pixels (square),
-    or ``"auto"`` with ``train.time_budget``: chosen with the stem from the budget before training
-    (:func:`medclass.engine.budget.choose_resolution`; the run records the chosen size).
+    or ``"auto"`` (the default): with ``train.time_budget`` chosen with the stem from the budget
+    before training (:func:`medclass.engine.budget.choose_resolution`), without one
+    :data:`DEFAULT_IMAGE_SIZE`; the run records the size used.
     ``channels``: 3 (RGB) or 1 (greyscale). Split fractions apply only where the data has no split.
     ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`).
 
@@ -155,7 +163,7 @@ class DataConfig:
     """
 
     source: Optional[str] = None
-    image_size: int = 224  # or "auto" together with train.time_budget
+    image_size: Any = "auto"  # pixels, or auto: from train.time_budget when given, else DEFAULT_IMAGE_SIZE
     channels: int = 3
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -381,15 +389,17 @@ class RunConfig:
 
 
 #: Named recipes applied by ``medclass train`` when no data or config is given.
-#: ``breastmnist``: the bundled default (28 px greyscale ultrasound), ResNet-50 with the ImageNet
-#: stem at the native 28 px (about 8 s an epoch on 2 CPU cores, so 50 epochs fit in 10 minutes).
-#: The best checkpoint is chosen by validation accuracy: on this set's 78 validation images the
-#: minimum of val_loss was a one-epoch spike (epoch 18 of results/breastmnist-val-loss) while
-#: validation accuracy held 0.90-0.92 over the last 10 epochs of the cosine schedule.
+#: ``breastmnist``: the bundled default (28 px greyscale ultrasound) on a 10-minute budget with the
+#: default recipe: ``image_size: auto`` keeps the native 28 px and takes the small stem when it
+#: affords enough epochs (:func:`medclass.engine.budget.auto_candidates`). ``breastmnist-epochs``
+#: replaces it when ``--epochs`` is given without a budget: the same size and stem, fixed.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "breastmnist": {
+        "data": {"channels": 1, "rotation_degrees": 10.0, "crop_scale": [0.8, 1.0]},
+        "train": {"time_budget": "10m"},
+    },
+    "breastmnist-epochs": {
         "data": {"image_size": 28, "channels": 1, "rotation_degrees": 10.0, "crop_scale": [0.8, 1.0]},
-        "model": {"arch": "resnet50", "stem": "imagenet"},
-        "train": {"epochs": 50, "batch_size": 32, "lr": 1e-3, "schedule": "cosine", "monitor": "val_accuracy"},
+        "model": {"stem": "small"},
     },
 }

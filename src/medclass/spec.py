@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from . import pipeline
-from .config import RESIZE_RULES, ConfigError, RunConfig  # RESIZE_RULES: squash | pad (data.resize)
+from .config import DEFAULT_IMAGE_SIZE, RESIZE_RULES, ConfigError, RunConfig  # RESIZE_RULES: squash | pad (data.resize)
 from .runs import RunError, RunFiles
 
 __all__ = [
@@ -237,17 +237,25 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
     """The spec of a run trained with ``cfg`` on ``class_names``: input size, channels, DICOM
     window from ``cfg.data``; mean/std from :func:`normalization_of`; task kind and architecture
     from ``cfg.model``; uncalibrated (temperature 1.0, no threshold); provenance ``run_name``,
-    ``epoch`` and this medclass's version. ``cfg`` is not changed.
+    ``epoch`` and this medclass's version. ``cfg`` is not changed. ``data.image_size: auto``
+    without a time budget is :data:`~medclass.config.DEFAULT_IMAGE_SIZE`.
 
     Raises:
-        ValueError: a field out of range (see :class:`ModelSpec`).
+        ValueError: a field out of range (see :class:`ModelSpec`), or ``image_size: auto`` with a
+            time budget (chosen when training starts: resolve it first).
     """
     mean, std = normalization_of(cfg)
     d = cfg.data
+    size = d.image_size
+    if size == "auto":
+        if cfg.train.time_budget is not None:
+            raise ValueError("data.image_size 'auto' with a time budget is chosen when training starts; "
+                             "a spec needs the size in pixels")
+        size = DEFAULT_IMAGE_SIZE
     return ModelSpec(
         class_names=[str(c) for c in class_names],
         channels=int(d.channels),
-        image_size=int(d.image_size),
+        image_size=int(size),
         mean=mean,
         std=std,
         dicom_window=[float(v) for v in d.dicom_window] if d.dicom_window is not None else None,

@@ -31,7 +31,7 @@ from .io import ImageReadError, read_image, to_model_input, validate_resize
 from .sources import NPZ_SEP, Sample
 
 __all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "cache_dir_for", "file_digest", "cache_key",
-           "CACHE_VERSION"]
+           "CACHE_VERSION", "native_side"]
 
 #: Bump when decoding changes (resize filter, channel conversion): old cache entries are then unused.
 CACHE_VERSION = 1
@@ -61,7 +61,7 @@ def _npz_images(path: str, prefix: str) -> np.ndarray:
         return np.asarray(data[f"{prefix}_images"])
 
 
-def load_sample(path: str, channels: int, size: int, dicom_window: Optional[Sequence[float]] = None,
+def load_sample(path: str, channels: int, size: Optional[int], dicom_window: Optional[Sequence[float]] = None,
                 resize: str = "squash") -> np.ndarray:
     """Read one image (a file, or ``"<file.npz>::<split>::<i>"``) as uint8 ``(size, size, C)``.
 
@@ -77,6 +77,23 @@ def load_sample(path: str, channels: int, size: int, dicom_window: Optional[Sequ
         arr = _npz_images(npz, prefix)[int(i)]
         return to_model_input(Image.fromarray(arr), channels, size, resize)
     return read_image(path, channels, size, dicom_window, resize)
+
+
+def native_side(samples: Sequence[Sample], channels: int, n: int = 32,
+                dicom_window: Optional[Sequence[float]] = None) -> Optional[int]:
+    """The images' own resolution: the median shorter side, in pixels, of up to ``n`` samples
+    spread evenly over ``samples`` (decoded at their own size); ``None`` when none of them can be
+    read. ``data.image_size: auto`` uses it not to upsample small images
+    (:func:`medclass.engine.budget.choose_resolution`)."""
+    picked = list(samples)[:: max(1, len(samples) // max(1, n))][:n]
+    sides = []
+    for s in picked:
+        try:
+            arr = load_sample(s.path, channels, None, dicom_window)
+        except (OSError, ValueError):
+            continue
+        sides.append(min(arr.shape[0], arr.shape[1]))
+    return int(np.median(sides)) if sides else None
 
 
 @lru_cache(maxsize=65536)

@@ -24,11 +24,12 @@ A resumed budget run counts the time its earlier invocations spent (``RUN/budget
 after every epoch: seconds spent, plan, re-plans); time between a kill and the restart is not
 counted. A resume whose plan still holds continues exactly as the uninterrupted run would.
 
-``data.image_size: auto`` (``--image-size auto``, only with a budget) chooses the resolution and
+``data.image_size: auto`` (``--image-size auto``, with a budget) chooses the resolution and
 the ResNet stem before decoding (:func:`choose_resolution`): the training speed of each candidate
-of :data:`RESOLUTION_CANDIDATES` is measured on a sample of the real images
-(:func:`measure_candidate_speeds`), and the most preferred candidate that still affords
-:data:`MIN_EPOCHS_FOR_SIZE` epochs is taken.
+of :data:`RESOLUTION_CANDIDATES` not larger than the images (:func:`auto_candidates`) is measured
+on a sample of the real images (:func:`measure_candidate_speeds`), and the most preferred
+candidate that still affords :data:`MIN_EPOCHS_FOR_SIZE` epochs is taken. It is the default
+(``data.image_size: auto``); without a budget ``auto`` is 224 px.
 
 Without a budget nothing extra is run: the first steps of the first epoch are timed as they
 happen (:class:`TimedLoader`) and, when the whole run would pass :data:`LONG_RUN_SECONDS`, the
@@ -56,22 +57,34 @@ from ..runs import RunError
 
 __all__ = [
     "parse_duration", "Throughput", "Budget", "ResolutionChoice", "TimedLoader", "BUDGET_FILE",
-    "RESOLUTION_CANDIDATES", "MIN_EPOCHS_FOR_SIZE", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
-    "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds",
+    "RESOLUTION_CANDIDATES", "THUMBNAIL_STEMS", "MIN_EPOCHS_FOR_SIZE", "MIN_EPOCHS_FOR_THUMBNAIL_STEM", "auto_candidates", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
+    "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds", "measure_affordable_speeds",
     "measure_throughput", "preserved_state", "estimate_save_seconds", "format_duration", "long_run_message",
     "plan_message", "RunClock",
 ]
 
-#: The candidates of ``data.image_size: auto`` as ``(image_size, model.stem)``, most preferred
-#: first: :func:`choose_resolution` takes the first one that affords :data:`MIN_EPOCHS_FOR_SIZE`
-#: epochs in the budget. The order is "most compute per image first" (the small stem keeps 16x
-#: the positions of the ImageNet stem at the same size: 64 px small costs about what 256 px
-#: ImageNet does). PLACEHOLDER: the lead fills this table (and :data:`MIN_EPOCHS_FOR_SIZE`) from
-#: the measured validation accuracy per minute by size and stem in ``results/ablation/``.
-RESOLUTION_CANDIDATES: tuple[tuple[int, str], ...] = ((64, "small"), (128, "imagenet"), (64, "imagenet"))
+#: The candidates of ``data.image_size: auto`` as ``(image_size, model.stem)``, most compute per
+#: image first: :func:`choose_resolution` takes the first one that affords :data:`MIN_EPOCHS_FOR_SIZE`
+#: epochs in the budget, among those not larger than the images themselves (:func:`auto_candidates`).
+#: The rule, from the validation-split ablation in ``results/ablation/*-size.json`` (README,
+#: "Choosing the default recipe"): at a fixed budget, more pixels win until the epochs run short.
+RESOLUTION_CANDIDATES: tuple[tuple[int, str], ...] = (
+    (224, "imagenet"), (160, "imagenet"), (128, "imagenet"), (96, "imagenet"), (64, "imagenet"),
+)
 
-#: Fewest planned epochs for which ``auto`` accepts a candidate (from ``results/ablation/``, see above).
-MIN_EPOCHS_FOR_SIZE = 15
+#: Fewest planned epochs for which ``auto`` accepts a size (``results/ablation/*-size.json``, 5-minute
+#: budgets): brain-tumor-mri-yn scored best at 96 px (132 epochs) against 128 px (81) and 64 px
+#: (220); chest-ct at 64 px (67 epochs) against 96 px (37) and 128 px. The threshold lies between
+#: 81 and 132 epochs on this evidence (38 and 72 validation images: one image is 1.4-2.6 points).
+MIN_EPOCHS_FOR_SIZE = 100
+
+#: Images smaller than every candidate (MedMNIST's 28 px): their own size, with these stems in this
+#: order. The small stem keeps 16x the positions (BreastMNIST, 5 min: validation AUROC 0.939 with 32
+#: epochs against 0.849 with the ImageNet stem at 28 px (141 epochs) and 0.874 upsampled to 64 px (78)).
+THUMBNAIL_STEMS: tuple[str, ...] = ("small", "imagenet")
+
+#: Fewest planned epochs for which ``auto`` takes the small stem on such images (the 32 above).
+MIN_EPOCHS_FOR_THUMBNAIL_STEM = 30
 
 #: Seconds kept at the end of a budget for what follows the last epoch (``curves.png``,
 #: ``train_summary.json``).
@@ -169,6 +182,22 @@ class ResolutionChoice:
     stem: str
     reason: str
     candidates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def auto_candidates(native: Optional[int], candidates: Optional[Sequence[tuple[int, str]]] = None
+                    ) -> tuple[list[tuple[int, str]], int]:
+    """The candidates of ``data.image_size: auto`` for images whose shorter side is ``native``
+    pixels (:func:`medclass.data.native_side`), and the fewest epochs one must afford: those of
+    ``candidates`` (default :data:`RESOLUTION_CANDIDATES`) not larger than ``native`` (upsampling
+    adds compute, not detail) with :data:`MIN_EPOCHS_FOR_SIZE`; where that leaves none
+    (thumbnails such as MedMNIST's 28 px), the native size with the small stem, then with the
+    ImageNet stem (:data:`THUMBNAIL_STEMS`), with :data:`MIN_EPOCHS_FOR_THUMBNAIL_STEM`.
+    ``native=None`` (unknown) keeps every candidate."""
+    candidates = list(RESOLUTION_CANDIDATES if candidates is None else candidates)
+    kept = candidates if native is None else [c for c in candidates if c[0] <= native]
+    if kept:
+        return kept, MIN_EPOCHS_FOR_SIZE
+    return [(int(native), stem) for stem in THUMBNAIL_STEMS], MIN_EPOCHS_FOR_THUMBNAIL_STEM
 
 
 def choose_resolution(
@@ -391,6 +420,46 @@ def measure_candidate_speeds(
             _sync(device)
             speeds[(int(size), stem)] = len(images) * timed_steps / (time.perf_counter() - t0)
             del model, optimizer
+    return speeds
+
+
+def measure_affordable_speeds(
+    cfg: RunConfig,
+    samples: Sequence[Any],
+    num_classes: int,
+    device: torch.device,
+    budget_seconds: float,
+    candidates: Sequence[tuple[int, str]],
+    *,
+    n_val_images: int = 0,
+    min_epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    speed_scale: float = 1.0,
+) -> dict[tuple[int, str], float]:
+    """The training speeds :func:`choose_resolution` needs, measured cheapest candidate first
+    (``candidates`` are most compute first, so in reverse) with :func:`measure_candidate_speeds`,
+    stopping after the first one that affords fewer than ``min_epochs`` epochs in
+    ``budget_seconds``: the dearer ones would afford fewer still, and measuring them would spend
+    the budget (a 224 px step of ResNet-18 takes seconds on a CPU).
+
+    Args:
+        cfg, samples, num_classes, device, batch_size: as :func:`measure_candidate_speeds`.
+        budget_seconds, n_val_images, min_epochs: as :func:`choose_resolution`.
+        candidates: ``(image_size, stem)``, most compute first.
+        speed_scale: multiplies every measured speed (the number of DDP processes).
+    Returns:
+        ``{(image_size, stem): training images per second}`` of the candidates measured.
+    """
+    min_epochs = MIN_EPOCHS_FOR_SIZE if min_epochs is None else min_epochs
+    speeds: dict[tuple[int, str], float] = {}
+    for cand in reversed(list(candidates)):
+        got = measure_candidate_speeds(cfg, samples, num_classes, device, [cand], batch_size=batch_size)
+        if cand not in got:
+            continue
+        speeds[cand] = got[cand] * speed_scale
+        epoch_s = len(samples) / speeds[cand] + n_val_images / (speeds[cand] * VALIDATION_SPEEDUP)
+        if epochs_that_fit(budget_seconds, epoch_s) < min_epochs:
+            break
     return speeds
 
 

@@ -355,12 +355,14 @@ def lr_find(
         log: where progress lines go.
 
     Raises:
-        ValueError: a bad sweep setting, ``suggest_by`` or ``data.image_size`` (not a pixel count).
+        ValueError: a bad sweep setting, ``suggest_by`` or ``data.image_size`` (neither pixels nor ``auto``,
+            which is :data:`medclass.config.DEFAULT_IMAGE_SIZE` here).
         RunError: no readable training image.
         medclass.data.DataError, medclass.data.ImageReadError: bad data.
     """
     import torch
 
+    from ..config import fixed_image_size
     from ..data import Preprocess, build_augmentation, build_index
     from ..runs import RunError
     from ..spec import spec_from_config
@@ -372,13 +374,14 @@ def lr_find(
     if suggest_by not in SUGGESTIONS:
         raise ValueError(f"lr-find: suggest_by must be one of {', '.join(SUGGESTIONS)}, got {suggest_by!r}")
     exponential_lrs(start_lr, end_lr, num_iter)  # check the sweep before decoding anything
-    size = cfg.data.image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"lr-find needs data.image_size in pixels, got {size!r} ('auto' is chosen by a time "
-                         "budget in `medclass train`; use the size that run chose)")
     t0 = time.time()
     cfg = copy.deepcopy(cfg)
     tc = cfg.train
+    tc.time_budget = None  # the sweep has no budget: image size auto is DEFAULT_IMAGE_SIZE
+    fixed_image_size(cfg)
+    size = cfg.data.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"lr-find needs data.image_size in pixels or 'auto', got {size!r}")
     ctx = DistContext()
     torch.manual_seed(tc.seed)
     device = select_device(tc.device)

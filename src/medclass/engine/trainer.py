@@ -38,10 +38,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, check_budget_config, check_recipe, parse_duration
+from ..config import RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
 from ..runs import RunError, RunFiles
 from ..data import (
-    DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, write_manifest,
+    DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
 )
 from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
@@ -60,8 +60,8 @@ from .run_folder import (  # noqa: F401  (DISK_MARGIN_BYTES, checkpoint_bytes_ne
     DISK_MARGIN_BYTES, check_disk_space, checkpoint_bytes_needed, prepare_run_dir, remove_stale_temp_files, write_failed,
 )
 from .budget import (
-    BUDGET_FILE, MAX_WARMUP_FRACTION, Budget, RunClock, choose_resolution, estimate_save_seconds, format_duration,
-    measure_candidate_speeds, measure_throughput, plan_message, preserved_state,
+    BUDGET_FILE, MAX_WARMUP_FRACTION, Budget, RunClock, auto_candidates, choose_resolution, estimate_save_seconds,
+    format_duration, measure_affordable_speeds, measure_throughput, plan_message, preserved_state,
 )
 from .schedules import LRSchedule
 
@@ -615,15 +615,19 @@ def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.devi
     ``budget.resolution``."""
     samples = index.splits["train"]
     per_rank = max(1, cfg.train.batch_size // ctx.world_size)
-    speeds = {k: v * ctx.world_size for k, v in
-              measure_candidate_speeds(cfg, samples, index.num_classes, device, batch_size=per_rank).items()}
+    native = native_side(samples, cfg.data.channels, dicom_window=cfg.data.dicom_window)
+    candidates, min_epochs = auto_candidates(native)
     n_val = len(index.splits.get("valid") or [])
-    choice = choose_resolution(budget.available(), len(samples), speeds, n_val_images=n_val)
+    speeds = measure_affordable_speeds(cfg, samples, index.num_classes, device, budget.available(), candidates,
+                                       n_val_images=n_val, min_epochs=min_epochs, batch_size=per_rank,
+                                       speed_scale=ctx.world_size)
+    choice = choose_resolution(budget.available(), len(samples), speeds, n_val_images=n_val, min_epochs=min_epochs,
+                               candidates=candidates)
     order = [(r["image_size"], r["stem"]) for r in choice.candidates]
     picked = order[_agree(order.index((choice.image_size, choice.stem)), ctx, device)]
     cfg.data.image_size, cfg.model.stem = picked
     budget.resolution = {"image_size": picked[0], "stem": picked[1], "reason": choice.reason,
-                         "candidates": choice.candidates}
+                         "native_side": native, "candidates": choice.candidates}
     log(f"image size auto: {choice.reason}")
 
 
@@ -701,7 +705,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             ``metrics.csv`` that cannot be written during training (a full disk), naming the
             file and the intact checkpoint ``--resume`` continues from; a time budget that
             cannot fit one epoch.
-        ConfigError: a bad ``train.time_budget``, or ``data.image_size: auto`` without one.
+        ConfigError: a bad ``train.time_budget`` or ``data.image_size``.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
     """
     t_start = time.time()
@@ -724,7 +728,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if resume:
         cfg.data.manifest = str(files.manifest)
     index = build_index(cfg.data)
-    if cfg.data.image_size == "auto":  # (a resumed run's config.yaml holds the size chosen)
+    fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
+    if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
