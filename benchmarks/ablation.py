@@ -57,6 +57,8 @@ CONFIGS: dict[str, list[str]] = {
     "small-px32": ["model.stem=small", "data.image_size=32"],
     "px64": ["data.image_size=64"],
     "balanced-loss": ["data.class_balance=loss"],
+    "balanced-sampler": ["data.class_balance=sampler"],
+    "small-balanced-loss": ["model.stem=small", "data.class_balance=loss"],
     "px128+balanced-loss": ["data.image_size=128", "data.class_balance=loss"],
 }
 
