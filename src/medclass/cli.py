@@ -154,6 +154,9 @@ def evaluate(
     target_sensitivity: Optional[float] = typer.Option(
         None, "--target-sensitivity", help="Binary: threshold reaching this sensitivity on validation (default Youden's J)."
     ),
+    group_aggregation: str = typer.Option(
+        "mean", "--group-aggregation", help="Per-group results (CSV group column): mean, or max (any image positive)."
+    ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
     from .evaluation import evaluate_run
@@ -162,7 +165,8 @@ def evaluate(
     with _user_errors():
         metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
-                               explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity)
+                               explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
+                               group_how=group_aggregation)
     typer.echo(format_metrics(metrics))
 
 

@@ -96,6 +96,26 @@ def _explain(run: LoadedRun, decoded, probs: np.ndarray, y: np.ndarray, idx: np.
     return written
 
 
+def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                 how: str, n_bootstrap: int, seed: int) -> Optional[dict[str, Any]]:
+    """Metrics per group (patient, lesion) of the evaluated images ``idx``, or None when the
+    images carry no groups or every group holds one image (then it equals image level)."""
+    from .groups import aggregate_groups
+
+    if how not in ("mean", "max"):
+        raise ValueError(f"group aggregation must be mean or max, got {how!r}")
+    groups = [decoded.samples[i].group for i in idx]
+    if any(g is None or g == "" for g in groups) or len(set(groups)) == len(groups):
+        return None
+    g = aggregate_groups(probs[idx], y[idx], groups, how)
+    out: dict[str, Any] = {"aggregation": how, "n_images": int(len(idx)), "n_groups": len(g.groups),
+                           "conflicts": g.conflicts}
+    if len(g.groups):
+        out.update(classification_metrics(g.labels, g.probs, class_names))
+        out["confidence_intervals"] = bootstrap_ci(g.labels, g.probs, n_bootstrap, seed)
+    return out
+
+
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
@@ -164,6 +184,7 @@ def evaluate_run(
     dedupe: bool = False,
     explain: int = 0,
     target_layer: Optional[str] = None,
+    group_how: str = "mean",
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``split`` of its own data (its manifest), or on
     ``data`` (all its images when it has no given split). Writes ``metrics.json``,
@@ -187,7 +208,14 @@ def evaluate_run(
     ``explain`` most confident right and wrong predictions per true class into
     ``<out>/explain/<class>-<right|wrong>/``, at ``target_layer`` (default: the last stage).
 
+    Groups: where images share a group (the CSV's group column: patient, lesion, study),
+    ``group_level`` holds the same metrics and bootstrap intervals per group (resampling groups),
+    the images' probabilities aggregated by ``group_how`` (``mean`` or ``max``,
+    :func:`medclass.evaluation.groups.aggregate_groups`); groups whose images carry different
+    labels are listed under ``conflicts`` and left out.
+
     Raises:
+        ValueError: ``group_how`` not ``mean`` or ``max``.
         RunError, CheckpointError: not a run, no checkpoint.
         DataError: no such split, or classes the run does not know.
     """
@@ -221,6 +249,9 @@ def evaluate_run(
             "removed" if dedupe else "found": leaked["items"],
             "metrics_with_duplicates" if dedupe else "metrics_without_duplicates": other_metrics,
         }
+    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed)
+    if group_level is not None:
+        metrics["group_level"] = group_level
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     cal_probs = probs
@@ -307,6 +338,16 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         a = op["at_chosen"]
         lines.append(f"  operating point ({op['chosen_on_valid']['method']} on valid, positive {op['positive_class']}): "
                      f"threshold {a['threshold']:.3f}  sensitivity {a['sensitivity']:.3f}  specificity {a['specificity']:.3f}")
+    grp = metrics.get("group_level")
+    if grp:
+        line = f"  per group ({grp['n_groups']} groups of {grp['n_images']} images, {grp['aggregation']} of their probabilities)"
+        if grp.get("accuracy") is not None:
+            line += ": " + "  ".join(
+                f"{name} " + (f"{grp[k]:.4f}" if grp.get(k) is not None else "n/a")
+                for k, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")))
+        if grp["conflicts"]:
+            line += f"; {len(grp['conflicts'])} groups with images of different labels left out (metrics.json)"
+        lines.append(line)
     dup = metrics.get("held_out_duplicates")
     if dup:
         other = dup.get("metrics_with_duplicates") or dup.get("metrics_without_duplicates")
