@@ -391,15 +391,17 @@ class RunConfig:
 #: Named recipes applied by ``medclass train`` when no data or config is given.
 #: ``breastmnist``: the bundled default (28 px greyscale ultrasound) on a 10-minute budget with the
 #: default recipe: ``image_size: auto`` keeps the native 28 px and takes the small stem when it
-#: affords enough epochs (:func:`medclass.engine.budget.auto_candidates`). ``breastmnist-epochs``
+#: affords enough epochs (:func:`medclass.engine.budget.auto_candidates`). It is what
+#: ``benchmarks/recipe_vs_monai.py breastmnist.npz --budget 10`` runs (README: 0.865 accuracy,
+#: 0.918 AUROC on the test split). ``breastmnist-epochs``
 #: replaces it when ``--epochs`` is given without a budget: the same size and stem, fixed.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "breastmnist": {
-        "data": {"channels": 1, "rotation_degrees": 10.0, "crop_scale": [0.8, 1.0]},
+        "data": {"channels": 1},
         "train": {"time_budget": "10m"},
     },
     "breastmnist-epochs": {
-        "data": {"image_size": 28, "channels": 1, "rotation_degrees": 10.0, "crop_scale": [0.8, 1.0]},
+        "data": {"image_size": 28, "channels": 1},
         "model": {"stem": "small"},
     },
 }
