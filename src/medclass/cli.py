@@ -86,7 +86,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (ignored with --time-budget: planned)."),
     image_size: Optional[str] = typer.Option(
-        None, "--image-size", help="Training size in pixels, or auto (with --time-budget: size and stem chosen from it)."
+        None, "--image-size", help="Training size in pixels, or auto (the default: with --time-budget size and stem "
+        "chosen for it, else 224)."
     ),
     time_budget: Optional[str] = typer.Option(
         None, "--time-budget", help="Wall-clock budget of the training, e.g. 90s, 15m, 1.5h: the epochs and the "
