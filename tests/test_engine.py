@@ -105,7 +105,8 @@ def test_run_folder_contents_and_metrics_csv(tmp_path):
     assert any((root / "tensorboard").iterdir())
     rows = list(csv.DictReader(open(root / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr",
+                            "seconds"}
     assert json.loads((root / "classes.json").read_text()) == ["bright", "dark"]
     assert RunConfig.load(root / "config.yaml").train.epochs == 2
     # a run that exists is not overwritten

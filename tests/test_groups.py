@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medclass.evaluation.groups import age_bands, aggregate_groups, subgroup_metrics
+from medclass.evaluation.groups import aggregate_groups, is_numeric, numeric_bins, subgroup_metrics
 from medclass.evaluation.metrics import bootstrap_ci
 
 
@@ -67,9 +67,14 @@ def test_subgroups_give_intervals_flag_small_ones_and_the_gap():
     assert out["gap"]["accuracy"]["difference"] == pytest.approx(1.0 - t["female"]["accuracy"])
 
 
-def test_age_bands_state_their_bins_and_keep_unknown_ages():
-    assert age_bands([45, "45.0", 0, 80, "", "unknown", float("nan")], width=20) == [
-        "40-59", "40-59", "0-19", "80-99", None, None, None]
+def test_numeric_columns_become_stated_quartile_bins_and_missing_stays_unknown():
+    ages = [20, 30, 40, 50, 60, 70, 80, 90, "", "unknown", None]
+    assert is_numeric(ages) and not is_numeric(["male", "female", ""]) and not is_numeric(["", None])
+    bins, edges = numeric_bins(ages)
+    assert edges == [20.0, 37.5, 55.0, 72.5, 90.0]
+    assert bins[:8] == ["20-37.5", "20-37.5", "37.5-55", "37.5-55", "55-72.5", "55-72.5", "72.5-90", "72.5-90"]
+    assert bins[8:] == [None, None, None]
+    assert numeric_bins([5, 5, 5])[0] == ["5", "5", "5"]  # one value: one bin
 
 
 def _csv_with_patients(root, n_patients=24, conflict=False):
@@ -89,9 +94,10 @@ def _csv_with_patients(root, n_patients=24, conflict=False):
             rel = f"img/p{p}_{k}.png"
             (root / "img").mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.clip(rng.normal(level, 20, (16, 16)), 0, 255).astype(np.uint8)).save(root / rel)
-            rows.append({"path": rel, "label": lab, "patient_id": f"P{p:02d}"})
+            rows.append({"path": rel, "label": lab, "patient_id": f"P{p:02d}", "sex": ["male", "female", ""][p % 3],
+                         "age": str(20 + 3 * p)})
     with open(root / "meta.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "patient_id"])
+        w = csv.DictWriter(f, fieldnames=["path", "label", "patient_id", "sex", "age"])
         w.writeheader()
         w.writerows(rows)
     return root / "meta.csv", rows
@@ -119,10 +125,25 @@ def test_evaluate_reports_patient_level_results_beside_image_level(tmp_path):
     assert "per group" in format_metrics(m)
 
     # another data set where one patient's images disagree: reported, left out, "max" on request
-    other, _ = _csv_with_patients(tmp_path / "other", n_patients=6, conflict=True)
+    other, other_rows = _csv_with_patients(tmp_path / "other", n_patients=6, conflict=True)
     m = evaluate_run(tmp_path / "run", data=str(other), progress=False, n_bootstrap=50, calibrate=False,
                      out_dir=tmp_path / "eval-other", group_how="max")
     g = m["group_level"]
     assert g["aggregation"] == "max" and [c["group"] for c in g["conflicts"]] == ["P02"] and g["n_groups"] == 5
     with pytest.raises(ValueError, match="mean or max"):
         evaluate_run(tmp_path / "run", progress=False, calibrate=False, group_how="median")
+
+    # subgroups from the CSV's columns: sex as written (missing: "unknown"), age in stated quartile bins
+    m = evaluate_run(tmp_path / "run", data=str(other), progress=False, n_bootstrap=50, calibrate=False,
+                     out_dir=tmp_path / "eval-sub", subgroups=["sex", "age"])
+    sex, age = m["subgroups"]["sex"], m["subgroups"]["age"]
+    assert set(sex["subgroups"]) == {"male", "female", "unknown"} and sex["bins"] is None
+    assert sum(r["n"] for r in sex["subgroups"].values()) == m["n"] == len(other_rows)
+    assert all(r["too_small"] for r in sex["subgroups"].values())  # 12 images: every subgroup is flagged
+    assert len(age["bins"]) == 5 and len(age["subgroups"]) == 4
+    assert "by sex" in format_metrics(m) and "too few" in format_metrics(m)
+    from medclass.data import DataError
+
+    with pytest.raises(DataError, match="no column 'site'"):
+        evaluate_run(tmp_path / "run", data=str(other), progress=False, calibrate=False, subgroups=["site"],
+                     out_dir=tmp_path / "eval-x")

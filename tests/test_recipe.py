@@ -4,6 +4,7 @@ resizing; each off by default, each checked on its own and in a tiny run, with e
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,7 @@ def test_validation_scores_the_ema_model():
     images = torch.randint(0, 256, (10, 3, 2, 2), dtype=torch.uint8)
     labels = torch.randint(0, 2, (10,))
     ctx = trainer_module.DistContext()
-    val_loss, _ = validate(fit, images, torch.arange(10), labels, ctx, 4)
+    val_loss, _, _ = validate(fit, images, torch.arange(10), labels, ctx, 4)
     x = images.float() / 255
     assert val_loss == pytest.approx(F.cross_entropy(ema.module(x), labels).item(), rel=1e-5)
     assert val_loss != pytest.approx(F.cross_entropy(model(x), labels).item(), rel=1e-3)
@@ -480,3 +481,25 @@ def test_tiny_run_with_progressive_resizing(data, tmp_path, monkeypatch):
     per_epoch = [seen[i][1] for i in range(0, len(seen), 3)]  # 3 steps an epoch
     assert per_epoch == [8, 12, 12, 16] and all(a == b for a, b in seen)
     assert set(shapes) == {16}  # validation at the full size
+
+
+def test_validation_balanced_accuracy_is_scikit_learns_and_can_choose_the_checkpoint(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from medclass.config import ConfigError, RunConfig
+    from medclass.engine.trainer import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    y[:3] = 0  # every class present
+    assert balanced_accuracy(torch.as_tensor(p), torch.as_tensor(y)) == pytest.approx(balanced_accuracy_score(y, p))
+    with pytest.raises(ConfigError, match="train.monitor"):
+        RunConfig().set("train.monitor", "val_auroc")
+
+    data = make_folder_dataset(tmp_path / "data", per_class=8)
+    cfg = tiny_config(data, epochs=3, monitor="val_balanced_accuracy")
+    result = train(cfg, tmp_path / "run")
+    values = [r["val_balanced_accuracy"] for r in result.history]
+    assert result.best_value == max(values) and result.best_epoch == 1 + values.index(max(values))
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "val_balanced_accuracy" in header.split(",")

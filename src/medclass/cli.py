@@ -140,6 +140,53 @@ def train(
 
 
 @app.command()
+def cv(
+    data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz; none: the bundled BreastMNIST."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The cross-validation goes to RUNS_DIR/NAME."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    folds: int = typer.Option(5, "--folds", help="K: folds over the training and validation images."),
+    group_pattern: Optional[str] = typer.Option(
+        None, "--group-pattern", help="Regex whose first group, searched in each file name, names its patient/lesion."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted cross-validation (--name)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per fold (ignored with --time-budget)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Pixels, or auto."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Budget of all folds together, e.g. 30m."),
+    arch: Optional[str] = typer.Option(None, "--arch"),
+    sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
+) -> None:
+    """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
+    import json
+
+    from .evaluation.cv import CV_FILE, cross_validate, format_cv
+
+    with _user_errors():
+        if resume:
+            if not name:
+                _fail("--resume needs the --name of the cross-validation to continue")
+            root = runs_dir / name
+            if not (root / CV_FILE).is_file() or not (root / "config.yaml").is_file():
+                _fail(f"{root} holds no interrupted cross-validation ({CV_FILE}, config.yaml)")
+            cfg = RunConfig.load(root / "config.yaml")
+            settings = json.loads((root / CV_FILE).read_text())["settings"]
+            folds, group_pattern = settings["folds"], settings["group_pattern"]
+        else:
+            cfg = _build_config(data, config, sets, **{"train.epochs": epochs, "data.image_size": image_size,
+                                                        "train.time_budget": time_budget, "model.arch": arch})
+            check_budget_config(cfg)
+            from .engine.run_folder import new_run_dir
+
+            root = new_run_dir(runs_dir, name, cfg)
+        if not sys.stderr.isatty():
+            cfg.train.progress = False
+        record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
+                                log=typer.echo)
+        typer.echo(format_cv(record))
+        typer.echo(f"written to {root / CV_FILE}")
+
+
+@app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder."),
     data: Optional[str] = typer.Option(None, "--data", help="Other labelled data; default: the run's own split."),
@@ -158,6 +205,9 @@ def evaluate(
     group_aggregation: str = typer.Option(
         "mean", "--group-aggregation", help="Per-group results (CSV group column): mean, or max (any image positive)."
     ),
+    subgroups: Optional[str] = typer.Option(
+        None, "--subgroups", help="Comma-separated CSV columns (e.g. sex,age): results per subgroup with 95% CIs."
+    ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
     from .evaluation import evaluate_run
@@ -167,7 +217,8 @@ def evaluate(
         metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
                                explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
-                               group_how=group_aggregation)
+                               group_how=group_aggregation,
+                               subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
     typer.echo(format_metrics(metrics))
 
 

@@ -100,6 +100,8 @@ def _number(v: Any) -> bool:
 #: The training-recipe keys (issue 12) and what each accepts; :func:`check_recipe` and
 #: ``RunConfig.set`` check them, the code using them checks again.
 _RECIPE_RULES: dict[str, tuple[Any, str]] = {
+    "train.monitor": (lambda v: v in ("val_loss", "val_accuracy", "val_balanced_accuracy", "loss", "accuracy"),
+                      "one of val_accuracy | val_balanced_accuracy | val_loss | accuracy | loss"),
     "data.auto_augment": (lambda v: v in ("none", "randaugment", "trivialaugment"),
                           "one of none | randaugment | trivialaugment"),
     "data.randaugment_n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
@@ -277,7 +279,7 @@ class TrainConfig:
     plateau_patience: int = 3
     # the best checkpoint: validation accuracy (results/ablation/: with val_loss, brain-tumor-mri-yn's
     # 38 validation images made epoch 2, a one-class model, the "best"; balanced accuracy 0.50 vs 0.80)
-    monitor: str = "val_accuracy"
+    monitor: str = "val_accuracy"  # val_accuracy | val_balanced_accuracy | val_loss (| accuracy | loss)
     early_stopping: bool = False
     patience: int = 10
     min_delta: float = 0.0

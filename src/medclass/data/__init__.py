@@ -23,7 +23,7 @@ _EXPORTS = {
     "SPLITS": "sources", "DataError": "sources", "DataIndex": "sources", "Sample": "sources",
     "build_index": "sources", "bundled_breastmnist": "sources", "index_csv": "sources",
     "index_folder": "sources", "index_npz": "sources", "match_class_names": "sources",
-    "read_manifest": "sources", "write_manifest": "sources",
+    "read_manifest": "sources", "write_manifest": "sources", "csv_columns": "sources",
     "stratified_split": "splits",
     "Preprocess": "transforms", "build_augmentation": "transforms",
 }
@@ -33,7 +33,7 @@ _SUBMODULES = frozenset({"audit", "dataset", "dicom", "io", "sources", "splits",
 __all__ = [
     "SPLITS", "DataError", "DataIndex", "Sample", "DecodedSplit", "ImageReadError", "IMAGE_EXTENSIONS",
     "build_index", "bundled_breastmnist", "index_csv", "index_folder", "index_npz", "match_class_names",
-    "read_manifest", "write_manifest", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "native_side", "read_image",
+    "read_manifest", "write_manifest", "csv_columns", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "native_side", "read_image",
     "is_image_file", "expand_image_paths", "Preprocess", "build_augmentation", "read_dicom", "cross_split_duplicates", "dedupe",
     "write_audit", "NEAR_THRESHOLD",
 ]
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .io import IMAGE_EXTENSIONS, ImageReadError, expand_image_paths, is_image_file, read_image
     from .sources import (
         SPLITS, DataError, DataIndex, Sample, build_index, bundled_breastmnist, index_csv, index_folder,
-        index_npz, match_class_names, read_manifest, write_manifest,
+        csv_columns, index_npz, match_class_names, read_manifest, write_manifest,
     )
     from .splits import stratified_split
     from .transforms import Preprocess, build_augmentation

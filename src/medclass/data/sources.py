@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -254,18 +254,14 @@ def _pick_column(header: list[str], given: Optional[str], candidates: tuple[str,
     return None
 
 
-def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
-    """Index a CSV manifest: a path or id column, a label column, optional group and split columns.
-
-    Paths are relative to the CSV's folder. Ids (e.g. HAM10000's ``image_id``) are looked up as
-    ``images/<id>.<ext>`` or ``<id>.<ext>`` beside the CSV. Label column candidates: ``label``,
-    ``dx``, ...; group: ``group``, ``lesion_id``, ``patient_id``, ...; or set them in the config.
-    Without a ``split`` column, a stratified split is made that keeps every group on one side.
+def _read_csv(csv_path: Path, cfg: DataConfig) -> tuple[list[dict[str, str]], list[str], list[Path], list[str]]:
+    """The rows and header of a CSV manifest, each row's image path (relative paths against the
+    CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``) and the ids with no
+    image file.
 
     Raises:
-        DataError: unreadable CSV, missing columns, ids with no image file, empty labels.
+        DataError: unreadable or empty CSV, no path or id column.
     """
-    csv_path = Path(csv_path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -281,9 +277,6 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
             f"{csv_path}: no path column ({list(_PATH_COLUMNS)}) or id column ({list(_ID_COLUMNS)}); "
             f"columns are {header}. Set data.path_column or data.id_column."
         )
-    label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
-    group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
-    split_col = "split" if "split" in header else None
     base = csv_path.parent
     by_stem: dict[str, Path] = {}
     if id_col:
@@ -304,6 +297,42 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
                 # kept with its expected name: with skip_corrupt it is listed as skipped when decoded
                 p = (base / "images" if (base / "images").is_dir() else base) / f"{r[id_col]}.jpg"
             paths.append(p)
+    return rows, header, paths, missing
+
+
+def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], columns: Sequence[str]
+                ) -> dict[str, list[Optional[str]]]:
+    """The values of ``columns`` of a CSV manifest for each of ``samples`` (matched by image
+    path; ``None`` where a sample has no row), e.g. ``sex`` and ``age`` for subgroup results.
+
+    Raises:
+        DataError: unreadable CSV, or a column it does not have (the message lists its columns).
+    """
+    rows, header, paths, _ = _read_csv(Path(csv_path), cfg)
+    unknown = [c for c in columns if c not in header]
+    if unknown:
+        raise DataError(f"{csv_path}: no column {', '.join(map(repr, unknown))}; its columns are {header}")
+    row_of = {str(p): r for p, r in zip(paths, rows)}
+    return {c: [(row_of[s.path][c] if s.path in row_of else None) for s in samples] for c in columns}
+
+
+def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
+    """Index a CSV manifest: a path or id column, a label column, optional group and split columns.
+
+    Paths are relative to the CSV's folder. Ids (e.g. HAM10000's ``image_id``) are looked up as
+    ``images/<id>.<ext>`` or ``<id>.<ext>`` beside the CSV. Label column candidates: ``label``,
+    ``dx``, ...; group: ``group``, ``lesion_id``, ``patient_id``, ...; or set them in the config.
+    Without a ``split`` column, a stratified split is made that keeps every group on one side.
+
+    Raises:
+        DataError: unreadable CSV, missing columns, ids with no image file, empty labels.
+    """
+    csv_path = Path(csv_path)
+    rows, header, paths, missing = _read_csv(csv_path, cfg)
+    label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
+    group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
+    split_col = "split" if "split" in header else None
+    base = csv_path.parent
     if missing and not cfg.skip_corrupt:
         raise DataError(
             f"{csv_path}: {len(missing)} ids have no image file in {base / 'images'} or {base} "

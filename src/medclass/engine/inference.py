@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..models import logits_to_probs
 
-__all__ = ["select_device", "logits_to_probs", "predict_logits", "TTA_VIEWS", "channels_last_wanted"]
+__all__ = ["select_device", "logits_to_probs", "predict_logits", "logits_and_features", "TTA_VIEWS", "channels_last_wanted"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -78,3 +78,29 @@ def predict_logits(
     if not out:
         return torch.empty((0, 0))
     return torch.cat(out)
+
+
+def logits_and_features(
+    model: nn.Module,
+    images: Tensor,
+    preprocess: nn.Module,
+    device: torch.device,
+    batch_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Logits ``(N, K)`` and penultimate features ``(N, F)`` (the classifier head's input: pooled
+    features of :meth:`medclass.models.ClassifierModel.get_classifier`), float32 on the CPU, for
+    uint8 images ``(N, C, H, W)``, in batches; one forward pass (a pre-hook on the head).
+
+    Raises:
+        TypeError: ``model`` has no ``get_classifier`` (not a :class:`ClassifierModel`).
+    """
+    if not hasattr(model, "get_classifier"):
+        raise TypeError(f"{type(model).__name__} has no classifier head to take features from")
+    seen: list[Tensor] = []
+    handle = model.get_classifier().register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float()))
+    try:
+        logits = predict_logits(model, images, preprocess, device, batch_size)
+    finally:
+        handle.remove()
+    feats = torch.cat([t.flatten(1).cpu() for t in seen]) if seen else torch.empty((0, 0))
+    return logits, feats

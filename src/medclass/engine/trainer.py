@@ -67,7 +67,7 @@ from .schedules import LRSchedule
 
 __all__ = ["train", "TrainResult", "train_one_epoch", "validate", "save_epoch", "write_summary", "RunFiles", "RunError"]
 
-METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr", "seconds")
 
 
 @dataclass
@@ -220,7 +220,7 @@ def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             w.writeheader()
             for row in history:
-                w.writerow({k: row[k] for k in METRIC_COLUMNS})
+                w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})  # rows of older runs lack a column
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -485,13 +485,20 @@ def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
             torch.distributed.broadcast(b, src=0)
 
 
+def balanced_accuracy(predicted: Tensor, labels: Tensor) -> float:
+    """The mean over the classes present in ``labels`` (int ``(N,)``) of their recall among
+    ``predicted`` (int ``(N,)``): scikit-learn's ``balanced_accuracy_score`` (Brodersen et al. 2010)."""
+    recalls = [(predicted[labels == c] == c).float().mean() for c in torch.unique(labels)]
+    return torch.stack(recalls).mean().item() if recalls else float("nan")
+
+
 def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: DistContext,
-             batch_size: int) -> tuple[float, float]:
-    """Loss and accuracy of ``fit.model`` (of its EMA ``fit.ema`` with ``train.ema``) on the
-    validation split, at the full image size: each rank scores its ``shard``
+             batch_size: int) -> tuple[float, float, float]:
+    """Loss, accuracy and balanced accuracy of ``fit.model`` (of its EMA ``fit.ema`` with
+    ``train.ema``) on the validation split, at the full image size: each rank scores its ``shard``
     (row indices ``(n,)`` of the split; ``images`` uint8 ``(n, C, H, W)`` are those rows), the
     logits are gathered on every rank in the split's order and scored against ``labels`` ``(N,)``.
-    Returns ``(val_loss, val_accuracy)``."""
+    Returns ``(val_loss, val_accuracy, val_balanced_accuracy)``."""
     _broadcast_buffers(fit.model, ctx)
     scored = fit.model
     if fit.ema is not None:
@@ -500,7 +507,8 @@ def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: Dist
     local_logits = predict_logits(scored, images, fit.preprocess, fit.device, batch_size, fit.amp_dtype)
     logits = all_gather_rows(local_logits.to(fit.device), shard, len(labels), ctx).cpu()
     val_loss = fit.criterion(logits.to(fit.device), labels.to(fit.device)).item()
-    return val_loss, (predicted_class(logits) == labels).float().mean().item()
+    predicted = predicted_class(logits)
+    return val_loss, (predicted == labels).float().mean().item(), balanced_accuracy(predicted, labels)
 
 
 def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list[dict[str, float]],
@@ -561,9 +569,10 @@ def _tensorboard(files: Optional[RunFiles]) -> Iterator[Any]:
 
 
 def _log_scalars(writer, row: dict[str, float]) -> None:
-    """The epoch's row (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``) to TensorBoard."""
+    """The epoch's row (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+    ``val_balanced_accuracy``, ``lr``) to TensorBoard."""
     if writer is not None:
-        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr"):
             writer.add_scalar(k, row[k], row["epoch"])
         writer.flush()
 
@@ -797,9 +806,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
             loss, acc = train_one_epoch(fit, cfg, epoch, clock.timed(loader, tc.epochs - epoch + 1), generator,
                                         steps_per_epoch, ctx, tc.progress and main, desc=desc)
-            val_loss, val_acc = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
+            val_loss, val_acc, val_bal = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
-                   "lr": fit.schedule.lr, "seconds": time.time() - t0}
+                   "val_balanced_accuracy": val_bal, "lr": fit.schedule.lr, "seconds": time.time() - t0}
             history.append(row)
             fit.schedule.step_epoch(row[tc.monitor])
             improved = tracker.update(row[tc.monitor], epoch)

@@ -50,8 +50,13 @@ def make_ensemble(
     weights: Union[str, Sequence[float]] = "equal",
     checkpoint: str = "best",
     progress: bool = True,
+    manifest: Optional[Path] = None,
 ) -> dict:
     """Write an ensemble run to ``out_dir`` that refers to its member runs.
+
+    ``manifest``: the split the ensemble run records, for members trained on different
+    validation splits (the folds of :func:`medclass.evaluation.cv.cross_validate`): then only the
+    test splits must agree, and ``weights`` cannot be ``"auto"``.
 
     ``weights``: ``"equal"``, ``"auto"`` (fitted on the members' common validation split with
     :func:`fit_ensemble_weights`) or one number per member. The ensemble run is then evaluated
@@ -80,8 +85,10 @@ def make_ensemble(
                 f"{b.image_size} px x {b.channels}: ensemble members must share image size and channels"
             )
     manifests = [read_manifest(m.files.manifest) for m in members]
+    if manifest is not None and isinstance(weights, str) and weights == "auto":
+        raise ValueError("weights 'auto' are fitted on a validation split the members share; these have none")
     for m, man in zip(members[1:], manifests[1:]):
-        for split in ("valid", "test"):
+        for split in ("valid", "test") if manifest is None else ("test",):
             if [s.path for s in man.splits[split]] != [s.path for s in manifests[0].splits[split]]:
                 raise DataError(f"{m.files.root} has another {split} split than {first.files.root}: "
                                 "ensemble members must be trained on the same split (same manifest)")
@@ -108,7 +115,7 @@ def make_ensemble(
     }
     out.ensemble.write_text(json.dumps(ensemble, indent=1))
     shutil.copyfile(first.files.config, out.config)
-    shutil.copyfile(first.files.manifest, out.manifest)
+    shutil.copyfile(first.files.manifest if manifest is None else manifest, out.manifest)
     out.classes.write_text(json.dumps(first.class_names, indent=1))
     # its own run contract: the members' input, soft-voted probabilities, no normalisation outside
     # the model (each member normalises inside it), uncalibrated until `medclass evaluate`

@@ -116,6 +116,26 @@ def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, cla
     return out
 
 
+def _subgroups(run: LoadedRun, data: Optional[str], samples, y: np.ndarray, probs: np.ndarray,
+               columns: Sequence[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """:func:`~medclass.evaluation.groups.subgroup_metrics` per CSV column of ``columns``."""
+    from ..data.sources import csv_columns
+    from .groups import is_numeric, numeric_bins, subgroup_metrics
+
+    source = data or run.cfg.data.source
+    if not source or not str(source).lower().endswith(".csv"):
+        raise DataError(f"--subgroups needs a CSV manifest with the columns {list(columns)}; the data is {source!r}")
+    values = csv_columns(Path(source), run.cfg.data, samples, columns)
+    out: dict[str, Any] = {}
+    for column in columns:
+        col, bins = values[column], None
+        if is_numeric(col):
+            col, bins = numeric_bins(col)
+        table = subgroup_metrics(probs, y, col, n_resamples=n_bootstrap, seed=seed)
+        out[column] = {**table, "bins": bins}
+    return out
+
+
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
@@ -185,6 +205,7 @@ def evaluate_run(
     explain: int = 0,
     target_layer: Optional[str] = None,
     group_how: str = "mean",
+    subgroups: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``split`` of its own data (its manifest), or on
     ``data`` (all its images when it has no given split). Writes ``metrics.json``,
@@ -214,7 +235,14 @@ def evaluate_run(
     :func:`medclass.evaluation.groups.aggregate_groups`); groups whose images carry different
     labels are listed under ``conflicts`` and left out.
 
+    Subgroups: ``subgroups`` names columns of the CSV manifest (the run's source, or ``data``);
+    ``subgroups`` in metrics.json holds per column the per-value n, accuracy, balanced accuracy and
+    AUROC with bootstrap intervals, small subgroups flagged, and the best-worst gap
+    (:func:`medclass.evaluation.groups.subgroup_metrics`); numeric columns are cut into quartile
+    bins, stated as ``bins``.
+
     Raises:
+        DataError: ``subgroups`` without a CSV source, or a column the CSV lacks.
         ValueError: ``group_how`` not ``mean`` or ``max``.
         RunError, CheckpointError: not a run, no checkpoint.
         DataError: no such split, or classes the run does not know.
@@ -252,6 +280,9 @@ def evaluate_run(
     group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed)
     if group_level is not None:
         metrics["group_level"] = group_level
+    if subgroups:
+        metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
+                                          n_bootstrap, seed)
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     cal_probs = probs
@@ -348,6 +379,14 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         if grp["conflicts"]:
             line += f"; {len(grp['conflicts'])} groups with images of different labels left out (metrics.json)"
         lines.append(line)
+    for column, table in (metrics.get("subgroups") or {}).items():
+        parts = []
+        for name, r in table["subgroups"].items():
+            acc = f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else "n/a"
+            parts.append(f"{name} (n={r['n']}{', too few' if r['too_small'] else ''}) {acc}")
+        gap = table["gap"].get("balanced_accuracy") or table["gap"].get("accuracy")
+        lines.append(f"  by {column}: accuracy " + "; ".join(parts)
+                     + (f"; gap {gap['difference']:.3f} ({gap['best']} over {gap['worst']})" if gap else ""))
     dup = metrics.get("held_out_duplicates")
     if dup:
         other = dup.get("metrics_with_duplicates") or dup.get("metrics_without_duplicates")

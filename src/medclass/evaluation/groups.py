@@ -19,7 +19,8 @@ import numpy as np
 
 from .metrics import _point_metrics, bootstrap_ci
 
-__all__ = ["AGGREGATIONS", "GroupResult", "aggregate_groups", "subgroup_metrics", "age_bands", "MIN_SUBGROUP_N"]
+__all__ = ["AGGREGATIONS", "GroupResult", "aggregate_groups", "subgroup_metrics", "numeric_bins", "is_numeric",
+           "MIN_SUBGROUP_N"]
 
 #: How a group's image probabilities become the group's: ``mean`` (the average of the images'
 #: probabilities) or ``max`` ("any image positive": each class's largest probability over the
@@ -92,22 +93,36 @@ def aggregate_groups(probs: np.ndarray, labels: Sequence[int], groups: Sequence[
                        np.asarray(out_n, dtype=np.int64), how, conflicts)
 
 
-def age_bands(ages: Sequence[Any], width: int = 20) -> list[Optional[str]]:
-    """Numeric values (years) as bands of ``width`` years: ``"40-59"``; missing or non-numeric
-    values (``""``, ``"unknown"``, NaN) become ``None``."""
-    out: list[Optional[str]] = []
-    for a in ages:
-        try:
-            v = float(a)
-        except (TypeError, ValueError):
-            out.append(None)
-            continue
-        if not np.isfinite(v):
-            out.append(None)
-            continue
-        lo = int(v // width) * width
-        out.append(f"{lo}-{lo + width - 1}")
-    return out
+def _number(v: Any) -> Optional[float]:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def is_numeric(values: Sequence[Any]) -> bool:
+    """True when every value that is not missing (``None``, ``""``, ``"unknown"``) is a number and
+    at least one is."""
+    present = [v for v in values if v is not None and str(v).strip().lower() not in ("", "unknown", "nan")]
+    return bool(present) and all(_number(v) is not None for v in present)
+
+
+def numeric_bins(values: Sequence[Any], n_bins: int = 4) -> tuple[list[Optional[str]], list[float]]:
+    """A numeric column (age in years, ...) as ``n_bins`` quantile bins (quartiles by default) of
+    its known values: each value's bin as ``"lo-hi"`` (``lo`` <= value < ``hi``, the last bin
+    closed), ``None`` where missing; and the bin edges (the bins stated in the results).
+    Tied quantiles merge bins."""
+    nums = [_number(v) for v in values]
+    known = np.asarray([x for x in nums if x is not None], dtype=np.float64)
+    if len(known) == 0:
+        return [None] * len(nums), []
+    edges = sorted(set(np.quantile(known, np.linspace(0, 1, n_bins + 1)).round(6).tolist()))
+    if len(edges) == 1:
+        return [(f"{edges[0]:g}" if x is not None else None) for x in nums], edges
+    labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+    inner = np.asarray(edges[1:-1])
+    return [(labels[int(np.searchsorted(inner, x, side="right"))] if x is not None else None) for x in nums], edges
 
 
 def subgroup_metrics(probs: np.ndarray, labels: Sequence[int], values: Sequence[Any], *, n_resamples: int = 1000,
