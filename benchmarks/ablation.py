@@ -60,6 +60,9 @@ CONFIGS: dict[str, list[str]] = {
     "balanced-sampler": ["data.class_balance=sampler"],
     "small-balanced-loss": ["model.stem=small", "data.class_balance=loss"],
     "px128+balanced-loss": ["data.image_size=128", "data.class_balance=loss"],
+    # intensity robustness: brightness/contrast jitter at timm's ImageNet default strength (0.4) against 0.1
+    "jitter04": ["data.brightness=0.4", "data.contrast=0.4"],
+    "pad": ["data.resize=pad"],
 }
 
 
