@@ -97,6 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="take the MONAI side from this earlier result JSON instead of training it again (the MONAI "
                         "script does not change with medclass's recipe); refused unless that run's manifest.csv is "
                         "byte-identical to this run's split")
+    p.add_argument("--medclass-from", type=Path, default=None,
+                   help="re-score the medclass run of this earlier result JSON instead of training again: "
+                        "`medclass evaluate` on its run folder (after a change to evaluation only, e.g. the decision "
+                        "rule); refused unless that run's manifest.csv is byte-identical to this run's split")
     p.add_argument("--seed", type=int, default=0, help="MONAI side: weights, shuffling and flips")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads of both sides (OMP_NUM_THREADS for the medclass process)")
@@ -399,10 +403,53 @@ def run_medclass(args: argparse.Namespace, split: dict[str, Any], runs_dir: Path
                              + (cpu_end.children_system - cpu_start.children_system), 2),
         "train_summary": summary, "config": cfg,
     }
-    result.update(summarise(metrics, metrics["confidence_intervals"]))
-    if metrics.get("held_out_duplicates"):
-        result["held_out_duplicates"] = {k: v for k, v in metrics["held_out_duplicates"].items() if k != "paths"}
+    result.update(medclass_figures(metrics))
     return result
+
+
+def medclass_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The medclass side's test figures from its ``eval-test/metrics.json``: the arg-max figures
+    (:func:`summarise`), ``as_deployed`` (the decisions predict/serve make: binary threshold or
+    multi-class logit adjustment chosen on validation) and held-out duplicates."""
+    out = summarise(metrics, metrics["confidence_intervals"])
+    dep = metrics.get("as_deployed")
+    if dep:
+        ci = dep["confidence_intervals"]["metrics"]
+        out["as_deployed"] = {"rule": dep["rule"]}
+        for m in ("accuracy", "balanced_accuracy"):
+            out["as_deployed"][f"test_{m}"] = dep[m]
+            out["as_deployed"][f"test_{m}_ci95"] = [ci[m]["low"], ci[m]["high"]]
+    if metrics.get("held_out_duplicates"):
+        out["held_out_duplicates"] = {k: v for k, v in metrics["held_out_duplicates"].items() if k != "paths"}
+    return out
+
+
+def rescore_medclass(path: Path, split: dict[str, Any], dedupe: bool) -> dict[str, Any]:
+    """The medclass side of an earlier result JSON, its run evaluated again on the test split by
+    ``medclass evaluate`` (a child process); the training figures are the earlier run's. Raises
+    SystemExit, naming the file, when the JSON has no medclass side or another split."""
+    try:
+        record = json.loads(Path(path).read_text())
+        side = record["results"]["medclass"]
+        run_dir = Path(side["run_dir"])
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--medclass-from {path}: not a recipe_vs_monai result with a medclass side ({e})")
+    if record.get("data", {}).get("manifest_sha256") != split["manifest_sha256"]:
+        raise SystemExit(f"--medclass-from {path}: its split differs from this one ({split['manifest']})")
+    if not (run_dir / "model_spec.json").is_file():
+        raise SystemExit(f"--medclass-from {path}: its run folder {run_dir} is gone")
+    cmd = [sys.executable, "-m", "medclass", "evaluate", str(run_dir)] + (["--dedupe"] if dedupe else [])
+    log("medclass: " + shlex.join(cmd))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    sys.stderr.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"medclass evaluate failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    metrics = json.loads((run_dir / "eval-test" / "metrics.json").read_text())
+    kept = {k: v for k, v in side.items() if not k.startswith("test_") and k not in ("as_deployed", "bootstrap")}
+    return {**kept, **medclass_figures(metrics), "rescored": {"from": str(path), "command": cmd,
+                                                         "trained_at": record.get("date")}}
 
 
 # --------------------------------------------------------------------------- main
@@ -431,6 +478,9 @@ def main(argv=None) -> int:
     results: dict[str, Any] = {}
     for side in ("monai", "medclass"):  # one after the other, never at once
         if args.only not in (None, side):
+            continue
+        if side == "medclass" and args.medclass_from is not None:
+            results[side] = rescore_medclass(args.medclass_from, split, args.dedupe)
             continue
         if side == "monai" and args.monai_from is not None:
             results[side] = earlier_monai_side(args.monai_from, split)
@@ -467,6 +517,11 @@ def main(argv=None) -> int:
     write_json(out, record)
     rows = [[side, r["image_size"], r["epochs_run"], round(r["wall_s"]), ci_text(r, "accuracy"),
              ci_text(r, "balanced_accuracy"), ci_text(r, "auroc")] for side, r in results.items()]
+    dep = results.get("medclass", {}).get("as_deployed")
+    if dep and dep["rule"] != "argmax":
+        r = results["medclass"]
+        rows.append([f"medclass as deployed ({dep['rule']})", r["image_size"], r["epochs_run"], round(r["wall_s"]),
+                     ci_text(dep, "accuracy"), ci_text(dep, "balanced_accuracy"), ci_text(r, "auroc")])
     print(markdown_table(["side", "px", "epochs", "wall s", "accuracy [95% CI]", "balanced accuracy", "AUROC"], rows))
     log(f"written to {out}")
     return 0

@@ -48,6 +48,14 @@ def test_smoke_run_writes_both_sides(tmp_path, capsys):
     assert (runs / "medclass" / "eval-test" / "metrics.json").is_file()
     table = capsys.readouterr().out
     assert "| monai |" in table and "| medclass |" in table
+    assert med["as_deployed"]["rule"] in ("threshold", "argmax")  # two classes: the validation threshold
+    # re-scoring the same medclass run (an evaluation change) keeps its training figures
+    out2 = tmp_path / "rescored.json"
+    assert bench.main([str(data), "--budget", "0.05", "--smoke", "--image-size", "32", "--runs-dir", str(tmp_path / "r2"),
+                       "--monai-from", str(out), "--medclass-from", str(out), "--out", str(out2)]) == 0
+    again = json.loads(out2.read_text())["results"]["medclass"]
+    assert again["rescored"]["from"] == str(out) and again["epochs_run"] == med["epochs_run"]
+    assert again["test_n"] == 10 and again["test_auroc"] == pytest.approx(med["test_auroc"])
 
 
 def test_medclass_command_uses_the_budget_and_the_split(tmp_path):
@@ -91,3 +99,22 @@ def test_monai_side_is_reused_only_on_the_same_split(tmp_path):
     manifest.unlink()
     with pytest.raises(SystemExit, match="is gone"):
         bench.earlier_monai_side(earlier, split)
+
+
+def test_medclass_side_is_rescored_only_on_the_same_split(tmp_path):
+    bench = _load_script()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,split,label\na.png,train,0\nb.png,test,1\n")
+    split = {"manifest": str(manifest), "manifest_sha256": bench.file_sha256(manifest)}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"data": {"manifest_sha256": "0" * 64},
+                                   "results": {"medclass": {"run_dir": str(tmp_path / "run")}}}))
+    with pytest.raises(SystemExit, match="split differs"):
+        bench.rescore_medclass(earlier, split, dedupe=False)
+    earlier.write_text(json.dumps({"data": {"manifest_sha256": split["manifest_sha256"]},
+                                   "results": {"medclass": {"run_dir": str(tmp_path / "run")}}}))
+    with pytest.raises(SystemExit, match="is gone"):
+        bench.rescore_medclass(earlier, split, dedupe=False)
+    earlier.write_text(json.dumps({"results": {"monai": {}}}))
+    with pytest.raises(SystemExit, match="no|not a recipe_vs_monai"):
+        bench.rescore_medclass(earlier, split, dedupe=False)

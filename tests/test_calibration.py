@@ -132,3 +132,57 @@ def test_evaluate_reports_intervals_calibration_and_operating_point(tmp_path):
     # predictions.csv holds calibrated probabilities that sum to 1
     rows = (run / "eval-test" / "predictions.csv").read_text().splitlines()[1:]
     assert abs(sum(float(v) for v in rows[0].split(",")[-2:]) - 1) < 1e-5
+
+
+# ---- multi-class decision rule: post-hoc logit adjustment chosen on validation ---------------------
+
+
+def _imbalanced_posteriors(n=4000, prior=(0.8, 0.1, 0.1), seed=0):
+    """Labels drawn with ``prior`` and the exact posteriors of overlapping 1-D Gaussian classes."""
+    rng = np.random.default_rng(seed)
+    pi = np.asarray(prior)
+    y = rng.choice(len(pi), size=n, p=pi)
+    means = np.array([0.0, 1.5, 3.0])[: len(pi)]
+    x = rng.normal(means[y], 1.0)
+    lik = np.exp(-0.5 * (x[:, None] - means[None, :]) ** 2) * pi[None, :]
+    return lik / lik.sum(1, keepdims=True), y
+
+
+def test_logit_adjustment_raises_balanced_accuracy_on_imbalanced_classes():
+    from sklearn.metrics import balanced_accuracy_score
+    from medclass.evaluation.calibration import fit_logit_adjustment
+    from medclass import pipeline
+
+    probs, y = _imbalanced_posteriors()
+    prior = np.bincount(y, minlength=3)
+    fit = fit_logit_adjustment(probs, y, prior)
+    assert fit["tau"] > 0
+    assert fit["balanced_accuracy_by_tau"][str(fit["tau"])] > fit["balanced_accuracy_by_tau"]["0.0"] + 0.05
+    np.testing.assert_allclose(fit["offsets"], -fit["tau"] * np.log(prior / prior.sum()))
+    adjusted = pipeline.decide(probs, None, fit["offsets"])
+    assert balanced_accuracy_score(y, adjusted) == pytest.approx(fit["balanced_accuracy_by_tau"][str(fit["tau"])])
+    assert balanced_accuracy_score(y, adjusted) > balanced_accuracy_score(y, probs.argmax(1)) + 0.05
+    # a uniform prior shifts every class equally: no tau changes a decision, the arg-max (tau 0) is kept
+    flat = fit_logit_adjustment(probs, y, [1, 1, 1])
+    assert flat["tau"] == 0.0 and flat["offsets"] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="prior > 0"):
+        fit_logit_adjustment(probs, y, [5, 0, 1])
+    with pytest.raises(ValueError, match="disagree"):
+        fit_logit_adjustment(probs, y, [1, 1])
+
+
+def test_decide_with_logit_adjustment_numpy_and_torch_agree():
+    from medclass import pipeline
+
+    probs, _ = _imbalanced_posteriors(n=50)
+    offsets = [0.0, 1.0, 2.0]
+    a = pipeline.decide(probs.astype(np.float32), None, offsets)
+    b = pipeline.decide(torch.from_numpy(probs.astype(np.float32)), None, offsets).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert (a != probs.argmax(1)).any()  # the offsets change some decisions
+    np.testing.assert_array_equal(a, (np.log(probs) + np.array(offsets)).argmax(1))
+    with pytest.raises(ValueError, match="3 classes"):
+        pipeline.decide(probs, None, [0.0, 1.0])
+    # a binary task's threshold takes precedence over an adjustment
+    p2 = np.array([[0.7, 0.3], [0.2, 0.8]], dtype=np.float32)
+    np.testing.assert_array_equal(pipeline.decide(p2, 0.25, [0.0, -10.0]), [1, 1])

@@ -41,7 +41,7 @@ def _spec(**kw) -> ModelSpec:
 
 def test_round_trip_through_json_and_the_run_folder(tmp_path):
     spec = _spec()
-    assert spec.version == SPEC_VERSION == 2 and spec.task == "single_logit" and spec.num_outputs == 1
+    assert spec.version == SPEC_VERSION == 3 and spec.task == "single_logit" and spec.num_outputs == 1
     assert ModelSpec.from_json(spec.to_json()) == spec
     path = write_spec(spec, tmp_path)
     assert path == RunFiles(tmp_path).spec and read_spec(tmp_path) == spec
@@ -55,8 +55,9 @@ def test_version_1_spec_reads_with_defaults_and_newer_is_refused():
     spec = ModelSpec.from_json(json.dumps(v1))
     assert (spec.arch, spec.resize, spec.medclass_version, spec.version) == ("", "squash", "", SPEC_VERSION)
     assert spec.class_names == ["a", "b", "c"] and spec.temperature == 1.6 and spec.task == "softmax"
-    with pytest.raises(ValueError, match="version 3; this medclass reads up to 2"):
-        ModelSpec.from_json(json.dumps({**v1, "version": 3}))
+    assert spec.logit_adjustment is None  # a spec before version 3: the arg-max
+    with pytest.raises(ValueError, match="version 4; this medclass reads up to 3"):
+        ModelSpec.from_json(json.dumps({**v1, "version": 4}))
     with pytest.raises(ValueError, match="not JSON"):
         ModelSpec.from_json("{")
 
@@ -311,3 +312,33 @@ def test_preprocess_and_ensemble_use_the_pipeline():
     z = torch.randn(4, 1)
     torch.testing.assert_close(logits_to_probs(z), pipeline.probabilities(z))
     assert Preprocess.from_spec(_spec(mean=None, std=None)).normalize is False
+
+
+def test_logit_adjustment_in_the_spec_is_used_by_every_path(tmp_path):
+    """A stored adjustment that favours one class by a huge offset decides every prediction, in
+    predict, the serving backend and evaluate's as-deployed figures; it survives the JSON round trip."""
+    from medclass.engine import load_run, train
+    from medclass.evaluation import evaluate_run, predict_images
+    from medclass.prediction import predict_files
+    from medclass.serving.predictor import TorchClassifier
+    from medclass.spec import update_calibration
+
+    data = make_folder_dataset(tmp_path / "data", per_class=16)
+    run_dir = tmp_path / "run"
+    train(tiny_config(data, epochs=1), run_dir)
+    spec = update_calibration(run_dir, 1.0, None, logit_adjustment=[0.0, 60.0])
+    assert ModelSpec.from_json(spec.to_json()).logit_adjustment == [0.0, 60.0]
+    assert read_spec(run_dir).logit_adjustment == [0.0, 60.0]
+    run = load_run(run_dir)
+    files = sorted((data / "dark").iterdir())[:3] + sorted((data / "bright").iterdir())[:3]
+    favoured = spec.class_names[1]
+    assert {p.predicted for p in predict_images(run, files)} == {favoured}
+    assert {p.predicted for p in predict_files(TorchClassifier(run), files)} == {favoured}
+    m = evaluate_run(run_dir, progress=False, n_bootstrap=20, calibrate=False)
+    assert m["as_deployed"]["rule"] == "logit_adjustment"
+    y_fav = np.asarray(m["confusion_matrix"])[1].sum()
+    assert m["as_deployed"]["accuracy"] == pytest.approx(y_fav / m["n"])  # everything called the favoured class
+    with pytest.raises(ValueError, match="logit_adjustment needs 2 finite"):
+        dataclasses.replace(spec, logit_adjustment=[0.0])
+    with pytest.raises(ValueError, match="logit_adjustment needs 2 finite"):
+        dataclasses.replace(spec, logit_adjustment=[0.0, float("nan")])

@@ -134,15 +134,33 @@ def probabilities(logits: Array, temperature: float = 1.0) -> Array:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def decide(probs: Array, threshold: Optional[float] = None) -> Array:
-    """Predicted class indices ``(N,)`` int64 from probabilities ``(N, K)``: for a binary task with
-    an operating ``threshold``, class 1 when its probability is >= ``threshold``; otherwise the
-    arg-max (ties: the lowest index)."""
+def decide(probs: Array, threshold: Optional[float] = None,
+           logit_adjustment: Optional[Sequence[float]] = None) -> Array:
+    """Predicted class indices ``(N,)`` int64 from probabilities ``(N, K)`` (numpy or torch).
+
+    - A binary task with an operating ``threshold``: class 1 when its probability is >= ``threshold``.
+    - Otherwise, with ``logit_adjustment`` (``K`` additive offsets, :attr:`medclass.spec.ModelSpec.
+      logit_adjustment`): the arg-max of ``log(probs) + logit_adjustment``, post-hoc logit
+      adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021,
+      arXiv:2007.07314; the offsets are ``-tau * log(prior)``).
+    - Otherwise the arg-max.
+
+    Ties go to the lowest index.
+
+    Raises:
+        ValueError: ``logit_adjustment`` does not have ``K`` values.
+    """
+    k = probs.shape[1]
+    if threshold is not None and k == 2:
+        return (probs[:, 1] >= threshold).long() if is_torch(probs) else (np.asarray(probs)[:, 1] >= threshold).astype(np.int64)
+    if logit_adjustment is not None:
+        if len(logit_adjustment) != k:
+            raise ValueError(f"logit_adjustment has {len(logit_adjustment)} values for {k} classes")
+        if is_torch(probs):
+            b = _torch().as_tensor(list(logit_adjustment), dtype=probs.dtype, device=probs.device)
+            return (probs.clamp_min(1e-12).log() + b).argmax(dim=1)
+        z = np.log(np.maximum(np.asarray(probs, dtype=np.float64), 1e-12)) + np.asarray(logit_adjustment, dtype=np.float64)
+        return z.argmax(axis=1).astype(np.int64)
     if is_torch(probs):
-        if threshold is not None and probs.shape[1] == 2:
-            return (probs[:, 1] >= threshold).long()
         return probs.argmax(dim=1)
-    probs = np.asarray(probs)
-    if threshold is not None and probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(axis=1).astype(np.int64)
+    return np.asarray(probs).argmax(axis=1).astype(np.int64)

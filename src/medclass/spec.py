@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ __all__ = [
 
 #: Version of the stored :class:`ModelSpec` layout; readers refuse a newer one. Version 1 (medclass
 #: 0.1 exports) lacked ``arch``, ``resize`` and ``medclass_version``; it reads with their defaults.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 
 #: Per-channel mean of RGB ImageNet images in [0, 1] (torchvision's normalisation for its weights).
@@ -74,6 +75,10 @@ class ModelSpec:
             al. 2017, fitted on validation by ``medclass evaluate``); 1.0 when uncalibrated.
         threshold: binary tasks only: predict ``class_names[1]`` when its probability is >= this
             operating threshold (chosen on validation); ``None`` means the arg-max.
+        logit_adjustment: tasks without a threshold: ``K`` offsets added to the log-probabilities
+            before the arg-max (post-hoc logit adjustment, Menon et al. 2021; ``-tau * log(prior)``
+            with ``tau`` chosen on validation by ``medclass evaluate``,
+            :func:`medclass.evaluation.calibration.fit_logit_adjustment`); ``None``: the arg-max.
         single_logit: the network emits one logit ``(N, 1)`` (sigmoid) instead of ``(N, K)``
             (softmax); see :attr:`task`.
         run: name of the run folder the model came from.
@@ -99,6 +104,7 @@ class ModelSpec:
     dicom_window: Optional[list[float]] = None
     temperature: float = 1.0
     threshold: Optional[float] = None
+    logit_adjustment: Optional[list[float]] = None
     single_logit: bool = False
     run: str = ""
     checkpoint_epoch: int = -1
@@ -121,6 +127,11 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.temperature must be > 0, got {self.temperature}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"ModelSpec.threshold must be in [0, 1] or None, got {self.threshold}")
+        if self.logit_adjustment is not None and (
+                len(self.logit_adjustment) != len(self.class_names)
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.logit_adjustment)):
+            raise ValueError(f"ModelSpec.logit_adjustment needs {len(self.class_names)} finite numbers, "
+                             f"got {self.logit_adjustment!r}")
         if self.single_logit and len(self.class_names) != 2:
             raise ValueError(f"ModelSpec.single_logit needs 2 classes, got {len(self.class_names)}")
         if (self.mean is None) != (self.std is None):
@@ -194,9 +205,9 @@ class ModelSpec:
 
     def decide(self, probs):
         """Predicted class indices ``(N,)`` int64 from probabilities ``(N, K)``: the operating
-        threshold on ``P(class_names[1])`` for a binary task that has one, else the arg-max
-        (:func:`medclass.pipeline.decide`)."""
-        return pipeline.decide(probs, self.threshold)
+        threshold on ``P(class_names[1])`` for a binary task that has one, else the arg-max after
+        the :attr:`logit_adjustment` when there is one (:func:`medclass.pipeline.decide`)."""
+        return pipeline.decide(probs, self.threshold, self.logit_adjustment)
 
 
 def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -307,6 +318,13 @@ def _threshold_of(record: dict) -> Optional[float]:
     return float(threshold) if threshold is not None else None
 
 
+def _logit_adjustment_of(record: dict) -> Optional[list[float]]:
+    adjustment = record.get("logit_adjustment")
+    if isinstance(adjustment, dict):  # calibration.json: the dict of fit_logit_adjustment
+        adjustment = adjustment.get("offsets")
+    return [float(v) for v in adjustment] if adjustment is not None else None
+
+
 def _calibration_of(path: Path) -> Optional[dict]:
     """The record in a ``calibration.json`` (written by ``medclass evaluate``), or None when there is none.
 
@@ -345,7 +363,8 @@ def legacy_spec(cfg: RunConfig, class_names: Sequence[str], run_dir: Union[str, 
     spec = dataclasses.replace(spec_from_config(cfg, class_names, root.resolve().name, epoch), medclass_version="")
     record = _calibration_of(RunFiles(root).calibration)
     if record is not None:
-        spec = _with_calibration(spec, float(record.get("temperature") or 1.0), _threshold_of(record), record)
+        spec = _with_calibration(spec, float(record.get("temperature") or 1.0), _threshold_of(record), record,
+                                 _logit_adjustment_of(record))
     if ensemble:
         spec = dataclasses.replace(spec, mean=None, std=None, single_logit=False, arch=ENSEMBLE_ARCH)
     return spec
@@ -385,19 +404,24 @@ def read_spec(run_dir: Union[str, os.PathLike]) -> ModelSpec:
 
 
 def _with_calibration(spec: ModelSpec, temperature: float, threshold: Optional[float],
-                      record: Optional[dict]) -> ModelSpec:
+                      record: Optional[dict], logit_adjustment: Optional[Sequence[float]] = None) -> ModelSpec:
     if record is None:
         record = {"temperature": float(temperature)}
         if threshold is not None:
             record["threshold"] = {"threshold": float(threshold)}
+        if logit_adjustment is not None:
+            record["logit_adjustment"] = {"offsets": [float(v) for v in logit_adjustment]}
     extra = {**spec.extra, "calibration": json.loads(json.dumps(record))}
     return dataclasses.replace(spec, temperature=float(temperature),
-                               threshold=float(threshold) if threshold is not None else None, extra=extra)
+                               threshold=float(threshold) if threshold is not None else None,
+                               logit_adjustment=[float(v) for v in logit_adjustment] if logit_adjustment is not None
+                               else None, extra=extra)
 
 
 def update_calibration(run_dir: Union[str, os.PathLike], temperature: float, threshold: Optional[float] = None,
-                       record: Optional[dict] = None) -> ModelSpec:
-    """Store a fitted ``temperature`` and binary operating ``threshold`` (None: arg-max) in the run's
+                       record: Optional[dict] = None, logit_adjustment: Optional[Sequence[float]] = None) -> ModelSpec:
+    """Store a fitted ``temperature``, binary operating ``threshold`` (None: arg-max) and
+    multi-class ``logit_adjustment`` (None: the arg-max, :attr:`ModelSpec.logit_adjustment`) in the run's
     spec (:func:`read_spec`, then :func:`write_spec`) and return the updated spec. ``medclass
     evaluate`` calls it after fitting them on the validation split.
 
@@ -410,6 +434,6 @@ def update_calibration(run_dir: Union[str, os.PathLike], temperature: float, thr
         RunError, ValueError: see :func:`read_spec`, :func:`write_spec`; a temperature <= 0 or a
             threshold outside [0, 1].
     """
-    spec = _with_calibration(read_spec(run_dir), temperature, threshold, record)
+    spec = _with_calibration(read_spec(run_dir), temperature, threshold, record, logit_adjustment)
     write_spec(spec, run_dir)
     return spec

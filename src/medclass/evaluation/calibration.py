@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -181,6 +181,61 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, target_sensitivity:
         method = "target_sensitivity"
     return {"method": method, "threshold": float(thr[i]), "sensitivity": float(tpr[i]),
             "specificity": float(1 - fpr[i]), "target_sensitivity": target_sensitivity}
+
+
+#: The ``tau`` values :func:`fit_logit_adjustment` tries: 0 (the arg-max) to 1 (the Bayes rule for
+#: balanced error when the probabilities are calibrated, Menon et al. 2021, Theorem 1).
+LOGIT_ADJUSTMENT_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def fit_logit_adjustment(probs: np.ndarray, labels: np.ndarray, prior: Sequence[float],
+                         taus: Sequence[float] = LOGIT_ADJUSTMENT_TAUS) -> dict:
+    """Choose post-hoc logit adjustment on validation: the decision ``argmax(log p - tau * log prior)``
+    (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, arXiv:2007.07314) with the
+    ``tau`` of ``taus`` that gives the highest balanced accuracy on ``(probs, labels)`` (ties: the
+    smallest ``tau``). Balanced accuracy (the mean of per-class recalls) is what an imbalanced
+    medical task is judged by (e.g. ISIC 2018's balanced multi-class accuracy); the arg-max of a
+    model trained on imbalanced data favours the common classes. ``tau`` = 0 keeps the arg-max.
+
+    Args:
+        probs: ``(N, K)`` float validation probabilities (temperature-scaled).
+        labels: ``(N,)`` int labels.
+        prior: ``K`` class frequencies of the training split (> 0; normalised here).
+        taus: the values tried, each >= 0.
+
+    Returns:
+        ``{"method": "logit_adjustment", "tau", "offsets" (K floats, ``-tau * log prior``; all 0
+        when tau is 0), "prior", "fitted_on": "valid", "n_valid", "balanced_accuracy_by_tau",
+        "accuracy_by_tau"}``.
+
+    Raises:
+        ValueError: shapes disagree, a prior value is not > 0, or a ``tau`` < 0.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    pi = np.asarray(prior, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != len(y) or p.shape[1] != len(pi):
+        raise ValueError(f"probs {p.shape}, labels ({len(y)},) and prior ({len(pi)},) disagree")
+    if not (pi > 0).all():
+        raise ValueError(f"every class needs a prior > 0 (a training image), got {pi.tolist()}")
+    if any(t < 0 for t in taus):
+        raise ValueError(f"tau must be >= 0, got {list(taus)}")
+    pi = pi / pi.sum()
+    logp = np.log(np.maximum(p, 1e-12))
+    bal: dict[str, float] = {}
+    acc: dict[str, float] = {}
+    best_tau, best = 0.0, -1.0
+    for tau in sorted(taus):
+        pred = (logp - tau * np.log(pi)).argmax(axis=1)
+        bal[str(tau)] = float(balanced_accuracy_score(y, pred))
+        acc[str(tau)] = float(accuracy_score(y, pred))
+        if bal[str(tau)] > best + 1e-12:
+            best_tau, best = float(tau), bal[str(tau)]
+    offsets = (-best_tau * np.log(pi)).tolist() if best_tau > 0 else [0.0] * len(pi)
+    return {"method": "logit_adjustment", "tau": best_tau, "offsets": offsets, "prior": pi.tolist(),
+            "fitted_on": "valid", "n_valid": int(len(y)), "balanced_accuracy_by_tau": bal, "accuracy_by_tau": acc}
 
 
 def sensitivity_specificity(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:

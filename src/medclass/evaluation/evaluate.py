@@ -20,6 +20,7 @@ from .calibration import (
     apply_temperature,
     choose_threshold,
     expected_calibration_error,
+    fit_logit_adjustment,
     fit_temperature,
     plot_reliability,
     sensitivity_specificity,
@@ -140,6 +141,41 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+#: Recorded with each calibration; a stored record of another version is fitted again (version 2
+#: added the multi-class logit adjustment).
+DECISION_RULE_VERSION = 2
+
+
+def _training_class_counts(run: LoadedRun) -> Optional[list[int]]:
+    """Images per class in the run's training split (its manifest), or None without one."""
+    if not run.files.manifest.is_file():
+        return None
+    train = read_manifest(run.files.manifest).splits.get("train") or []
+    if not train:
+        return None
+    counts = [0] * len(run.class_names)
+    for s in train:
+        counts[s.label] += 1
+    return counts
+
+
+def _as_deployed(spec, probs: np.ndarray, y: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Accuracy and balanced accuracy of the decisions every consumer makes (``spec.decide``: the
+    binary threshold or multi-class logit adjustment chosen on validation, else the arg-max), with
+    bootstrap 95 % intervals (the decisions as one-hot probabilities through :func:`bootstrap_ci`)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    pred = np.asarray(spec.decide(probs))
+    rule = ("threshold" if spec.threshold is not None and probs.shape[1] == 2
+            else "logit_adjustment" if spec.logit_adjustment is not None else "argmax")
+    onehot = np.eye(probs.shape[1])[pred]
+    ci = bootstrap_ci(y, onehot, n_bootstrap, seed)
+    ci["metrics"] = {m: v for m, v in ci["metrics"].items() if m in ("accuracy", "balanced_accuracy", "macro_f1")}
+    return {"rule": rule, "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)), "confidence_intervals": ci,
+            "predicted": pred.tolist()}
+
+
 def calibrate_run(
     run: LoadedRun,
     checkpoint: str = "best",
@@ -155,14 +191,17 @@ def calibrate_run(
 
     Returns the stored dict: ``temperature``, ``n_bins``, validation ``ece_before`` /
     ``ece_after`` and ``loss_before`` / ``loss_after``, and for two classes ``threshold``
-    (see :func:`choose_threshold`) on the positive class ``positive_class`` (class index 1).
+    (see :func:`choose_threshold`) on the positive class ``positive_class`` (class index 1); for
+    more classes ``logit_adjustment`` (:func:`fit_logit_adjustment`: ``tau`` chosen for validation
+    balanced accuracy, the prior from the training split's labels), the multi-class counterpart
+    of Youden's J (which maximises balanced accuracy for two classes).
 
     Raises:
         DataError: the run has no validation images.
     """
     path = run.files.calibration
     key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
-           "target_sensitivity": target_sensitivity}
+           "target_sensitivity": target_sensitivity, "decision_rule": DECISION_RULE_VERSION}
     stored = calibration_record(run.spec)
     if stored is not None and all(stored.get(k) == v for k, v in key.items()):
         return stored
@@ -180,11 +219,17 @@ def calibrate_run(
     if len(run.class_names) == 2:
         out["positive_class"] = run.class_names[1]
         out["threshold"] = choose_threshold(after[:, 1], y, target_sensitivity)
+    else:
+        counts = _training_class_counts(run)
+        if counts is not None and all(c > 0 for c in counts):
+            out["logit_adjustment"] = fit_logit_adjustment(after, y, counts)
     tmp = path.with_suffix(".tmp")  # for people and the report; the spec is what models read
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(path)
     threshold = out["threshold"]["threshold"] if "threshold" in out else None
-    spec = update_calibration(run.files.root, t, threshold, record=out)
+    adjustment = out.get("logit_adjustment")
+    offsets = adjustment["offsets"] if adjustment and adjustment["tau"] > 0 else None
+    spec = update_calibration(run.files.root, t, threshold, record=out, logit_adjustment=offsets)
     run.spec = dataclasses.replace(spec, checkpoint_epoch=run.checkpoint_epoch)
     return out
 
@@ -217,8 +262,12 @@ def evaluate_run(
     (:func:`bootstrap_ci`, ``n_bootstrap`` resamples, ``seed``), ``calibration`` (temperature
     fitted on the validation split, ECE before and after with :data:`ECE_BINS` bins) and, for
     binary tasks, ``operating_point``: sensitivity and specificity at the threshold chosen on
-    validation (Youden's J, or ``target_sensitivity``) and at 0.5. ``predictions.csv`` holds the
-    calibrated probabilities. ``tta`` names flip views averaged at test time.
+    validation (Youden's J, or ``target_sensitivity``) and at 0.5; for more classes
+    ``logit_adjustment`` (its ``tau`` chosen on validation, :func:`calibrate_run`).
+    ``as_deployed`` holds accuracy and balanced accuracy, with intervals, of the decisions that
+    predict, export and serve make (the run's spec: ``spec.decide`` of ``spec.probabilities``: the
+    threshold or logit adjustment when there is one, else the arg-max). ``predictions.csv`` holds the
+    calibrated probabilities and those decisions. ``tta`` names flip views averaged at test time.
 
     Leakage: for a split of the run's own data, images with an exact or near duplicate in an
     earlier split (:func:`medclass.data.dedupe`) are listed under ``held_out_duplicates`` with
@@ -304,11 +353,18 @@ def evaluate_run(
                 "at_chosen": sensitivity_specificity(cal_probs[idx, 1], y[idx], chosen["threshold"]),
                 "at_0.5": sensitivity_specificity(cal_probs[idx, 1], y[idx], 0.5),
             }
+        if cal.get("logit_adjustment"):
+            metrics["logit_adjustment"] = cal["logit_adjustment"]
         plot_reliability(probs[idx], y[idx], out / "reliability.png", cal_probs[idx], ECE_BINS, cal["temperature"])
     else:
         metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs[idx], y[idx]),
                                   "temperature": None, "note": "no validation split to fit a temperature on"}
         plot_reliability(probs[idx], y[idx], out / "reliability.png")
+    spec_probs = run.spec.probabilities(logits)  # as predict, export and serve compute them
+    spec_probs = spec_probs.numpy() if hasattr(spec_probs, "numpy") else np.asarray(spec_probs)
+    deployed = _as_deployed(run.spec, spec_probs[idx], y[idx], n_bootstrap, seed)
+    decided = deployed.pop("predicted")
+    metrics["as_deployed"] = deployed
     metrics.update(
         {
             "run": str(run.files.root),
@@ -331,8 +387,8 @@ def evaluate_run(
     plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
     with open(out / "predictions.csv", "w") as f:
         f.write("path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n")
-        for s, yt, pr in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx]):
-            f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(np.argmax(pr))]},"
+        for s, yt, pr, k in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx], decided):
+            f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(k)]},"
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     metrics["out_dir"] = str(out)
     return metrics
@@ -369,6 +425,18 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         a = op["at_chosen"]
         lines.append(f"  operating point ({op['chosen_on_valid']['method']} on valid, positive {op['positive_class']}): "
                      f"threshold {a['threshold']:.3f}  sensitivity {a['sensitivity']:.3f}  specificity {a['specificity']:.3f}")
+    la = metrics.get("logit_adjustment")
+    if la:
+        lines.append(f"  logit adjustment (Menon et al. 2021) chosen on valid: tau {la['tau']:g} "
+                     f"(valid balanced accuracy {la['balanced_accuracy_by_tau'][str(la['tau'])]:.3f}, "
+                     f"{la['balanced_accuracy_by_tau']['0.0']:.3f} at the arg-max)")
+    dep = metrics.get("as_deployed")
+    if dep and dep["rule"] != "argmax":
+        ci = dep["confidence_intervals"]["metrics"]
+        lines.append(f"  as deployed ({dep['rule']}): accuracy {dep['accuracy']:.4f} "
+                     f"[{ci['accuracy']['low']:.3f}, {ci['accuracy']['high']:.3f}]  balanced accuracy "
+                     f"{dep['balanced_accuracy']:.4f} [{ci['balanced_accuracy']['low']:.3f}, "
+                     f"{ci['balanced_accuracy']['high']:.3f}]")
     grp = metrics.get("group_level")
     if grp:
         line = f"  per group ({grp['n_groups']} groups of {grp['n_images']} images, {grp['aggregation']} of their probabilities)"
