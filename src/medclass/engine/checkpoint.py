@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,12 +96,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     so a tampered file cannot run code.
 
     Raises:
-        CheckpointError: the file is missing or not a readable checkpoint.
+        CheckpointError: the file is missing, not a readable checkpoint, or holds objects the
+            weights-only unpickler refuses (a file altered to run code); the message names the file
+            and what to do, and never suggests ``weights_only=False``.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for a bad or unsafe file
-        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from e
+    except pickle.UnpicklingError as e:  # the weights-only unpickler refused a global: not ours, or altered
+        found = re.search(r"(?:GLOBAL|Unsupported global:?)\s+([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"refusing to load checkpoint {path}: it holds Python objects other than tensors and plain "
+            f"containers{what}, which could run code when loaded. medclass never writes such objects, so the "
+            "file was not written by medclass or was altered: restore the run's checkpoint from a trusted copy, "
+            "or train the run again") from None
+    except Exception as e:  # torch raises several types for a damaged file
+        first = " ".join(str(e).strip().splitlines()[0].split())[:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: it is damaged or not a PyTorch checkpoint "
+                              f"({first}); restore it from a copy, or train the run again") from None
