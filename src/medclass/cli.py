@@ -21,6 +21,7 @@ _USER_ERRORS = (
     ("medclass.data.sources", "DataError"),
     ("medclass.data.io", "ImageReadError"),
     ("medclass.engine.checkpoint", "CheckpointError"),
+    ("medclass.fileio", "UnsafePathError"),
     ("medclass.models.pretrained", "PretrainedError"),
     ("medclass.serving.onnx_backend", "ModelFileError"),
 )
