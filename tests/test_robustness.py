@@ -258,3 +258,19 @@ def test_a_tampered_checkpoint_does_not_advise_weights_only_false(tmp_path):
     assert str(path) in message
     assert "refusing to load" in message and "getcwd" in message and "trusted copy" in message
     assert "weights_only" not in message and "will likely succeed" not in message
+
+
+def test_a_dict_of_class_names_in_model_spec_is_refused(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path)
+    spec = json.loads((run / "model_spec.json").read_text())
+    spec["class_names"] = {"0": "dark", "1": "bright"}
+    (run / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="model_spec.json.*list of class names"):
+        read_spec(run)
+
+
+def test_a_binary_calibration_file_is_named(run_dir, tmp_path):
+    run = legacy_copy(run_dir, tmp_path)
+    (run / "calibration.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="calibration.json is not JSON"):
+        read_spec(run)

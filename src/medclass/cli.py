@@ -258,7 +258,8 @@ def predict(
 ) -> None:
     """Predict the class of unseen images; unreadable files get an error line, the rest are predicted.
 
-    Exits with 1 when no file could be predicted, 2 on a usage error (bad option, not a run, no export)."""
+    Exits with 1 when any file could not be predicted (saying how many), 2 on a usage error (bad
+    option, not a run, no export)."""
     from .serving.predict_format import PREDICTION_FORMATS, format_predictions
 
     if fmt not in PREDICTION_FORMATS:
@@ -301,15 +302,21 @@ def predict(
     if not preds:
         _fail("no image files found in the given paths")
     text = format_predictions(preds, names, fmt)
+    errors = [p for p in preds if p.error]
     if output:
-        output.write_text(text)
-        typer.echo(f"wrote {len(preds)} predictions to {output}")
+        from .fileio import atomic_write_text
+
+        with _user_errors(OSError):
+            atomic_write_text(output, text)
+        failed = f" and {len(errors)} error line{'s' if len(errors) != 1 else ''}" if errors else ""
+        typer.echo(f"wrote {len(preds) - len(errors)} predictions{failed} to {output}")
     else:
         typer.echo(text, nl=False)
-    errors = [p for p in preds if p.error]
     for p in errors:
         typer.secho(f"error: {p.error}", fg=typer.colors.RED, err=True)
-    if len(errors) == len(preds):
+    if errors:
+        typer.secho(f"error: {len(errors)} of {len(preds)} files failed (listed above); the others were predicted",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
 
 
