@@ -455,6 +455,15 @@ def serve(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest width x height (default 40,000,000, or $MEDCLASS_MAX_UPLOAD_PIXELS)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Longest side in pixels (default 10,000, or $MEDCLASS_MAX_UPLOAD_SIDE)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Dynamic batching: most images per forward pass (1: off)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Dynamic batching: longest wait in ms for a batch to fill."),
+    max_active: int = typer.Option(16, "--max-active", help="/predict requests processed at once."),
+    max_queue: int = typer.Option(256, "--max-queue", help="/predict requests that may wait; past it: 503 with Retry-After."),
+    decode_memory_mb: float = typer.Option(1024, "--decode-memory-mb", help="Memory budget in MiB for decoding uploads "
+                                           "(cost from the image header)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send a "
+                                         "request head; idle connections are closed after it."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds an upload may take to arrive (then 408)."),
 ) -> None:
     """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
     the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
@@ -468,11 +477,16 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
+    from .serving.app import ServeOptions
+
     with _user_errors(FileNotFoundError):
         limits = UploadLimits.from_env(
             max_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels, max_side=max_side)
-        application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint)
+        options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_active=max_active,
+                               max_queue=max_queue, decode_memory_bytes=int(decode_memory_mb * 1024 * 1024),
+                               header_timeout_s=header_timeout, body_timeout_s=body_timeout)
+        application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint, options=options)
     if not is_loopback(host):
         typer.secho(f"warning: {host} is reachable from other machines and the service has no authentication or "
                     "TLS; put it behind a reverse proxy that provides both", fg=typer.colors.YELLOW, err=True)
