@@ -327,13 +327,24 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Destination file (default: RUN/export/model.onnx "
                                        "or RUN/export/model.pt)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write RUN/export/model.int8.onnx "
+                                           "(static QDQ quantization calibrated on the validation images; ONNX only)."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="--quantize: the most accuracy points the INT8 model may "
+                                    "lose against FP32 on the validation or test split."),
+    force: bool = typer.Option(False, "--force", help="--quantize: write the INT8 model even if it loses more."),
 ) -> None:
     """Export a run for deployment: preprocessing, calibration and class names travel inside the file.
 
     The exported model takes uint8 images (N, C, H, W) as decoded and resized, and outputs logits and
-    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it."""
+    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it. With
+    --quantize int8 the FP32 ONNX file is written as usual and an INT8 one beside it (--out names the
+    INT8 file then), after its accuracy is compared with FP32's."""
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format must be onnx or torchscript, got {fmt!r}")
+    if quantize is not None and quantize != "int8":
+        _fail(f"--quantize must be int8, got {quantize!r}")
+    if quantize is not None and fmt != "onnx":
+        _fail("--quantize int8 needs --format onnx (ONNX Runtime quantization)")
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     import warnings
@@ -345,7 +356,7 @@ def export(
         loaded = load_run(run, checkpoint=checkpoint, device="cpu")
         # a mismatch is reported below, as a CLI warning
         warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-        result = export_run(loaded, fmt, out)
+        result = export_run(loaded, fmt, None if quantize else out)
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -357,6 +368,25 @@ def export(
                         f"(tolerance {VERIFY_TOLERANCE:.0e})", fg=typer.colors.YELLOW, err=True)
         else:
             typer.echo(f"checked: probabilities match PyTorch within {result.max_prob_diff:.1e}")
+    if quantize:
+        from .serving.quantize import quantize_run
+
+        typer.echo("quantizing to INT8 (static, QDQ) on the validation images ...")
+        with _user_errors(ImportError, OSError):
+            q = quantize_run(loaded, result.path, out, tolerance_points=tolerance, force=force)
+        for split, a in q.accuracy.items():
+            typer.echo(f"{split} accuracy (n={a['n']}): FP32 {a['fp32']:.4f}  INT8 {a['int8']:.4f}  "
+                       f"({100 * (a['int8'] - a['fp32']):+.2f} points)")
+        ips = q.images_per_second
+        typer.echo(f"speed on {ips['split']}: FP32 {ips['fp32']:.0f} images/s, INT8 {ips['int8']:.0f} images/s "
+                   f"({ips['int8'] / ips['fp32']:.2f}x)")
+        for note in q.notes:
+            typer.echo(f"note: {note}")
+        if q.forced:
+            typer.secho(f"warning: the INT8 model loses {q.worst_loss_points():.2f} points, more than the tolerance "
+                        f"of {tolerance:g}; written because of --force", fg=typer.colors.YELLOW, err=True)
+        typer.echo(f"wrote the INT8 model to {q.path} ({q.path.stat().st_size / 1e6:.1f} MB, calibrated on "
+                   f"{q.calibration_images} validation images)")
 
 
 @app.command()
