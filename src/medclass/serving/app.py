@@ -129,8 +129,10 @@ class ServeOptions:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"ServeOptions.{f.name} must be a number, got {value!r}")
+            kind = int if f.type in ("int", int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"ServeOptions.{f.name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {value!r}")
             if value < (0 if f.name in ("max_queue", "max_wait_ms") else 1e-9):
                 raise ValueError(f"ServeOptions.{f.name} must be {'>= 0' if f.name in ('max_queue', 'max_wait_ms') else '> 0'}, "
                                  f"got {value!r}")
@@ -239,7 +241,16 @@ class _MemoryGate:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.used = 0
-        self.cond = asyncio.Condition()
+        self._cond: Optional[asyncio.Condition] = None
+        self._loop = None
+
+    @property
+    def cond(self) -> asyncio.Condition:
+        """The condition of the running event loop (a test client may run each request in its own loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._cond, self._loop = asyncio.Condition(), loop
+        return self._cond
 
     async def acquire(self, cost: int) -> int:
         """Wait until ``cost`` (capped at the budget: a big image alone is decoded by itself) fits;
