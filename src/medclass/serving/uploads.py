@@ -3,9 +3,12 @@
 Torch-free (numpy, Pillow, pydicom), like :mod:`medclass.data.io`, so the ONNX Runtime service
 can use it without PyTorch.
 
-The service calls :func:`read_limited` on the upload stream (so that a 5 GB body is never held in
-memory), then :func:`decode_upload` on the bytes, and maps :class:`UploadError` to the HTTP
-response (``status_code``, and ``code`` + ``message`` in the JSON body, :meth:`UploadError.as_dict`).
+The service (:mod:`medclass.serving.app`) cuts the request body off past the byte limit while it
+streams in (so that a 5 GB body is never held in memory; :func:`read_limited` does the same for a
+file-like stream), computes the memory a decode needs from the header (:func:`decode_cost`, to
+admit it against its memory budget), then calls :func:`decode_upload` on the bytes, and maps
+:class:`UploadError` to the HTTP response (``status_code``, and ``code`` + ``message`` as the JSON
+body ``{"error", "detail"}``).
 Every bad input ends as an :class:`UploadError`, never as another exception (a 500): the service
 keeps serving. Only the caller's own mistakes (``channels`` not 1 or 3, a bad ``dicom_window`` or
 ``resize``) raise ``ValueError``.
