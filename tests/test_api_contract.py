@@ -2,7 +2,7 @@
 server error, documented status codes, content types, headers and response schemas, rejection of
 schema-invalid requests, acceptance of valid ones, unsupported methods...), a bounded number of
 examples per operation, against the service on loopback (uvicorn, the fake classifier of
-``test_serve_load``: the contract does not depend on the network). See
+``helpers.FakeClassifier``, the ``live`` fixture of conftest: the contract does not depend on the network). See
 ``tests/fixtures/schemathesis.toml`` for the one setting changed and why.
 """
 
@@ -18,13 +18,11 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-from test_serve_load import live  # noqa: E402,F401  (the fixture)
-
 CONFIG = Path(__file__).parent / "fixtures" / "schemathesis.toml"
 
 
 @pytest.mark.slow
-def test_schemathesis_all_checks_pass_on_the_live_schema(live, tmp_path):  # noqa: F811
+def test_schemathesis_all_checks_pass_on_the_live_schema(live, tmp_path):
     host, port, _ = live
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     assert exe, "the schemathesis command is not installed beside this Python"

@@ -8,7 +8,6 @@ custom CNN trained for one epoch on 16 px synthetic images and its ONNX export.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import tempfile
@@ -25,29 +24,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from medclass.serving import app as app_module  # noqa: E402
 from medclass.serving.app import ServeOptions, create_app  # noqa: E402
-from medclass.spec import ModelSpec  # noqa: E402
 
-from helpers import make_folder_dataset, png_bytes, tiny_config  # noqa: E402
-
-
-class FakeClassifier:
-    """Probabilities from the mean grey value (deterministic per image); counts forward passes."""
-
-    can_explain = False
-
-    def __init__(self, run: str = "fake", classes=("a", "b", "c"), delay: float = 0.0) -> None:
-        self.spec = ModelSpec(class_names=list(classes), channels=1, image_size=16, run=run)
-        self.calls: list[int] = []
-        self.delay = delay
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        self.calls.append(len(images))
-        if self.delay:
-            time.sleep(self.delay)
-        m = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / 255.0
-        z = np.stack([m, 1 - m, 0.5 * np.ones_like(m)], axis=1) * 4
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+from helpers import FakeClassifier, make_folder_dataset, png_bytes, tiny_config  # noqa: E402
 
 
 def grey_png(value: int, side: int = 16) -> bytes:
@@ -210,28 +188,6 @@ def test_docs_serve_local_swagger_ui_files_when_configured(tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------ idle and slow connections (defect 2)
-
-
-@pytest.fixture
-def live(request):
-    """The fake classifier served by uvicorn in a thread with short timeouts; yields (host, port, app)."""
-    from medclass.serving.service import make_server
-
-    options = ServeOptions(header_timeout_s=0.5, body_timeout_s=0.8, keep_alive_s=0.5)
-    application = create_app(FakeClassifier(), options=options)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = make_server(application, "127.0.0.1", port, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield "127.0.0.1", port, application
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 __all__ = ["quantize_run", "QuantizeResult", "QuantizationRefused", "ValidationImages", "default_int8_path",
            "DEFAULT_TOLERANCE_POINTS", "CALIBRATION_IMAGES"]
@@ -55,7 +56,7 @@ def default_int8_path(run_dir: Union[str, os.PathLike]) -> Path:
     return Path(run_dir) / "export" / "model.int8.onnx"
 
 
-class ValidationImages:
+class ValidationImages(CalibrationDataReader):
     """An ``onnxruntime.quantization.CalibrationDataReader`` over decoded images.
 
     Args:
@@ -64,8 +65,6 @@ class ValidationImages:
     """
 
     def __init__(self, images: np.ndarray, batch: int = _CALIBRATION_BATCH) -> None:
-        from onnxruntime.quantization import CalibrationDataReader  # noqa: F401  (the protocol implemented)
-
         self.images = np.ascontiguousarray(images, dtype=np.uint8)
         self.batch = batch
         self._next = 0
