@@ -14,6 +14,16 @@ client's side: upload, decoding, inference and answer) and errors, the server's 
         --clients 8 --requests 400 --out benchmarks/results/serve_load.json
 
 With ``--explain`` every request also asks for the Grad-CAM overlay (``explain=true``).
+``--serve-file`` serves an exported file instead of the run's default (e.g.
+``RUN/export/model.int8.onnx`` with ``--backend onnx``); ``--max-batch``/``--max-wait-ms`` set the
+server's dynamic batching (``--max-batch 1``: none). ``--bombs N`` replaces the timed phase by N
+decompression-heavy uploads sent at once (each a valid 16-bit greyscale PNG of
+``--bomb-side`` x ``--bomb-side`` pixels, tens of KB on the wire, about 600 MB while it decodes at
+6300 px) and reports the server's peak RSS: the decode memory budget must keep it bounded.
+
+    python benchmarks/serve_load.py --run runs/chest-ct-64 --images ../shared/data/chest-ct/test \
+        --clients 64 --requests 1280 --backend onnx --serve-file runs/chest-ct-64/export/model.int8.onnx
+    python benchmarks/serve_load.py --run runs/chest-ct-64 --images ../shared/data/chest-ct/test --bombs 40
 """
 
 from __future__ import annotations
@@ -60,6 +70,22 @@ def _peak_rss_mib(pid: int) -> float | None:
     return None
 
 
+def _bomb_png(side: int) -> bytes:
+    """A valid 16-bit greyscale PNG of ``side`` x ``side`` pixels, a ramp, compressed row by row
+    (never held as an array): tens of KB that decode to ``2 * side**2`` bytes and more."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" + bytes(range(256)) * (2 * side // 256) + b"\x00" * (2 * side % 256)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    head = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
 def _image_files(root: Path, limit: int) -> list[Path]:
     exts = {".png", ".jpg", ".jpeg", ".dcm"}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
@@ -81,6 +107,12 @@ def main() -> int:
     ap.add_argument("--explain", action="store_true", help="ask for the Grad-CAM overlay too")
     ap.add_argument("--max-images", type=int, default=64, help="distinct images to cycle through")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    ap.add_argument("--serve-file", type=Path, default=None, help="serve this exported file (e.g. model.int8.onnx) "
+                    "instead of --run's default; --run still names the run")
+    ap.add_argument("--max-batch", type=int, default=None, help="server's dynamic batching: most images per pass")
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="server's dynamic batching: longest wait")
+    ap.add_argument("--bombs", type=int, default=0, help="send this many decompression-heavy uploads at once instead")
+    ap.add_argument("--bomb-side", type=int, default=6300, help="side in pixels of the 16-bit PNG of --bombs")
     args = ap.parse_args()
     if args.clients < 1 or args.requests < 1:
         raise SystemExit("--clients and --requests must be >= 1")
@@ -91,8 +123,14 @@ def main() -> int:
     payloads = [(p.name, p.read_bytes()) for p in files]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "medclass", "serve", str(args.run), "--host", "127.0.0.1", "--port", str(port),
+    target = args.serve_file if args.serve_file is not None else args.run
+    cmd = [sys.executable, "-m", "medclass", "serve", str(target), "--host", "127.0.0.1", "--port", str(port),
            "--backend", args.backend, "--log-level", "warning"]
+    if args.max_batch is not None:
+        cmd += ["--max-batch", str(args.max_batch)]
+    if args.max_wait_ms is not None:
+        cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+    timed = [("bomb.png", _bomb_png(args.bomb_side))] if args.bombs else payloads
     log(f"starting: {' '.join(cmd)}")
     server = subprocess.Popen(cmd)
     try:
@@ -130,7 +168,7 @@ def main() -> int:
                         if i >= args.requests:
                             return
                         next_index[0] += 1
-                    name, data = payloads[i % len(payloads)]
+                    name, data = timed[i % len(timed)]
                     t0 = time.perf_counter()
                     try:
                         r = c.post(url, files={"file": (name, data)})
@@ -147,6 +185,8 @@ def main() -> int:
                         else:
                             errors.append({"request": i, "file": name, "error": detail})
 
+        if args.bombs:  # all at once, one connection each
+            args.clients = args.requests = args.bombs
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
         t_start = time.perf_counter()
         for t in threads:
@@ -183,7 +223,10 @@ def main() -> int:
             "p50": _percentile(ms, 50), "p90": _percentile(ms, 90), "p99": _percentile(ms, 99),
             "mean": statistics.mean(ms) if ms else float("nan"), "max": max(ms) if ms else float("nan")}.items()},
         "predicted_classes": predicted,
-        "server_counters": {k: final_health.get(k) for k in ("predictions", "rejected", "failed")},
+        "server_counters": {k: final_health.get(k) for k in ("predictions", "rejected", "busy", "timeouts", "failed")},
+        "served": str(target),
+        "batching": final_health.get("batching"),
+        "bombs": {"n": args.bombs, "side": args.bomb_side} if args.bombs else None,
         "server_peak_rss_mib": round(peak_rss, 1) if peak_rss else None,
     }
     lat = result["latency_ms"]

@@ -3,6 +3,8 @@
 - The decode cache goes to a temporary folder, never to ~/.cache.
 - ``shared_data``: the folder of real data sets (``../shared/data``, or ``$MEDCLASS_SHARED_DATA``);
   ``chest_ct``: its chest CT set, skipping the test when it is missing.
+- ``live``: :class:`helpers.FakeClassifier` served by uvicorn in a thread on loopback, with short
+  header/body/keep-alive timeouts; yields ``(host, port, app)``.
 - ``chromium``: the headless Chromium binary, skipping the test when there is none; every test that
   uses it (directly or through another fixture) is marked ``browser``.
 
@@ -56,3 +58,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "chromium" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture
+def live():
+    """The fake classifier served by uvicorn in a thread with short timeouts; yields (host, port, app)."""
+    import socket
+    import threading
+    import time
+
+    from medclass.serving.app import ServeOptions, create_app
+    from medclass.serving.service import make_server
+
+    from helpers import FakeClassifier
+
+    options = ServeOptions(header_timeout_s=0.5, body_timeout_s=0.8, keep_alive_s=0.5)
+    application = create_app(FakeClassifier(), options=options)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = make_server(application, "127.0.0.1", port, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield "127.0.0.1", port, application
+    server.should_exit = True
+    thread.join(timeout=10)

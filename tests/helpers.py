@@ -313,3 +313,28 @@ def served(run_dir: Path, log: Path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# --------------------------------------------------------------------------- a fake classifier
+
+
+class FakeClassifier:
+    """Probabilities from the mean grey value (deterministic per image); counts forward passes."""
+
+    can_explain = False
+
+    def __init__(self, run: str = "fake", classes=("a", "b", "c"), delay: float = 0.0) -> None:
+        from medclass.spec import ModelSpec
+
+        self.spec = ModelSpec(class_names=list(classes), channels=1, image_size=16, run=run)
+        self.calls: list[int] = []
+        self.delay = delay
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        if self.delay:
+            time.sleep(self.delay)
+        m = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / 255.0
+        z = np.stack([m, 1 - m, 0.5 * np.ones_like(m)], axis=1) * 4
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -249,7 +249,7 @@ def test_cli_backends_agree(chest_run, tmp_path):
     for backend, target in (("torch", run_dir), ("onnx", run_dir), ("torchscript", run_dir),
                             ("onnx", run_dir / "export" / "model.onnx")):
         r = _cli_predict(str(target), *files, "--backend", backend, "--format", "json")
-        assert r.exit_code == 0, r.output
+        assert r.exit_code == 1 and "1 of 17 files failed" in r.output, r.output  # one broken file: exit 1
         out[(backend, target.name)] = json.loads(r.stdout)
     torch_preds = out[("torch", "run")]
     assert len(torch_preds) == 17 and torch_preds[-1]["error"] and "broken.png" in torch_preds[-1]["error"]

@@ -48,7 +48,10 @@ def test_chest_ct_train_evaluate_predict(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     one = next((data / "test" / "normal").iterdir())
-    out = invoke("predict", run, data / "test" / "large.cell.carcinoma", one, broken, "--format", "json")
+    result = runner.invoke(app, [str(a) for a in ("predict", run, data / "test" / "large.cell.carcinoma", one, broken,
+                                                  "--format", "json")])
+    assert result.exit_code == 1 and "1 of 53 files failed" in result.output  # the broken file: exit 1
+    out = result.stdout
     rows = json.loads(out[: out.rindex("]") + 1])
     assert len(rows) == 51 + 2
     assert rows[-1]["error"] and "broken.png" in rows[-1]["error"]

@@ -63,8 +63,8 @@ def test_version_1_spec_reads_with_defaults_and_newer_is_refused():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"class_names": ["a", "a"]}, "unique non-empty"),
-    ({"class_names": ["a", ""]}, "unique non-empty"),
+    ({"class_names": ["a", "a"]}, "duplicate names"),
+    ({"class_names": ["a", ""]}, "non-empty strings"),
     ({"class_names": ["a"]}, "at least 2 classes"),
     ({"threshold": 1.5}, "threshold"),
     ({"temperature": 0.0}, "temperature"),

@@ -21,6 +21,7 @@ _USER_ERRORS = (
     ("medclass.data.sources", "DataError"),
     ("medclass.data.io", "ImageReadError"),
     ("medclass.engine.checkpoint", "CheckpointError"),
+    ("medclass.fileio", "UnsafePathError"),
     ("medclass.models.pretrained", "PretrainedError"),
     ("medclass.serving.onnx_backend", "ModelFileError"),
 )
@@ -257,7 +258,8 @@ def predict(
 ) -> None:
     """Predict the class of unseen images; unreadable files get an error line, the rest are predicted.
 
-    Exits with 1 when no file could be predicted, 2 on a usage error (bad option, not a run, no export)."""
+    Exits with 1 when any file could not be predicted (saying how many), 2 on a usage error (bad
+    option, not a run, no export)."""
     from .serving.predict_format import PREDICTION_FORMATS, format_predictions
 
     if fmt not in PREDICTION_FORMATS:
@@ -300,15 +302,21 @@ def predict(
     if not preds:
         _fail("no image files found in the given paths")
     text = format_predictions(preds, names, fmt)
+    errors = [p for p in preds if p.error]
     if output:
-        output.write_text(text)
-        typer.echo(f"wrote {len(preds)} predictions to {output}")
+        from .fileio import atomic_write_text
+
+        with _user_errors(OSError):
+            atomic_write_text(output, text)
+        failed = f" and {len(errors)} error line{'s' if len(errors) != 1 else ''}" if errors else ""
+        typer.echo(f"wrote {len(preds) - len(errors)} predictions{failed} to {output}")
     else:
         typer.echo(text, nl=False)
-    errors = [p for p in preds if p.error]
     for p in errors:
         typer.secho(f"error: {p.error}", fg=typer.colors.RED, err=True)
-    if len(errors) == len(preds):
+    if errors:
+        typer.secho(f"error: {len(errors)} of {len(preds)} files failed (listed above); the others were predicted",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
 
 
@@ -319,13 +327,24 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Destination file (default: RUN/export/model.onnx "
                                        "or RUN/export/model.pt)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write RUN/export/model.int8.onnx "
+                                           "(static QDQ quantization calibrated on the validation images; ONNX only)."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="--quantize: the most accuracy points the INT8 model may "
+                                    "lose against FP32 on the validation or test split."),
+    force: bool = typer.Option(False, "--force", help="--quantize: write the INT8 model even if it loses more."),
 ) -> None:
     """Export a run for deployment: preprocessing, calibration and class names travel inside the file.
 
     The exported model takes uint8 images (N, C, H, W) as decoded and resized, and outputs logits and
-    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it."""
+    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it. With
+    --quantize int8 the FP32 ONNX file is written as usual and an INT8 one beside it (--out names the
+    INT8 file then), after its accuracy is compared with FP32's."""
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format must be onnx or torchscript, got {fmt!r}")
+    if quantize is not None and quantize != "int8":
+        _fail(f"--quantize must be int8, got {quantize!r}")
+    if quantize is not None and fmt != "onnx":
+        _fail("--quantize int8 needs --format onnx (ONNX Runtime quantization)")
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     import warnings
@@ -337,7 +356,7 @@ def export(
         loaded = load_run(run, checkpoint=checkpoint, device="cpu")
         # a mismatch is reported below, as a CLI warning
         warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-        result = export_run(loaded, fmt, out)
+        result = export_run(loaded, fmt, None if quantize else out)
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -349,6 +368,25 @@ def export(
                         f"(tolerance {VERIFY_TOLERANCE:.0e})", fg=typer.colors.YELLOW, err=True)
         else:
             typer.echo(f"checked: probabilities match PyTorch within {result.max_prob_diff:.1e}")
+    if quantize:
+        from .serving.quantize import quantize_run
+
+        typer.echo("quantizing to INT8 (static, QDQ) on the validation images ...")
+        with _user_errors(ImportError, OSError):
+            q = quantize_run(loaded, result.path, out, tolerance_points=tolerance, force=force)
+        for split, a in q.accuracy.items():
+            typer.echo(f"{split} accuracy (n={a['n']}): FP32 {a['fp32']:.4f}  INT8 {a['int8']:.4f}  "
+                       f"({100 * (a['int8'] - a['fp32']):+.2f} points)")
+        ips = q.images_per_second
+        typer.echo(f"speed on {ips['split']}: FP32 {ips['fp32']:.0f} images/s, INT8 {ips['int8']:.0f} images/s "
+                   f"({ips['int8'] / ips['fp32']:.2f}x)")
+        for note in q.notes:
+            typer.echo(f"note: {note}")
+        if q.forced:
+            typer.secho(f"warning: the INT8 model loses {q.worst_loss_points():.2f} points, more than the tolerance "
+                        f"of {tolerance:g}; written because of --force", fg=typer.colors.YELLOW, err=True)
+        typer.echo(f"wrote the INT8 model to {q.path} ({q.path.stat().st_size / 1e6:.1f} MB, calibrated on "
+                   f"{q.calibration_images} validation images)")
 
 
 @app.command()
@@ -447,6 +485,15 @@ def serve(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest width x height (default 40,000,000, or $MEDCLASS_MAX_UPLOAD_PIXELS)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Longest side in pixels (default 10,000, or $MEDCLASS_MAX_UPLOAD_SIDE)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Dynamic batching: most images per forward pass (1: off)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Dynamic batching: longest wait in ms for a batch to fill."),
+    max_active: int = typer.Option(16, "--max-active", help="/predict requests processed at once."),
+    max_queue: int = typer.Option(256, "--max-queue", help="/predict requests that may wait; past it: 503 with Retry-After."),
+    decode_memory_mb: float = typer.Option(1024, "--decode-memory-mb", help="Memory budget in MiB for decoding uploads "
+                                           "(cost from the image header)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send a "
+                                         "request head; idle connections are closed after it."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds an upload may take to arrive (then 408)."),
 ) -> None:
     """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
     the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
@@ -460,11 +507,16 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
+    from .serving.app import ServeOptions
+
     with _user_errors(FileNotFoundError):
         limits = UploadLimits.from_env(
             max_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels, max_side=max_side)
-        application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint)
+        options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_active=max_active,
+                               max_queue=max_queue, decode_memory_bytes=int(decode_memory_mb * 1024 * 1024),
+                               header_timeout_s=header_timeout, body_timeout_s=body_timeout)
+        application = build_app(run, backend=backend, limits=limits, checkpoint=checkpoint, options=options)
     if not is_loopback(host):
         typer.secho(f"warning: {host} is reachable from other machines and the service has no authentication or "
                     "TLS; put it behind a reverse proxy that provides both", fg=typer.colors.YELLOW, err=True)

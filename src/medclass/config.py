@@ -337,6 +337,15 @@ class RunConfig:
             d = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); write the config as "
+                              "UTF-8 YAML") from None
+        except yaml.YAMLError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise ConfigError(
+                f"{path} is not plain YAML that yaml.safe_load reads ({detail}); medclass reads configs with "
+                "yaml.safe_load, which refuses Python tags such as !!python/object: remove them, or write "
+                "the config again (e.g. copy a run's config.yaml)") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a config must be a mapping with sections data/model/train")
         return cls.from_dict(d)

@@ -119,10 +119,20 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.channels must be 1 or 3, got {self.channels}")
         if not isinstance(self.image_size, int) or self.image_size < 1:
             raise ValueError(f"ModelSpec.image_size must be a positive integer (pixels), got {self.image_size!r}")
+        if not isinstance(self.class_names, (list, tuple)):
+            raise ValueError(f"ModelSpec.class_names must be a list of class names, got a "
+                             f"{type(self.class_names).__name__}: {_short(self.class_names)}")
         if len(self.class_names) < 2:
             raise ValueError(f"ModelSpec.class_names needs at least 2 classes, got {self.class_names!r}")
-        if not all(isinstance(n, str) and n for n in self.class_names) or len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"ModelSpec.class_names must be unique non-empty strings, got {self.class_names!r}")
+        bad = [n for n in self.class_names if not isinstance(n, str) or not n.strip()]
+        if bad:
+            raise ValueError(f"ModelSpec.class_names must be non-empty strings; {len(bad)} are not, e.g. "
+                             f"{_short(bad[:3])}")
+        seen: set[str] = set()
+        dup = sorted({n for n in self.class_names if n in seen or seen.add(n)})
+        if dup:
+            raise ValueError(f"ModelSpec.class_names has duplicate names {_short(dup[:5])}: each class needs its own "
+                             "name (duplicates would merge their probabilities)")
         if not self.temperature > 0:
             raise ValueError(f"ModelSpec.temperature must be > 0, got {self.temperature}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -208,6 +218,12 @@ class ModelSpec:
         threshold on ``P(class_names[1])`` for a binary task that has one, else the arg-max after
         the :attr:`logit_adjustment` when there is one (:func:`medclass.pipeline.decide`)."""
         return pipeline.decide(probs, self.threshold, self.logit_adjustment)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about untrusted files."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -305,10 +321,17 @@ def write_spec(spec: ModelSpec, run_dir: Union[str, os.PathLike]) -> Path:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    """The JSON value in ``path``.
+
+    Raises:
+        ValueError: not UTF-8 JSON; the message names the file and ends with ``what`` (what to do).
+    """
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not JSON ({e}); {what}") from e
+        raise ValueError(f"{path} is not JSON ({e}); {what}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not JSON (not UTF-8 text: {e.reason} at byte {e.start}); {what}") from None
 
 
 def _threshold_of(record: dict) -> Optional[float]:
@@ -333,9 +356,20 @@ def _calibration_of(path: Path) -> Optional[dict]:
     """
     if not path.is_file():
         return None
-    cal = _read_json(path, "re-run `medclass evaluate` on the run")
+    again = "re-run `medclass evaluate` on the run (or delete the file)"
+    cal = _read_json(path, again)
     if not isinstance(cal, dict):
-        raise ValueError(f"{path} is not a JSON object; re-run `medclass evaluate` on the run")
+        raise ValueError(f"{path} is not a JSON object; {again}")
+    t = cal.get("temperature")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+        raise ValueError(f"{path}: temperature must be a number > 0, got {_short(t)}; {again}")
+    try:
+        threshold = _threshold_of(cal)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: threshold must be a number in [0, 1] or null, got {_short(cal.get('threshold'))}; "
+                         f"{again}") from None
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{path}: threshold must be in [0, 1], got {threshold}; {again}")
     return cal
 
 
@@ -394,7 +428,12 @@ def read_spec(run_dir: Union[str, os.PathLike]) -> ModelSpec:
         raise ValueError(f"{files.config}: {e}") from e
     class_names = _read_json(files.classes, "it should list the run's class names")
     if not isinstance(class_names, list):
-        raise ValueError(f"{files.classes} must be a JSON list of class names")
+        raise ValueError(f"{files.classes} must be a JSON list of class names, got a {type(class_names).__name__}; "
+                         "write the names in logit order, e.g. [\"benign\", \"malignant\"]")
+    try:
+        ModelSpec(class_names=class_names, channels=1, image_size=1)  # the names' own checks, before str()
+    except ValueError as e:
+        raise ValueError(f"{files.classes}: {e}") from None
     try:
         return legacy_spec(cfg, class_names, files.root, ensemble=files.ensemble.is_file())
     except ValueError as e:

@@ -18,7 +18,7 @@ from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
 from ..runs import RunError, RunFiles
 from ..spec import ModelSpec, legacy_spec, read_spec
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .inference import channels_last_wanted, predict_logits, select_device
 
 __all__ = ["LoadedRun", "load_run"]
@@ -69,7 +69,7 @@ class LoadedRun:
         return self.spec.probabilities(self.logits(images, tta, batch_size))
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", _within: tuple[Path, ...] = ()) -> LoadedRun:
     """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
     ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
     classes and channels; the preprocessing is the spec's mean/std.
@@ -77,11 +77,12 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     Raises:
         RunError: not a run folder (no model_spec.json, and no config.yaml / classes.json).
         CheckpointError: the checkpoint is missing or unreadable.
-        ValueError: an invalid model_spec.json, classes.json or calibration.json (names the file).
+        ValueError: an invalid model_spec.json, classes.json, calibration.json or ensemble.json, or
+            class names that do not match the checkpoint's output layer (names the file).
     """
     files = RunFiles(Path(run_dir))
     if files.ensemble.is_file():
-        return _load_ensemble(files, device)
+        return _load_ensemble(files, device, _within)
     spec = read_spec(files.root)
     if not files.config.is_file():
         raise RunError(f"{run_dir} is not a medclass run folder (no config.yaml or classes.json)")
@@ -91,8 +92,23 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     state = load_checkpoint(path, map_location="cpu")
     # the spec says what the network is (architecture, task kind); the config's model section how it is built
     arch = dict(arch=spec.arch, single_logit=spec.single_logit) if spec.arch else {}
+    names_file = files.spec if files.spec.is_file() else files.classes
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{path} has no model weights (no 'model' entry); restore it from a copy, or train "
+                              "the run again")
     model = build_model(dataclasses.replace(cfg.model, **arch), len(spec.class_names), spec.channels)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        head = _head_outputs(weights)
+        if head is not None and head != spec.num_outputs:
+            raise ValueError(f"{names_file} gives {len(spec.class_names)} class names ({spec.num_outputs} outputs), but "
+                             f"the checkpoint {path} has an output layer of {head}; the run folder is inconsistent: "
+                             f"restore {names_file.name} from the run's training, or train the run again") from None
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"the checkpoint {path} does not fit the network described by {files.config.name} and "
+                         f"{names_file.name} ({detail}); restore the run folder's files, or train the run again") from None
     model.to(dev).eval()
     if channels_last_wanted(dev, spec.image_size):
         model.to(memory_format=torch.channels_last)
@@ -101,10 +117,57 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec)
 
 
-def _load_ensemble(files: RunFiles, device: str) -> LoadedRun:
-    """An ensemble run: its members' models, each behind its own normalisation, voting softly."""
-    members_file = json.loads(files.ensemble.read_text())
-    members = [load_run(Path(m), members_file.get("checkpoint", "best"), device) for m in members_file["members"]]
+def _head_outputs(weights: dict) -> Optional[int]:
+    """Outputs of the network's last layer, as far as a state dict tells (the first dimension of its
+    last 1-D or 2-D tensor, the head's bias or weight), or None; used to explain a failed load."""
+    for value in reversed(list(weights.values())):
+        if isinstance(value, torch.Tensor) and value.ndim == 1:
+            return int(value.shape[0])
+        if isinstance(value, torch.Tensor) and value.ndim == 2:
+            return int(value.shape[0])
+    return None
+
+
+def _read_ensemble(files: RunFiles) -> dict:
+    """``ensemble.json`` checked: ``members`` a non-empty list of folder names, ``weights`` one number each.
+
+    Raises:
+        ValueError: not JSON, or another layout (names the file).
+    """
+    path = files.ensemble
+    again = "write it again with `medclass ensemble`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not JSON ({e}); {again}") from None
+    members = data.get("members") if isinstance(data, dict) else None
+    weights = data.get("weights") if isinstance(data, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
+        raise ValueError(f"{path}: 'members' must be a non-empty list of run folders; {again}")
+    if (not isinstance(weights, list) or len(weights) != len(members)
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        raise ValueError(f"{path}: 'weights' must be a list of {len(members)} numbers, one per member; {again}")
+    if data.get("checkpoint", "best") not in ("best", "last"):
+        raise ValueError(f"{path}: 'checkpoint' must be best or last; {again}")
+    return data
+
+
+def _load_ensemble(files: RunFiles, device: str, within: tuple[Path, ...] = ()) -> LoadedRun:
+    """An ensemble run: its members' models, each behind its own normalisation, voting softly.
+
+    Raises:
+        RunError: the ensemble lists itself, directly or through another ensemble (a cycle).
+        ValueError: an invalid ``ensemble.json`` (see :func:`_read_ensemble`).
+    """
+    members_file = _read_ensemble(files)
+    here = files.root.resolve()
+    chain = (*within, here)
+    for m in members_file["members"]:
+        if Path(m).resolve() in chain:
+            raise RunError(f"{files.ensemble} lists {m}, which is the ensemble itself or one that contains it: an "
+                           "ensemble cannot contain itself; list the member runs only")
+    members = [load_run(Path(m), members_file.get("checkpoint", "best"), device, chain)
+               for m in members_file["members"]]
     spec = read_spec(files.root)
     cfg = RunConfig.load(files.config)
     wrapped = [nn.Sequential(_Normalise(m.preprocess), m.model) for m in members]

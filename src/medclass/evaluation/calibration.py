@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..fileio import atomic_write
+
 __all__ = [
     "ECE_BINS",
     "fit_temperature",
@@ -148,7 +150,7 @@ def plot_reliability(
         ax.set_ylim(0, 1)
         ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 

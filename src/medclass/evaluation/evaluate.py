@@ -14,6 +14,7 @@ import torch
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
+from ..fileio import atomic_write_text, safe_dir
 from ..spec import calibration_record, update_calibration
 from .calibration import (
     ECE_BINS,
@@ -223,9 +224,7 @@ def calibrate_run(
         counts = _training_class_counts(run)
         if counts is not None and all(c > 0 for c in counts):
             out["logit_adjustment"] = fit_logit_adjustment(after, y, counts)
-    tmp = path.with_suffix(".tmp")  # for people and the report; the spec is what models read
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(out, indent=1))  # for people and the report; the spec is what models read
     threshold = out["threshold"]["threshold"] if "threshold" in out else None
     adjustment = out.get("logit_adjustment")
     offsets = adjustment["offsets"] if adjustment and adjustment["tau"] > 0 else None
@@ -333,7 +332,7 @@ def evaluate_run(
         metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
                                           n_bootstrap, seed)
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
-    out.mkdir(parents=True, exist_ok=True)
+    safe_dir(out)  # refuses a folder that is a symbolic link; every file below is written atomically
     cal_probs = probs
     has_valid = run.files.manifest.is_file() and bool(read_manifest(run.files.manifest).splits.get("valid"))
     if calibrate and has_valid:
@@ -379,17 +378,17 @@ def evaluate_run(
             "seconds": time.time() - t0,
         }
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     if explain > 0:
         metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     plot_confusion_matrix(metrics["confusion_matrix"], run.class_names, out / "confusion_matrix.png")
     plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
-    with open(out / "predictions.csv", "w") as f:
-        f.write("path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n")
-        for s, yt, pr, k in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx], decided):
-            f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(k)]},"
+    rows = ["path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n"]
+    for s_, yt, pr, k in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx], decided):
+        rows.append(f"\"{s_.path}\",{run.class_names[yt]},{run.class_names[int(k)]},"
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
+    atomic_write_text(out / "predictions.csv", "".join(rows))
     metrics["out_dir"] = str(out)
     return metrics
 

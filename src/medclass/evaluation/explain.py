@@ -39,6 +39,8 @@ from torch import Tensor, nn  # noqa: E402
 
 from ..models import logits_to_probs  # noqa: E402
 
+from ..fileio import atomic_write, safe_dir
+
 __all__ = ["default_target_layer", "gradcam", "overlay", "save_explanations", "select_examples"]
 
 ClassIndex = Union[None, int, Sequence[int], np.ndarray, Tensor]
@@ -325,7 +327,7 @@ def save_explanations(
     paths = [out / f"{_safe_stem(name)}_gradcam.png" for name in names]
     if len(set(paths)) != n:
         raise ValueError("names give duplicate file names; make their stems unique")
-    out.mkdir(parents=True, exist_ok=True)
+    safe_dir(out)
     for start in range(0, n, batch_size):
         batch = imgs[start : start + batch_size]
         x = preprocess(batch.to(device))
@@ -352,7 +354,7 @@ def save_explanations(
                 ax.axis("off")
             fig.suptitle(title, fontsize=10)
             fig.tight_layout()
-            fig.savefig(paths[i], dpi=100)
+            atomic_write(paths[i], lambda tmp: fig.savefig(tmp, dpi=100))
             plt.close(fig)
     return paths
 

@@ -28,6 +28,12 @@ _EXPORTS = {
     "ModelFileError": "onnx_backend",
     "FilePrediction": "onnx_backend",
     "predict_files": "onnx_backend",
+    "quantize_run": "quantize",
+    "QuantizeResult": "quantize",
+    "QuantizationRefused": "quantize",
+    "DynamicBatcher": "batching",
+    "BatchingOptions": "batching",
+    "ServeOptions": "app",
 }
 
 __all__ = sorted(_EXPORTS)
