@@ -15,6 +15,7 @@ from ..data import DataError, build_index, cache_dir_for, decode_split, read_man
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from ..spec import calibration_record, update_calibration
+from ..tracking import log_evaluation
 from .calibration import (
     ECE_BINS,
     apply_temperature,
@@ -241,7 +242,12 @@ def evaluate_run(
     (:func:`medclass.evaluation.groups.subgroup_metrics`); numeric columns are cut into quartile
     bins, stated as ``bins``.
 
+    MLflow: a run tracked in training (``RUN/mlflow_run.json``), or any run while tracking is on,
+    gets the metrics with their intervals and the figures, ``metrics.json`` and the model card
+    (:func:`medclass.tracking.log_evaluation`).
+
     Raises:
+        TrackingError: MLflow tracking on but mlflow missing or its store unreachable.
         DataError: ``subgroups`` without a CSV source, or a column the CSV lacks.
         ValueError: ``group_how`` not ``mean`` or ``max``.
         RunError, CheckpointError: not a run, no checkpoint.
@@ -335,6 +341,7 @@ def evaluate_run(
             f.write(f"\"{s.path}\",{run.class_names[yt]},{run.class_names[int(np.argmax(pr))]},"
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     metrics["out_dir"] = str(out)
+    log_evaluation(run.files, run.cfg, metrics, out)  # to the run's MLflow run, when it is tracked
     return metrics
 
 
