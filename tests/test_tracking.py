@@ -78,7 +78,7 @@ def test_a_tracked_run_reads_back_with_the_mlflow_client(tmp_path, store):
     assert json.loads(open(local).read())["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
-def test_a_failed_training_marks_the_mlflow_run_failed(tmp_path, store, monkeypatch):
+def test_a_failed_training_is_marked_failed_and_its_resume_logs_to_the_same_mlflow_run(tmp_path, store, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from medclass.engine import train
@@ -101,6 +101,14 @@ def test_a_failed_training_marks_the_mlflow_run_failed(tmp_path, store, monkeypa
     client = MlflowClient(tracking_uri=store)
     assert client.get_run(record["run_id"]).info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(record["run_id"], "loss")] == [1]
+
+    monkeypatch.setattr(trainer_module, "validate", real)
+    train(_tiny(tmp_path / "again"), run_dir, resume=True)  # epoch 2, into the same MLflow run
+    assert json.loads((run_dir / RECORD).read_text())["run_id"] == record["run_id"]
+    assert len(client.search_runs([client.get_run(record["run_id"]).info.experiment_id])) == 1
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(record["run_id"], "loss")] == [1, 2]
 
 
 def test_the_switch_config_and_environment(monkeypatch):

@@ -141,6 +141,17 @@ def configure(data: Optional[PathLike] = None, *, file: Optional[PathLike] = Non
     return cfg
 
 
+def _heavy_imports() -> None:
+    """Import tqdm.auto (which the engine uses) with its notebook warning silenced: in Jupyter
+    without ipywidgets it warns "IProgress not found" on import and uses the text bar, which the
+    API turns off there anyway (epoch lines are printed)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.auto  # noqa: F401
+
+
 # --------------------------------------------------------------------------- display helpers
 
 
@@ -319,7 +330,7 @@ class Explanation:
             ax.axis("off")
         p = self.probabilities[self.predicted]
         fig.suptitle(f"{self.name}: predicted {self.predicted} (p = {p:.3f})", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         return fig
 
     def _repr_png_(self) -> bytes:
@@ -442,6 +453,7 @@ class Run:
         if checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         if checkpoint not in self._loaded:
+            _heavy_imports()
             from .engine import load_run
 
             self._loaded[checkpoint] = load_run(self.path, checkpoint)
@@ -471,6 +483,7 @@ class Run:
             DataError: no such split, or classes the run does not know. RunError, CheckpointError:
                 not a run, no checkpoint.
         """
+        _heavy_imports()
         from .evaluation import evaluate_run
 
         metrics = evaluate_run(self.path, None if data is None else str(data), split, None if out is None else Path(out),
@@ -499,8 +512,9 @@ class Run:
 
         Args:
             images: a file or folder path, a list of them (folders are searched for images), or
-                uint8 arrays: one image ``(H, W)`` / ``(H, W, C)``, a batch ``(N, H, W, C)`` or a
-                list of images (each resized to the run's input as files are: the run's resize rule).
+                uint8 arrays: one image ``(H, W)`` / ``(H, W, C)`` (C = 1, 3 or 4), a batch
+                ``(N, H, W, C)`` or greyscale ``(N, H, W)``, or a list of images (each resized to
+                the run's input as files are: the run's resize rule and channels).
             tta: average the image and its horizontal flip.
             checkpoint: ``best`` or ``last``. batch_size: images per forward pass.
 
@@ -574,6 +588,7 @@ class Run:
         Raises:
             ValueError: an unknown format. ImportError: onnx/onnxruntime missing.
         """
+        _heavy_imports()
         from .engine import load_run
         from .serving.export import FORMATS, export_run
 
@@ -589,6 +604,7 @@ class Run:
         Raises:
             as :meth:`evaluate`.
         """
+        _heavy_imports()
         from .evaluation import build_report
 
         path = build_report(self.path, None if out is None else Path(out), split, dedupe, explain, bootstrap,
@@ -600,16 +616,20 @@ class Run:
 def _as_model_images(images: Any, spec) -> Any:
     """uint8 arrays -> the model's input uint8 ``(N, S, S, C)`` (:func:`medclass.data.io.to_model_input`).
 
+    A 3-dimensional array is one image ``(H, W, C)`` when its last side is at most 4 (channels),
+    else a batch of greyscale images ``(N, H, W)``.
+
     Raises:
-        ValueError: not uint8, or not ``(H, W)``, ``(H, W, C)`` with C in 1, 3, 4, or ``(N, H, W, C)``.
+        ValueError: not uint8, or not ``(H, W)``, ``(H, W, C)`` with C in 1, 3, 4, ``(N, H, W)`` or
+            ``(N, H, W, C)``.
     """
     import numpy as np
     from PIL import Image
 
     from .data.io import to_model_input
 
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        items = list(images)
+    if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
+        items = list(images)  # (N, H, W, C), or greyscale (N, H, W)
     elif isinstance(images, np.ndarray):
         items = [images]
     else:
@@ -623,7 +643,7 @@ def _as_model_images(images: Any, spec) -> Any:
         if a.ndim == 3 and a.shape[-1] == 1:
             a = a[..., 0]
         if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
-            raise ValueError(f"image {i}: expected (H, W), (H, W, C) with C in 1, 3, 4, or a batch (N, H, W, C); "
+            raise ValueError(f"image {i}: expected (H, W), (H, W, C) with C in 1, 3, 4, or a batch (N, H, W[, C]); "
                              f"got shape {a.shape}")
         out.append(to_model_input(Image.fromarray(a), spec.channels, spec.image_size, spec.resize))
     return np.stack(out)
@@ -675,6 +695,7 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
     elif not sys.stderr.isatty():
         cfg.train.progress = False
     check_tracking(cfg)
+    _heavy_imports()
     from .engine import new_run_dir, train as run_training
 
     run_dir = new_run_dir(Path(runs_dir), name, cfg)
