@@ -151,6 +151,15 @@ def test_the_cli_reports_missing_mlflow_in_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()  # refused before a run folder was made
 
 
+def test_the_default_sqlite_store_without_sqlalchemy_says_what_to_install(tmp_path, store, monkeypatch):
+    from medclass.runs import RunFiles
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # mlflow-skinny alone
+    with pytest.raises(TrackingError, match=r"is a database, which needs sqlalchemy and alembic.*medclass\[mlflow\]"):
+        RunTracker.open(RunFiles(tmp_path), tiny_config("x"))
+    assert not (tmp_path / RECORD).exists()
+
+
 class _DownClient:
     def log_batch(self, *args, **kwargs):
         raise ConnectionError("tracking server unreachable")
@@ -166,3 +175,15 @@ def test_a_tracking_server_error_mid_run_is_one_warning_not_a_lost_training(tmp_
     out = capsys.readouterr().out
     assert out.count("warning: MLflow tracking stopped") == 1 and "tracking server unreachable" in out
     assert not tracker.active
+
+
+def test_the_record_names_local_stores_by_absolute_path(tmp_path, monkeypatch):
+    from medclass.tracking import _absolute_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert _absolute_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    assert _absolute_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert _absolute_uri("file:mlruns") == (tmp_path / "mlruns").as_uri()
+    assert _absolute_uri("http://mlflow.team:5000") == "http://mlflow.team:5000"
+    assert _absolute_uri("databricks") == "databricks"

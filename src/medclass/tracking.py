@@ -144,9 +144,29 @@ def _absolute_uri(uri: str) -> str:
         return uri if path.startswith("/") or path == ":memory:" else "sqlite:///" + str(Path(path).resolve())
     if uri.startswith("file:") and not uri.startswith("file:/"):
         return Path(uri[len("file:"):]).resolve().as_uri()
+    if uri in ("databricks", "databricks-uc", "uc"):  # MLflow's bare store names, not paths
+        return uri
     if "://" not in uri and ":" not in uri.split("/")[0]:
         return Path(uri).resolve().as_uri()
     return uri
+
+
+def _check_store_support(uri: str) -> None:
+    """A database store (MLflow 3's default ``sqlite:///mlflow.db``) needs SQLAlchemy, which
+    mlflow-skinny alone lacks; without it MLflow's own error is about its model registry.
+
+    Raises:
+        TrackingError: a database URI and no sqlalchemy/alembic; says what to install or set.
+    """
+    if uri.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "mssql"):
+        return
+    try:
+        import alembic  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as e:
+        raise TrackingError(
+            f"the MLflow store {uri!r} is a database, which needs sqlalchemy and alembic ({e}): {_INSTALL}, "
+            "or point MLFLOW_TRACKING_URI at a tracking server (http://...)") from None
 
 
 def _read_record(files: RunFiles) -> Optional[dict[str, Any]]:
@@ -200,6 +220,7 @@ class RunTracker:
 
         record = _read_record(files)
         uri = record["tracking_uri"] if record else _absolute_uri(mlflow.get_tracking_uri())
+        _check_store_support(uri)
         try:
             client = MlflowClient(tracking_uri=uri)
             if record is not None:
