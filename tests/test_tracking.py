@@ -103,6 +103,7 @@ def test_a_failed_training_is_marked_failed_and_its_resume_logs_to_the_same_mlfl
     assert [m.step for m in client.get_metric_history(record["run_id"], "loss")] == [1]
 
     monkeypatch.setattr(trainer_module, "validate", real)
+    monkeypatch.delenv("MEDCLASS_MLFLOW")  # a run tracked before stays tracked when resumed
     train(_tiny(tmp_path / "again"), run_dir, resume=True)  # epoch 2, into the same MLflow run
     assert json.loads((run_dir / RECORD).read_text())["run_id"] == record["run_id"]
     assert len(client.search_runs([client.get_run(record["run_id"]).info.experiment_id])) == 1

@@ -337,16 +337,42 @@ class _NoTracker:
         return lambda *args, **kwargs: None
 
 
+def _should_track(files: RunFiles, cfg: Optional[RunConfig]) -> bool:
+    """Whether to log to MLflow for the run ``files``: tracking is on for ``cfg``
+    (:func:`tracking_enabled`), or the run was tracked before (``RUN/mlflow_run.json``) and
+    ``$MEDCLASS_MLFLOW`` does not turn it off. A tracked run whose tracking is not asked for now,
+    while mlflow is not installed, is not logged (a warning says so).
+
+    Raises:
+        TrackingError: tracking asked for (``cfg``, ``$MEDCLASS_MLFLOW=1``) and mlflow missing.
+        ConfigError: a bad ``$MEDCLASS_MLFLOW``.
+    """
+    wanted = tracking_enabled(cfg)
+    if wanted:
+        import_mlflow()
+        return True
+    if os.environ.get(ENV_VAR) is not None or not (files.root / RECORD).is_file():  # off, or never tracked
+        return False
+    try:
+        import_mlflow()
+    except TrackingError:
+        print(f"warning: {files.root} was tracked with MLflow ({RECORD}) but mlflow is not installed: "
+              f"not logged there now ({_INSTALL})")
+        return False
+    return True
+
+
 def open_tracker(cfg: RunConfig, files: Optional[RunFiles], resume: bool = False):
-    """The training's tracker: a :class:`RunTracker` when :func:`tracking_enabled` and ``files``
-    is given (rank 0), else an object whose methods do nothing. Use as a context manager around
-    the epochs (an exception marks the MLflow run FAILED) and call ``log_epoch(row)`` per epoch
-    and ``end_training()`` after the summary is written.
+    """The training's tracker: a :class:`RunTracker` when ``files`` is given (rank 0) and
+    tracking is on for ``cfg`` or, resuming, the run was tracked before (see
+    :func:`_should_track`); else an object whose methods do nothing. Use it as a context manager
+    around the epochs (an exception marks the MLflow run FAILED) and call ``log_epoch(row)`` per
+    epoch and ``end_training()`` after the summary is written.
 
     Raises:
         TrackingError, ConfigError: see :meth:`RunTracker.open` and :func:`tracking_enabled`.
     """
-    if files is None or not tracking_enabled(cfg):
+    if files is None or not _should_track(files, cfg):
         return _NoTracker()
     return RunTracker.open(files, cfg, resume)
 
@@ -367,7 +393,7 @@ def log_evaluation(files: RunFiles, cfg: Optional[RunConfig], metrics: dict[str,
 
     Logged when the run has a record (``RUN/mlflow_run.json``: it was tracked) and tracking is not
     turned off by ``$MEDCLASS_MLFLOW=0``, or when tracking is on for ``cfg`` (then an untracked run
-    gets a new MLflow run). With a record but no mlflow installed, a warning is printed.
+    gets a new MLflow run); see :func:`_should_track`.
 
     Returns:
         Whether anything was logged.
@@ -375,19 +401,9 @@ def log_evaluation(files: RunFiles, cfg: Optional[RunConfig], metrics: dict[str,
         TrackingError: tracking is on (``cfg`` or ``$MEDCLASS_MLFLOW=1``) and mlflow is missing, or
             the store cannot be opened.
     """
+    if not _should_track(files, cfg):
+        return False
     recorded = (files.root / RECORD).is_file()
-    wanted = tracking_enabled(cfg)
-    if os.environ.get(ENV_VAR) is not None and not wanted:  # turned off explicitly
-        return False
-    if not (wanted or recorded):
-        return False
-    if not wanted:
-        try:
-            import_mlflow()
-        except TrackingError:
-            print(f"warning: {files.root} was tracked with MLflow ({RECORD}) but mlflow is not installed: "
-                  f"this evaluation is not logged there ({_INSTALL})")
-            return False
     tracker = RunTracker.open(files, cfg if not recorded else None)
     split = str(metrics.get("split", "test"))
     values = {f"{split}_{k}": metrics.get(k) for k in EVAL_METRICS}

@@ -3,8 +3,8 @@
 ``train(cfg, run_dir)`` does, in order: fix the seed and device; index, split and decode the
 data; build model, loss, optimizer and LR schedule; optionally resume from ``last.pt``; then for
 each epoch train over shuffled batches (augmentation batched on the device), validate, step the
-schedule, log (``metrics.csv``, TensorBoard, ``curves.png``; MLflow when on, :mod:`medclass.tracking`), write ``best.pt``/``last.pt``
-atomically and check early stopping. It returns the history and where things were written.
+schedule, log (``metrics.csv``, TensorBoard, ``curves.png``; MLflow when on, :mod:`medclass.tracking`),
+write ``best.pt``/``last.pt`` atomically and check early stopping. It returns the history and where things were written.
 
 The loop itself stays in :func:`train`; its pieces are small functions above it
 (:func:`train_one_epoch`, :func:`validate`, :func:`save_epoch`, :func:`write_summary`, ...). The
@@ -732,7 +732,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     log = print if main else _quiet
     if main:
         check_tracking(cfg)  # MLflow on but not installed: the error before any work (TrackingError)
-    if main:
         prepare_run_dir(files, resume)
     barrier(ctx)
     torch.manual_seed(tc.seed)
