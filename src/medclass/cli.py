@@ -24,6 +24,7 @@ _USER_ERRORS = (
     ("medclass.fileio", "UnsafePathError"),
     ("medclass.models.pretrained", "PretrainedError"),
     ("medclass.serving.onnx_backend", "ModelFileError"),
+    ("medclass.tracking", "TrackingError"),
 )
 
 
@@ -107,11 +108,16 @@ def train(
     ),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
+    mlflow: Optional[bool] = typer.Option(
+        None, "--mlflow/--no-mlflow", help="Track the run with MLflow (train.mlflow; also MEDCLASS_MLFLOW=1): its "
+        "default local store or $MLFLOW_TRACKING_URI. Needs pip install 'medclass[mlflow]'."
+    ),
 ) -> None:
     """Train a model; then evaluate it on the test split."""
     from .engine import train as run_training
     from .engine.run_folder import new_run_dir, resume_run_dir
     from .evaluation import evaluate_run
+    from .tracking import check_tracking
     from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
 
     with _user_errors():
@@ -123,9 +129,11 @@ def train(
                 **{"train.epochs": epochs, "data.image_size": image_size, "train.time_budget": time_budget,
                    "train.batch_size": batch_size,
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
-                   "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
+                   "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe,
+                   "train.mlflow": mlflow},
             )
             check_budget_config(cfg)  # before a run folder is named
+            check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
         if not sys.stderr.isatty():
             cfg.train.progress = False

@@ -291,6 +291,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
     progress: bool = True
+    # MLflow tracking (medclass.tracking; pip install medclass[mlflow]): params, per-epoch metrics, test
+    # metrics and figures to MLflow's default local store or $MLFLOW_TRACKING_URI; $MEDCLASS_MLFLOW=1/0 overrides
+    mlflow: bool = False
     # wall-clock budget of the whole training call: seconds, or "90s" / "15m" / "1.5h"; None: off.
     # With it, epochs come from a measured plan (medclass.engine.budget) and `epochs` is ignored
     time_budget: Optional[Any] = None

@@ -3,8 +3,8 @@
 ``train(cfg, run_dir)`` does, in order: fix the seed and device; index, split and decode the
 data; build model, loss, optimizer and LR schedule; optionally resume from ``last.pt``; then for
 each epoch train over shuffled batches (augmentation batched on the device), validate, step the
-schedule, log (``metrics.csv``, TensorBoard, ``curves.png``), write ``best.pt``/``last.pt``
-atomically and check early stopping. It returns the history and where things were written.
+schedule, log (``metrics.csv``, TensorBoard, ``curves.png``; MLflow when on, :mod:`medclass.tracking`),
+write ``best.pt``/``last.pt`` atomically and check early stopping. It returns the history and where things were written.
 
 The loop itself stays in :func:`train`; its pieces are small functions above it
 (:func:`train_one_epoch`, :func:`validate`, :func:`save_epoch`, :func:`write_summary`, ...). The
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
+from ..tracking import check_tracking, open_tracker
 from ..runs import RunError, RunFiles
 from ..data import (
     DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
@@ -715,6 +716,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             file and the intact checkpoint ``--resume`` continues from; a time budget that
             cannot fit one epoch.
         ConfigError: a bad ``train.time_budget`` or ``data.image_size``.
+        medclass.tracking.TrackingError: MLflow tracking on (``train.mlflow``, ``$MEDCLASS_MLFLOW``)
+            without mlflow installed, or its store cannot be opened; raised before any work.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
     """
     t_start = time.time()
@@ -728,6 +731,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     main = ctx.is_main
     log = print if main else _quiet
     if main:
+        check_tracking(cfg)  # MLflow on but not installed: the error before any work (TrackingError)
         prepare_run_dir(files, resume)
     barrier(ctx)
     torch.manual_seed(tc.seed)
@@ -793,7 +797,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
     epoch = saved_epoch
-    with _tensorboard(files if main else None) as writer:
+    # TensorBoard and, when on, MLflow (medclass.tracking): the same rows, after every epoch
+    with _tensorboard(files if main else None) as writer, \
+            open_tracker(cfg, files if main else None, resume) as mlflow_run:
         while not stopped_early:
             # a budget run re-plans its epochs from the last one's wall time (tc.epochs is the plan)
             if budget is not None and epoch > 0 and not _replan(budget, fit, tc, epoch, steps_per_epoch, ctx, log):
@@ -815,6 +821,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             if main:  # best.pt, then last.pt (the resume point), then metrics.csv
                 saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
                 _log_scalars(writer, row)
+                mlflow_run.log_epoch(row)
             clock.epoch_done(time.time() - t0, tc.epochs - epoch)  # wall time, checkpoints included
             if budget is not None:
                 budget.note_epoch(clock.walls[-1])
@@ -839,6 +846,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if main:
         write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg,
                       budget=None if budget is None else budget.summary(budget.elapsed()))
+        mlflow_run.end_training()  # curves, metrics.csv, summary and config as artifacts; FINISHED
     if ctx.enabled:
         barrier(ctx)
         torch.distributed.destroy_process_group()

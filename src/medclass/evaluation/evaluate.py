@@ -16,6 +16,7 @@ from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from ..fileio import atomic_write_text, safe_dir
 from ..spec import calibration_record, update_calibration
+from ..tracking import log_evaluation
 from .calibration import (
     ECE_BINS,
     apply_temperature,
@@ -289,7 +290,12 @@ def evaluate_run(
     (:func:`medclass.evaluation.groups.subgroup_metrics`); numeric columns are cut into quartile
     bins, stated as ``bins``.
 
+    MLflow: a run tracked in training (``RUN/mlflow_run.json``), or any run while tracking is on,
+    gets the metrics with their intervals and the figures, ``metrics.json`` and the model card
+    (:func:`medclass.tracking.log_evaluation`).
+
     Raises:
+        TrackingError: MLflow tracking on but mlflow missing or its store unreachable.
         DataError: ``subgroups`` without a CSV source, or a column the CSV lacks.
         ValueError: ``group_how`` not ``mean`` or ``max``.
         RunError, CheckpointError: not a run, no checkpoint.
@@ -390,6 +396,7 @@ def evaluate_run(
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     atomic_write_text(out / "predictions.csv", "".join(rows))
     metrics["out_dir"] = str(out)
+    log_evaluation(run.files, run.cfg, metrics, out)  # to the run's MLflow run, when it is tracked
     return metrics
 
 
