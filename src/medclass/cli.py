@@ -106,12 +106,15 @@ def train(
     ),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Fit the out-of-distribution detector (RUN/ood.json) "
+                             "on the best checkpoint after training."),
 ) -> None:
-    """Train a model; then evaluate it on the test split."""
+    """Train a model; fit its out-of-distribution detector; then evaluate it on the test split."""
     from .engine import train as run_training
     from .engine.run_folder import new_run_dir, resume_run_dir
     from .evaluation import evaluate_run
     from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+    from .evaluation.ood import fit_run_ood_or_warn
 
     with _user_errors():
         if resume:
@@ -132,6 +135,9 @@ def train(
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
             return
         typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
+        if ood:
+            fit_run_ood_or_warn(run_dir, progress=cfg.train.progress, log=typer.echo,
+                                warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
         if evaluate_test:
             metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
             typer.echo(format_metrics(metrics))
@@ -220,6 +226,23 @@ def evaluate(
                                group_how=group_aggregation,
                                subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
     typer.echo(format_metrics(metrics))
+
+
+@app.command("ood-fit")
+def ood_fit(
+    run: Path = typer.Argument(..., help="Run folder (not an ensemble)."),
+    method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
+                                         "medclass.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+) -> None:
+    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance on its training
+    images, thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
+    from .evaluation.ood import fit_run_ood
+
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+    with _user_errors():
+        fit_run_ood(run, method=method, checkpoint=checkpoint, progress=sys.stderr.isatty(), log=typer.echo)
 
 
 @app.command()

@@ -4,7 +4,8 @@ Routes:
 
 - ``POST /predict``: multipart form with one image in the field ``file`` (PNG, JPEG or DICOM);
   query ``explain=true`` adds a Grad-CAM overlay (base64 PNG) when the backend can explain.
-  Returns :class:`PredictionOut` JSON. Bad uploads get a 4xx JSON body ``{"error": code,
+  Returns :class:`PredictionOut` JSON; when the model has an out-of-distribution detector
+  (:mod:`medclass.ood`) its ``ood`` object says whether the image is unlike the training images. Bad uploads get a 4xx JSON body ``{"error": code,
   "detail": message}`` (see :mod:`medclass.serving.uploads`); the service keeps serving.
 - ``GET /health``: liveness and what is served. ``GET /openapi.json`` and ``GET /docs``: the API
   schema (FastAPI).
@@ -34,6 +35,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..ood import OOD_METHODS
+from ..prediction import classify
 from ..spec import ModelSpec
 from .uploads import UploadError, UploadLimits, check_filename, decode_upload
 
@@ -63,6 +66,16 @@ class Classifier(Protocol):
         (None: the predicted class)."""
 
 
+class OODOut(BaseModel):
+    """The out-of-distribution answer (:class:`medclass.ood.OODResult`): is the image unlike the training images?"""
+
+    score: float = Field(description="the method's score; higher means less like the training images")
+    threshold: float = Field(description="flag above this score (95% of the validation images are at or below it)")
+    flag: bool = Field(description="true: this image is unlike the training images; the prediction is not to be trusted")
+    method: str = Field(description=f"the score: one of {', '.join(OOD_METHODS)} (energy: Liu et al. 2020; "
+                                    "mahalanobis: Lee et al. 2018)")
+
+
 class PredictionOut(BaseModel):
     """The answer of ``POST /predict``."""
 
@@ -73,6 +86,8 @@ class PredictionOut(BaseModel):
     model: str = Field(description="the served run")
     seconds: float = Field(description="server time for decoding and inference, in seconds")
     gradcam_png: Optional[str] = Field(None, description="Grad-CAM overlay as a data:image/png;base64 URI (explain=true)")
+    ood: Optional[OODOut] = Field(None, description="out-of-distribution score and flag; null when the model has no "
+                                                    "detector (an ensemble, or a run trained before medclass fitted one)")
 
 
 class ErrorOut(BaseModel):
@@ -223,8 +238,8 @@ def create_app(
         t0 = time.perf_counter()
         image = decode_upload(data, filename, spec.channels, spec.image_size, spec.dicom_window, limits, resize=spec.resize)
         with lock:
-            probs = classifier.predict_proba(image[None])
-            k = int(spec.decide(probs)[0])
+            probs, classes, ood = classify(classifier, image[None])
+            k = int(classes[0])
             heat = classifier.explain(image, class_idx=k) if explain and classifier.can_explain else None
         overlay_uri = None
         if heat is not None:
@@ -236,6 +251,7 @@ def create_app(
             probabilities={n: float(p) for n, p in zip(spec.class_names, probs[0])},
             threshold=spec.threshold if len(spec.class_names) == 2 else None, model=spec.run or "model",
             seconds=time.perf_counter() - t0, gradcam_png=overlay_uri,
+            ood=OODOut(**ood[0].to_dict()) if ood else None,
         )
 
     @app.post("/predict", response_model=PredictionOut, responses={
@@ -266,7 +282,9 @@ def create_app(
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, what is served, and request counters."""
+        detector = getattr(classifier, "ood", None)
         return {"status": "ok", "model": spec.run, "backend": backend, "classes": spec.class_names,
+                "ood": None if detector is None else {"method": detector.method, "threshold": detector.threshold},
                 "image_size": spec.image_size, "channels": spec.channels, "can_explain": bool(classifier.can_explain),
                 "uptime_seconds": round(time.time() - started, 3), **counters,
                 "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "max_side": limits.max_side}}
