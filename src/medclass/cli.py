@@ -254,13 +254,21 @@ def report(
     explain: int = typer.Option(2, "--explain", help="Grad-CAM examples: N right and N wrong per class."),
     bootstrap: int = typer.Option(1000, "--bootstrap"),
     tta: bool = typer.Option(False, "--tta"),
+    group_aggregation: Optional[str] = typer.Option(
+        None, "--group-aggregation", help="Per-group results: mean or max (default: the earlier evaluation's, else mean)."
+    ),
+    subgroups: Optional[str] = typer.Option(
+        None, "--subgroups", help="Comma-separated CSV columns for subgroup results (default: the earlier evaluation's)."
+    ),
 ) -> None:
-    """Write one self-contained HTML report (figures embedded) of a run."""
+    """Write one self-contained HTML report (figures embedded) of a run: metrics, figures, groups,
+    subgroups, cross-validation and the out-of-distribution warning when the run has them."""
     from .evaluation.report import build_report
 
     with _user_errors():
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), group_how=group_aggregation,
+                            subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
     typer.echo(f"report: {path}")
 
 

@@ -17,6 +17,7 @@ nav { margin-bottom: 1em; } nav a { margin-right: .6em; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
 th { background: #f3f3f3; }
+tr.small-n td { color: #8a6d3b; background: #fffaf0; }
 form { border: 1px dashed #999; padding: 1em; border-radius: 6px; }
 button { font-size: 1em; padding: .3em 1.2em; margin-left: .5em; }
 #result { display: flex; gap: 2em; flex-wrap: wrap; margin-top: 1em; }
