@@ -339,3 +339,31 @@ def test_scores_are_the_same_on_numpy_and_torch():
     t = mahalanobis_score(torch.tensor(f, dtype=torch.float32), torch.tensor(means, dtype=torch.float32),
                           torch.tensor(precision, dtype=torch.float32))
     np.testing.assert_allclose(t.numpy(), mahalanobis_score(f, means, precision), rtol=1e-5)
+
+
+@pytest.mark.browser
+def test_web_page_warns_when_the_image_is_unlike_the_training_images(ood_run, chromium, tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from helpers import served
+
+    run_dir, data, foreign = ood_run
+    own = next(p for p in sorted((data / "test" / "dark").iterdir())
+               if not json.loads(_invoke("predict", run_dir, p, "--format", "json").stdout)[0]["ood_flag"])
+    with served(run_dir, tmp_path / "serve.log") as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.set_input_files("#file", str(foreign[1]))
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.is_visible("#ood-warning") and OOD_WARNING in page.inner_text("#ood-warning")
+            assert "(flagged)" in page.inner_text("#details")
+            page.set_input_files("#file", str(own))  # one of its own test images: the warning goes away
+            page.click("#submit")
+            page.wait_for_selector("#ood-warning", state="hidden", timeout=30_000)
+            assert not page.is_visible("#ood-warning") and "(in range)" in page.inner_text("#details")
+        finally:
+            browser.close()
