@@ -367,3 +367,14 @@ def test_web_page_warns_when_the_image_is_unlike_the_training_images(ood_run, ch
             assert not page.is_visible("#ood-warning") and "(in range)" in page.inner_text("#details")
         finally:
             browser.close()
+
+
+def test_ood_fit_without_validation_images_says_so(ood_run, tmp_path):
+    run_dir, _, _ = ood_run
+    copy = tmp_path / "no-valid"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ood.json", "ood.npz"))
+    manifest = RunFiles(copy).manifest
+    manifest.write_text("\n".join(line for line in manifest.read_text().splitlines() if not line.startswith("valid,")))
+    r = _invoke("ood-fit", copy)
+    assert r.exit_code == 2 and "manifest.csv" in r.output and "has 40 and 0" in r.output and "Traceback" not in r.output
+    assert read_ood(copy) is None

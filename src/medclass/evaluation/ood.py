@@ -79,8 +79,8 @@ def fit_run_ood(
         ValueError: an unknown method, a quantile outside (0, 1), or a class without training
             images (the message says which).
     """
-    from ..data import DataError
-    from .evaluate import _decode, _samples_for
+    from ..data import DataError, read_manifest
+    from .evaluate import _decode
 
     t0 = time.time()
     method = DEFAULT_OOD_METHOD if method is None else method
@@ -93,8 +93,14 @@ def fit_run_ood(
         raise RunError(f"{files.root} is an ensemble: it has no OOD detector of its own (its members' features "
                        "differ); predictions of an ensemble carry no OOD score")
     run = load_run(files.root, checkpoint)
-    train = _decode(run, _samples_for(run, None, "train"), "decode train (OOD)", progress)
-    valid = _decode(run, _samples_for(run, None, "valid"), "decode valid (OOD)", progress)
+    index = read_manifest(files.manifest) if files.manifest.is_file() else None
+    splits = {k: (index.splits.get(k) or []) if index is not None else [] for k in ("train", "valid")}
+    if not splits["train"] or not splits["valid"]:
+        found = "is missing" if index is None else f"has {len(splits['train'])} and {len(splits['valid'])}"
+        raise DataError(f"{files.manifest}: the OOD detector is fitted on the run's training and validation images; "
+                        f"the manifest {found}")
+    train = _decode(run, splits["train"], "decode train (OOD)", progress)
+    valid = _decode(run, splits["valid"], "decode valid (OOD)", progress)
     if len(train) < 2 or len(valid) == 0:
         raise DataError(f"{files.root}: the OOD detector needs readable training (>= 2) and validation images; "
                         f"got {len(train)} and {len(valid)}")
