@@ -280,6 +280,9 @@ def test_bad_or_stale_ood_files_give_clear_errors(ood_run, tmp_path):
     files.ood.write_text("{not json")
     r = _invoke("predict", broken, foreign[0])
     assert r.exit_code == 2 and "ood.json" in r.output and "ood-fit" in r.output and "Traceback" not in r.output
+    fixed = _invoke("ood-fit", broken)  # what the message says to do works
+    assert fixed.exit_code == 0, fixed.output
+    assert _invoke("predict", broken, foreign[0]).exit_code == 0 and read_ood(broken).method == "mahalanobis"
     shutil.copy(RunFiles(run_dir).ood, files.ood)
     np.savez(files.ood_params, means=np.zeros((2, 512)), precision=np.eye(512))  # not the fitted matrices
     with pytest.raises(ValueError, match="SHA-256"):

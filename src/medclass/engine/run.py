@@ -96,15 +96,19 @@ class LoadedRun:
         return self.spec.probabilities(logits.numpy().astype(np.float32, copy=False)), scores
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood: bool = True) -> LoadedRun:
     """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
     ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
-    classes and channels; the preprocessing is the spec's mean/std.
+    classes and channels; the preprocessing is the spec's mean/std. With ``ood`` the run's
+    out-of-distribution detector is read too (``RUN/ood.json``, :func:`medclass.ood.read_ood`;
+    ``LoadedRun.ood``, None when there is none or it was fitted on another epoch); ``ood=False``
+    leaves it unread (refitting it).
 
     Raises:
         RunError: not a run folder (no model_spec.json, and no config.yaml / classes.json).
         CheckpointError: the checkpoint is missing or unreadable.
-        ValueError: an invalid model_spec.json, classes.json or calibration.json (names the file).
+        ValueError: an invalid model_spec.json, classes.json, calibration.json or (with ``ood``)
+            ood.json / ood.npz (names the file).
     """
     files = RunFiles(Path(run_dir))
     if files.ensemble.is_file():
@@ -126,7 +130,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto") -> L
     epoch = int(state["epoch"])
     spec = dataclasses.replace(spec, checkpoint_epoch=epoch)
     return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec,
-                     _ood_for(files, epoch))
+                     _ood_for(files, epoch) if ood else None)
 
 
 def _ood_for(files: RunFiles, epoch: int) -> Optional[OODDetector]:

@@ -92,7 +92,7 @@ def fit_run_ood(
     if files.ensemble.is_file():
         raise RunError(f"{files.root} is an ensemble: it has no OOD detector of its own (its members' features "
                        "differ); predictions of an ensemble carry no OOD score")
-    run = load_run(files.root, checkpoint)
+    run = load_run(files.root, checkpoint, ood=False)  # the detector there (maybe broken) is being replaced
     index = read_manifest(files.manifest) if files.manifest.is_file() else None
     splits = {k: (index.splits.get(k) or []) if index is not None else [] for k in ("train", "valid")}
     if not splits["train"] or not splits["valid"]:
