@@ -66,8 +66,8 @@ class Prediction:
     def to_dict(self) -> dict:
         """``path``, ``predicted``, ``probabilities``, ``error``, ``ood_score`` and ``ood_flag``
         (None without an OOD detector) as a JSON-serialisable dict."""
-        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error,
-                "ood_score": self.ood_score, "ood_flag": self.ood_flag}
+        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities,
+                "error": self.error, "ood_score": self.ood_score, "ood_flag": self.ood_flag}
 
 
 def read_files(paths: Sequence[Union[str, os.PathLike]], spec: ModelSpec) -> tuple[list[Prediction], np.ndarray, list[int]]:

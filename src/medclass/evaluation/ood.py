@@ -31,7 +31,8 @@ from ..ood import (
 from ..runs import RunError
 
 __all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "DEFAULT_OOD_METHOD", "energy_score", "MahalanobisModel",
-           "fit_mahalanobis", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn", "read_ood", "write_ood"]
+           "fit_mahalanobis", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn", "read_ood",
+           "write_ood"]
 
 
 def fit_run_ood(
