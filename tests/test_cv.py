@@ -19,6 +19,9 @@ def test_group_ids_from_a_pattern_the_csv_group_or_the_image():
     samples = [Sample("/d/a/P01_1.png", 0), Sample("/d/a/P01_2.png", 0), Sample("/d/b/P02_1.png", 1, "lesion9")]
     assert group_ids(samples, r"^(P\d+)_") == ["P01", "P01", "P02"]
     assert group_ids(samples) == ["/d/a/P01_1.png", "/d/a/P01_2.png", "lesion9"]
+    # the pattern is searched in the file name only, not the folders; an .npz entry FILE::KEY has none: the whole entry
+    assert group_ids([Sample("/P09_x/a/P01_1.png", 0)], r"(P\d+)_") == ["P01"]
+    assert group_ids([Sample("/d/set.npz::train/3", 0)], r"::(\w+)/") == ["train"]
     with pytest.raises(DataError, match="P01_1.png"):
         group_ids(samples, r"^(Q\d+)_")
     with pytest.raises(DataError, match="needs a group"):
@@ -65,6 +68,9 @@ def test_cv_trains_k_folds_and_reports_out_of_fold_and_ensemble_figures(cv_data,
     assert record["ensemble_test"]["n"] == 8
     ensemble = json.loads((root / "ensemble" / "ensemble.json").read_text())
     assert len(ensemble["members"]) == 3
+    # each fold has its out-of-distribution detector, as `medclass train` fits it; the ensemble has none
+    assert all((root / f"fold-{i}" / "ood.json").is_file() for i in (1, 2, 3))
+    assert not (root / "ensemble" / "ood.json").exists()
     with open(root / "oof_predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24 and len({r["path"] for r in rows}) == 24

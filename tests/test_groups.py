@@ -147,3 +147,102 @@ def test_evaluate_reports_patient_level_results_beside_image_level(tmp_path):
     with pytest.raises(DataError, match="no column 'site'"):
         evaluate_run(tmp_path / "run", data=str(other), progress=False, calibrate=False, subgroups=["site"],
                      out_dir=tmp_path / "eval-x")
+
+
+# ---- the results in the report and the model card ------------------------------------------------
+
+
+def _metrics_with_groups_and_subgroups() -> dict:
+    ci = {"accuracy": {"estimate": 0.8, "low": 0.6, "high": 0.9}, "balanced_accuracy": {"estimate": 0.75, "low": 0.5,
+          "high": 0.9}, "auroc": {"estimate": 0.85, "low": 0.7, "high": 0.95}}
+    sub = {"subgroups": {"female": {"n": 40, "too_small": False, "accuracy": 0.9, "balanced_accuracy": 0.88,
+                                    "auroc": 0.93, "ci95": {"accuracy": [0.8, 0.97], "balanced_accuracy": [0.7, 0.95],
+                                                            "auroc": [0.85, 0.99]}},
+                         "male": {"n": 35, "too_small": False, "accuracy": 0.7, "balanced_accuracy": 0.66,
+                                  "auroc": 0.8, "ci95": {"accuracy": [0.55, 0.85], "balanced_accuracy": [0.5, 0.8],
+                                                         "auroc": [0.65, 0.9]}},
+                         "unknown": {"n": 4, "too_small": True, "accuracy": 0.5, "balanced_accuracy": 0.5,
+                                     "auroc": None, "ci95": {"accuracy": [0.0, 1.0], "balanced_accuracy": [0.0, 1.0],
+                                                             "auroc": [None, None]}}},
+           "gap": {"accuracy": {"best": "female", "worst": "male", "difference": 0.2},
+                   "balanced_accuracy": {"best": "female", "worst": "male", "difference": 0.22}},
+           "min_n": 30, "bins": None}
+    return {"split": "test", "n": 79, "accuracy": 0.8, "group_level": {
+        "aggregation": "max", "n_images": 79, "n_groups": 31, "conflicts": [{"group": "P07", "labels": {"0": 1, "1": 2}}],
+        "accuracy": 0.81, "balanced_accuracy": 0.77, "macro_f1": 0.76, "auroc": 0.86,
+        "confidence_intervals": {"metrics": ci}}, "subgroups": {"sex": sub},
+        "ood": {"method": "mahalanobis", "threshold": 812.5, "quantile": 0.95, "n": 79, "n_flagged": 4,
+                "flagged_share": 4 / 79}}
+
+
+def test_report_and_card_sections_show_groups_subgroups_cv_and_ood(tmp_path):
+    import json
+
+    from medclass.result_sections import collect_sections, render_sections
+    from medclass.serving.model_card import build_model_card, render_model_card
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ood.json").write_text(json.dumps({"method": "mahalanobis", "threshold": 812.5, "quantile": 0.95,
+                                              "n_train": 300, "n_valid": 90, "thresholds": {"energy": -3.1}}))
+    (run / "eval-test").mkdir()
+    (run / "eval-test" / "metrics.json").write_text(json.dumps(_metrics_with_groups_and_subgroups()))
+    card = build_model_card(run)
+    r = card["results"]
+    assert r["group_level"]["n_groups"] == 31 and r["group_level"]["ci"]["auroc"]["low"] == 0.7
+    assert r["subgroups"]["sex"]["gap"]["balanced_accuracy"]["difference"] == 0.22 and r["cv"] is None
+    assert r["ood"]["threshold"] == 812.5 and r["ood"]["evaluated"]["n_flagged"] == 4
+    assert any("Subgroups of sex" in c and "unknown" in c for c in card["caveats"])
+    assert any("unlike the training images are flagged" in c for c in card["caveats"])
+    json.dumps(card)  # what /model-card.json returns
+    html = render_model_card(card)
+    assert "Results per patient, lesion or study" in html and "31 groups" in html and "maximum (any image positive)" in html
+    assert "P07" in html and "left out" in html
+    assert "By sex" in html and "unknown <b>(too few: n &lt; 30)</b>" in html
+    assert "balanced accuracy 0.220 (female over male)" in html
+    assert "812.5" in html and "Lee et al. 2018" in html and "4 (5.1%) are flagged" in html
+    assert "Cross-validation" not in html
+
+    # the fold ensemble of `medclass cv`: its cv.json beside it; no OOD detector of its own
+    cv_root = tmp_path / "cv"
+    ens = cv_root / "ensemble"
+    ens.mkdir(parents=True)
+    (ens / "ensemble.json").write_text('{"members": [], "weights": []}')
+    (cv_root / "cv.json").write_text(json.dumps({
+        "settings": {"folds": 3, "group_pattern": "^(P\\d+)_"}, "n_pool": 60, "n_test": 20, "n_groups": 25,
+        "fold_sizes": [20, 21, 19],
+        "folds": [{"fold": i, "n_valid": 20, "accuracy": 0.7 + i / 100, "balanced_accuracy": 0.7, "auroc": 0.8}
+                  for i in (1, 2, 3)],
+        "fold_mean_std": {"accuracy": {"mean": 0.72, "std": 0.01}},
+        "out_of_fold": {"n": 60, "accuracy": 0.71, "balanced_accuracy": 0.7, "auroc": 0.79,
+                        "confidence_intervals": {"metrics": {"accuracy": {"low": 0.6, "high": 0.8}}}},
+        "ensemble_test": {"n": 20, "accuracy": 0.75, "balanced_accuracy": 0.74, "auroc": 0.83}}))
+    sections = collect_sections(ens, None)
+    assert sections["cv"]["settings"]["folds"] == 3 and sections["ood"] is None
+    html = render_sections(sections)
+    assert "3 stratified folds over 60" in html and "0.720 &plusmn; 0.010" in html and "0.600 to 0.800" in html
+    assert "ensemble on test" in html and "no out-of-distribution detector (an ensemble" in html
+    assert "Results per patient" not in html and "Subgroups" not in html
+    # values are escaped, never markup
+    (run / "ood.json").write_text(json.dumps({"method": "<script>", "threshold": 1, "quantile": 0.95}))
+    assert "<script>" not in render_sections(collect_sections(run, None))
+
+
+@pytest.mark.integration
+def test_report_of_a_run_with_patients_subgroups_and_ood(tmp_path):
+    from helpers import tiny_config
+
+    from medclass.engine import train
+    from medclass.evaluation import evaluate_run
+    from medclass.evaluation.ood import fit_run_ood
+    from medclass.evaluation.report import build_report
+
+    csv_path, _ = _csv_with_patients(tmp_path / "data", n_patients=30)
+    train(tiny_config(csv_path, epochs=1), tmp_path / "run")
+    detector = fit_run_ood(tmp_path / "run")
+    m = evaluate_run(tmp_path / "run", progress=False, n_bootstrap=50, subgroups=["sex"])
+    assert m["ood"]["method"] == detector.method and m["ood"]["n"] == m["n"]
+    # the report keeps the earlier evaluation's subgroup columns
+    html = build_report(tmp_path / "run", n_bootstrap=50, explain=0, audit=False).read_text()
+    assert "Results per patient, lesion or study" in html and "By sex" in html
+    assert "Out-of-distribution warning" in html and f"{detector.threshold:.4g}" in html

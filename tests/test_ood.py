@@ -87,3 +87,297 @@ def test_ood_benchmark_scores_a_run_against_foreign_sets_and_corruptions(tmp_pat
         assert m["foreign"]["other"]["n"] == 6 and 0 <= m["foreign"]["noise"]["flagged"] <= 1
         assert 0 <= m["own_test_flagged"] <= 1
     assert record["hardware"]["cpu_model"]
+
+
+# ---- the detector a run stores, and every prediction path that returns it -----------------------
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from helpers import make_folder_dataset, png_bytes  # noqa: E402
+
+from medclass.cli import app  # noqa: E402
+from medclass.ood import DEFAULT_OOD_METHOD, OOD_WARNING, OODDetector, read_ood, write_ood  # noqa: E402
+from medclass.runs import RunError, RunFiles  # noqa: E402
+
+SIZE = 16
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _foreign_images(folder: Path) -> list[Path]:
+    """A blank image and four uniform-noise images, nothing like the dark/bright striped training set."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    arrays = [np.zeros((SIZE, SIZE, 3), np.uint8)] + [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+                                                      for _ in range(4)]
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(folder / f"{'blank' if i == 0 else f'noise{i}'}.png")
+        Image.fromarray(a).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ood_run(tmp_path_factory):
+    """`medclass train` (the CLI, so the automatic OOD fit runs) on a tiny two-class set, 2 epochs
+    at 16 px; returns (run_dir, data_dir, foreign image paths)."""
+    root = tmp_path_factory.mktemp("ood")
+    data = make_folder_dataset(root / "data", size=SIZE, splits={"train": 20, "valid": 10, "test": 10})
+    r = _invoke("train", data, "--name", "run", "--runs-dir", root, "--epochs", 2, "--image-size", SIZE,
+                "--arch", "resnet18", "--batch-size", 4, "--set", "model.stem=small", "--no-eval")
+    assert r.exit_code == 0, r.output
+    assert "OOD detector (mahalanobis)" in r.output
+    return root / "run", data, _foreign_images(root / "foreign")
+
+
+def test_train_stores_the_detector_with_the_run(ood_run):
+    run_dir, _, _ = ood_run
+    files = RunFiles(run_dir)
+    record = json.loads(files.ood.read_text())
+    assert record["method"] == DEFAULT_OOD_METHOD == "mahalanobis" and record["quantile"] == 0.95
+    assert record["threshold"] == record["thresholds"]["mahalanobis"] and set(record["thresholds"]) == {"energy",
+                                                                                                       "mahalanobis"}
+    assert (record["n_train"], record["n_valid"], record["feature_dim"], record["num_classes"]) == (40, 20, 512, 2)
+    assert record["parameters"]["file"] == "ood.npz" and files.ood_params.is_file()
+    # 95 % of the validation images are at or below the threshold: 1 of 20 above
+    assert record["valid_flagged"]["mahalanobis"] == pytest.approx(0.05)
+    summary = json.loads(files.summary.read_text())
+    assert summary["ood"]["method"] == "mahalanobis" and 0 < summary["ood"]["seconds"] < 60
+    detector = read_ood(run_dir)
+    assert detector.means.shape == (2, 512) and detector.precision.shape == (512, 512)
+    assert detector.checkpoint_epoch == summary["best_epoch"]
+    assert not list(run_dir.glob(".ood*.tmp"))
+
+
+def test_blank_and_noise_images_are_flagged_and_own_test_images_mostly_not(ood_run):
+    from medclass.engine import load_run
+    from medclass.evaluation import predict_images
+
+    run_dir, data, foreign = ood_run
+    run = load_run(run_dir)
+    preds = predict_images(run, [*foreign, data / "test"])
+    odd, own = preds[: len(foreign)], preds[len(foreign):]
+    assert len(own) == 20 and all(p.ood is not None and p.ood.method == "mahalanobis" for p in preds)
+    assert [p.ood_flag for p in odd] == [True] * len(odd), [p.ood_score for p in odd]
+    assert np.mean([p.ood_flag for p in own]) <= 0.2
+    assert min(p.ood_score for p in odd) > max(sorted(p.ood_score for p in own)[:-2])
+    # the probabilities are those of the model (the detector adds, it does not change)
+    plain = run.predict_proba(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in foreign]))
+    np.testing.assert_allclose([[p.probabilities[n] for n in run.class_names] for p in odd], plain, atol=1e-6)
+
+
+def test_predict_cli_has_ood_columns_in_every_format(ood_run):
+    run_dir, data, foreign = ood_run
+    own = sorted((data / "test" / "dark").iterdir())[:2]
+    r = _invoke("predict", run_dir, foreign[0], foreign[1], *own, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "path,predicted,p_bright,p_dark,ood_score,ood_flag,error"
+    flags = [line.split(",")[5] for line in lines[1:]]
+    assert flags[:2] == ["true", "true"] and all(f in ("true", "false") for f in flags)
+    assert all(float(line.split(",")[4]) > 0 for line in lines[1:])
+    rows = json.loads(_invoke("predict", run_dir, foreign[0], "--format", "json").stdout)
+    assert rows[0]["ood_flag"] is True and rows[0]["ood_score"] > read_ood(run_dir).threshold
+    table = _invoke("predict", run_dir, foreign[0], own[0]).stdout.splitlines()
+    assert "ood_score" in table[0] and "UNLIKE TRAINING" in table[1]
+
+
+def test_post_predict_returns_the_ood_object_and_the_page_warns(ood_run):
+    from fastapi.testclient import TestClient
+
+    from medclass.serving.pages import SCRIPT_JS
+    from medclass.serving.service import build_app
+
+    run_dir, data, foreign = ood_run
+    detector = read_ood(run_dir)
+    with TestClient(build_app(run_dir)) as client:
+        def post(path):
+            r = client.post("/predict", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        odd = post(foreign[1])
+        assert odd["ood"] == {"score": pytest.approx(odd["ood"]["score"]), "threshold": detector.threshold,
+                              "flag": True, "method": "mahalanobis"}
+        assert odd["ood"]["score"] > detector.threshold
+        own = [post(p)["ood"]["flag"] for p in sorted((data / "test" / "bright").iterdir())[:5]]
+        assert own.count(False) >= 4
+        assert client.get("/health").json()["ood"] == {"method": "mahalanobis", "threshold": detector.threshold}
+        assert "ood" in client.get("/openapi.json").json()["components"]["schemas"]["PredictionOut"]["properties"]
+        page = client.get("/").text
+    assert 'id="ood-warning"' in page
+    assert OOD_WARNING in SCRIPT_JS and "showOod(r.ood)" in SCRIPT_JS
+
+
+def test_a_run_without_ood_json_still_predicts_and_serves(ood_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from medclass.serving.service import build_app
+
+    run_dir, _, foreign = ood_run
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("ood.json", "ood.npz"))
+    r = _invoke("predict", old, foreign[0], "--format", "csv")
+    assert r.exit_code == 0, r.output
+    row = r.stdout.splitlines()[1].split(",")
+    assert row[4:6] == ["", ""] and row[1] in ("dark", "bright")
+    assert "ood_score" not in _invoke("predict", old, foreign[0]).stdout.splitlines()[0]
+    with TestClient(build_app(old)) as client:
+        body = client.post("/predict", files={"file": ("x.png", png_bytes(Image.open(foreign[0])))}).json()
+    assert body["ood"] is None and body["predicted"] in ("dark", "bright")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_model_returns_the_same_ood_score(ood_run, tmp_path, fmt):
+    from medclass.engine import load_run
+    from medclass.prediction import predict_files
+    from medclass.serving.export import export_run
+    from medclass.serving.onnx_backend import load_onnx_classifier
+    from medclass.serving.predictor import TorchClassifier, load_torchscript_classifier
+
+    run_dir, data, foreign = ood_run
+    run = load_run(run_dir, device="cpu")
+    result = export_run(run, fmt, tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}")
+    assert result.spec.extra["ood"]["method"] == "mahalanobis" and result.max_ood_rel_diff < 1e-3
+    exported = (load_onnx_classifier if fmt == "onnx" else load_torchscript_classifier)(result.path)
+    assert exported.ood.threshold == run.ood.threshold and exported.ood.means is None  # the graph holds them
+    paths = [*foreign, *sorted((data / "test" / "dark").iterdir())[:4]]
+    got, want = predict_files(exported, paths), predict_files(TorchClassifier(run), paths)
+    np.testing.assert_allclose([p.ood_score for p in got], [p.ood_score for p in want], rtol=1e-3)
+    assert [p.ood_flag for p in got] == [p.ood_flag for p in want] and all(p.ood_flag for p in got[:len(foreign)])
+
+
+def test_refit_with_energy_and_an_export_of_it(ood_run, tmp_path):
+    run_dir, _, foreign = ood_run
+    copy = tmp_path / "energy-run"
+    shutil.copytree(run_dir, copy)
+    r = _invoke("ood-fit", copy, "--method", "energy")
+    assert r.exit_code == 0, r.output
+    detector = read_ood(copy)
+    assert detector.method == "energy" and detector.threshold == detector.thresholds["energy"]
+    assert not detector.needs_features
+    rows = json.loads(_invoke("predict", copy, *foreign, "--format", "json").stdout)
+    # energies -logsumexp(logits) of a two-class model: below 0 for any logits
+    assert all(row["ood_score"] < 0 and isinstance(row["ood_flag"], bool) for row in rows)
+    bad = _invoke("ood-fit", copy, "--method", "knn")
+    assert bad.exit_code == 2 and "energy, mahalanobis" in bad.output and "Traceback" not in bad.output
+
+
+def test_bad_or_stale_ood_files_give_clear_errors(ood_run, tmp_path):
+    from medclass.engine import load_run
+
+    run_dir, _, foreign = ood_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    files = RunFiles(broken)
+    files.ood.write_text("{not json")
+    r = _invoke("predict", broken, foreign[0])
+    assert r.exit_code == 2 and "ood.json" in r.output and "ood-fit" in r.output and "Traceback" not in r.output
+    fixed = _invoke("ood-fit", broken)  # what the message says to do works
+    assert fixed.exit_code == 0, fixed.output
+    assert _invoke("predict", broken, foreign[0]).exit_code == 0 and read_ood(broken).method == "mahalanobis"
+    shutil.copy(RunFiles(run_dir).ood, files.ood)
+    np.savez(files.ood_params, means=np.zeros((2, 512)), precision=np.eye(512))  # not the fitted matrices
+    with pytest.raises(ValueError, match="SHA-256"):
+        read_ood(broken)
+    # a detector fitted on another checkpoint is not used: a warning, and no OOD fields
+    shutil.copy(RunFiles(run_dir).ood_params, files.ood_params)
+    record = json.loads(files.ood.read_text())
+    record["checkpoint_epoch"] = 99
+    files.ood.write_text(json.dumps(record))
+    with pytest.warns(RuntimeWarning, match="epoch 99"):
+        assert load_run(broken).ood is None
+    # the files are never written through a symbolic link
+    link = tmp_path / "linked"
+    link.mkdir()
+    (tmp_path / "elsewhere.json").write_text("{}")
+    RunFiles(link).ood.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(RunError, match="symbolic link"):
+        write_ood(OODDetector("energy", 1.0), link)
+    assert (tmp_path / "elsewhere.json").read_text() == "{}"
+
+
+def test_ensembles_have_no_detector(tmp_path):
+    from medclass.evaluation.ood import fit_run_ood
+
+    RunFiles(tmp_path).ensemble.write_text('{"members": [], "weights": []}')
+    with pytest.raises(RunError, match="ensemble"):
+        fit_run_ood(tmp_path)
+    assert read_ood(tmp_path) is None
+
+
+def test_detector_round_trips_and_rejects_bad_records():
+    d = OODDetector("mahalanobis", 3.5, thresholds={"energy": -1.0, "mahalanobis": 3.5}, feature_dim=2,
+                    num_classes=2, means=np.zeros((2, 2)), precision=np.eye(2))
+    back = OODDetector.from_summary(json.loads(json.dumps(d.summary())), d.means, d.precision)
+    assert back.threshold == 3.5 and back.thresholds == d.thresholds
+    np.testing.assert_allclose(back.score(None, np.array([[0.0, 0.0], [3.0, 4.0]])), [0.0, 25.0])
+    assert [r.flag for r in back.results(np.array([3.5, 3.6]))] == [False, True]
+    with pytest.raises(ValueError, match="knn"):
+        OODDetector("knn", 1.0)
+    with pytest.raises(ValueError, match="'threshold'"):
+        OODDetector.from_summary({"method": "energy"})
+    with pytest.raises(ValueError, match="finite"):
+        OODDetector("energy", float("nan"))
+    with pytest.raises(ValueError, match="features"):
+        back.score(None, None)
+
+
+def test_scores_are_the_same_on_numpy_and_torch():
+    from medclass.ood import mahalanobis_score
+
+    rng = np.random.default_rng(0)
+    z, f = rng.normal(size=(6, 3)), rng.normal(size=(6, 4))
+    means, a = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+    precision = a @ a.T + np.eye(4)
+    np.testing.assert_allclose(energy_score(torch.tensor(z)).numpy(), energy_score(z), rtol=1e-5)
+    np.testing.assert_allclose(energy_score(torch.tensor(z[:, :1])).numpy(), energy_score(z[:, :1]), rtol=1e-5)
+    t = mahalanobis_score(torch.tensor(f, dtype=torch.float32), torch.tensor(means, dtype=torch.float32),
+                          torch.tensor(precision, dtype=torch.float32))
+    np.testing.assert_allclose(t.numpy(), mahalanobis_score(f, means, precision), rtol=1e-5)
+
+
+@pytest.mark.browser
+def test_web_page_warns_when_the_image_is_unlike_the_training_images(ood_run, chromium, tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from helpers import served
+
+    run_dir, data, foreign = ood_run
+    own = next(p for p in sorted((data / "test" / "dark").iterdir())
+               if not json.loads(_invoke("predict", run_dir, p, "--format", "json").stdout)[0]["ood_flag"])
+    with served(run_dir, tmp_path / "serve.log") as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.set_input_files("#file", str(foreign[1]))
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.is_visible("#ood-warning") and OOD_WARNING in page.inner_text("#ood-warning")
+            assert "(flagged)" in page.inner_text("#details")
+            page.set_input_files("#file", str(own))  # one of its own test images: the warning goes away
+            page.click("#submit")
+            page.wait_for_selector("#ood-warning", state="hidden", timeout=30_000)
+            assert not page.is_visible("#ood-warning") and "(in range)" in page.inner_text("#details")
+        finally:
+            browser.close()
+
+
+def test_ood_fit_without_validation_images_says_so(ood_run, tmp_path):
+    run_dir, _, _ = ood_run
+    copy = tmp_path / "no-valid"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ood.json", "ood.npz"))
+    manifest = RunFiles(copy).manifest
+    manifest.write_text("\n".join(line for line in manifest.read_text().splitlines() if not line.startswith("valid,")))
+    r = _invoke("ood-fit", copy)
+    assert r.exit_code == 2 and "manifest.csv" in r.output and "has 40 and 0" in r.output and "Traceback" not in r.output
+    assert read_ood(copy) is None

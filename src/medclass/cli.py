@@ -112,13 +112,16 @@ def train(
         None, "--mlflow/--no-mlflow", help="Track the run with MLflow (train.mlflow; also MEDCLASS_MLFLOW=1): its "
         "default local store or $MLFLOW_TRACKING_URI. Needs pip install 'medclass[mlflow]'."
     ),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Fit the out-of-distribution detector (RUN/ood.json) "
+                             "on the best checkpoint after training."),
 ) -> None:
-    """Train a model; then evaluate it on the test split."""
+    """Train a model; fit its out-of-distribution detector; then evaluate it on the test split."""
     from .engine import train as run_training
     from .engine.run_folder import new_run_dir, resume_run_dir
     from .evaluation import evaluate_run
     from .tracking import check_tracking
     from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+    from .evaluation.ood import fit_run_ood_or_warn
 
     with _user_errors():
         if resume:
@@ -141,6 +144,9 @@ def train(
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
             return
         typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
+        if ood:
+            fit_run_ood_or_warn(run_dir, progress=cfg.train.progress, log=typer.echo,
+                                warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
         if evaluate_test:
             metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
             typer.echo(format_metrics(metrics))
@@ -231,6 +237,23 @@ def evaluate(
     typer.echo(format_metrics(metrics))
 
 
+@app.command("ood-fit")
+def ood_fit(
+    run: Path = typer.Argument(..., help="Run folder (not an ensemble)."),
+    method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
+                                         "medclass.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+) -> None:
+    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance on its training
+    images, thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
+    from .evaluation.ood import fit_run_ood
+
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+    with _user_errors():
+        fit_run_ood(run, method=method, checkpoint=checkpoint, progress=sys.stderr.isatty(), log=typer.echo)
+
+
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="Run folder."),
@@ -240,13 +263,21 @@ def report(
     explain: int = typer.Option(2, "--explain", help="Grad-CAM examples: N right and N wrong per class."),
     bootstrap: int = typer.Option(1000, "--bootstrap"),
     tta: bool = typer.Option(False, "--tta"),
+    group_aggregation: Optional[str] = typer.Option(
+        None, "--group-aggregation", help="Per-group results: mean or max (default: the earlier evaluation's, else mean)."
+    ),
+    subgroups: Optional[str] = typer.Option(
+        None, "--subgroups", help="Comma-separated CSV columns for subgroup results (default: the earlier evaluation's)."
+    ),
 ) -> None:
-    """Write one self-contained HTML report (figures embedded) of a run."""
+    """Write one self-contained HTML report (figures embedded) of a run: metrics, figures, groups,
+    subgroups, cross-validation and the out-of-distribution warning when the run has them."""
     from .evaluation.report import build_report
 
     with _user_errors():
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), group_how=group_aggregation,
+                            subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
     typer.echo(f"report: {path}")
 
 

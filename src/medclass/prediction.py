@@ -8,6 +8,13 @@ float32 calibrated probabilities ``(N, K)``): :class:`medclass.serving.predictor
 :class:`medclass.serving.predictor.TorchScriptClassifier`, or a loaded run
 (:func:`medclass.evaluation.predict.predict_images`).
 
+A backend may also have ``ood`` (a :class:`medclass.ood.OODDetector`, or None) and
+``predict_proba_ood(images)`` (-> probabilities and OOD scores ``(N,)`` or None); then every
+prediction carries the out-of-distribution score and flag, decided by :func:`classify`, the one
+place that turns a backend's outputs into classes and OOD results (``medclass predict`` and the
+web service both call it). A backend without them (an ensemble, a run without ``ood.json``, an
+export without the ``ood_score`` output) predicts as before, with no OOD fields.
+
 Torch-free (numpy, Pillow and pydicom through :mod:`medclass.data.io`), so ``predict --backend
 onnx`` runs without PyTorch.
 """
@@ -21,9 +28,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .data.io import ImageReadError, expand_image_paths, read_image
+from .ood import OODResult
 from .spec import ModelSpec
 
-__all__ = ["Prediction", "read_files", "predict_files", "predict_read"]
+__all__ = ["Prediction", "read_files", "predict_files", "predict_read", "classify"]
 
 
 @dataclass
@@ -35,16 +43,31 @@ class Prediction:
         predicted: the predicted class name (``spec.decide``), None when the file could not be read.
         probabilities: class name -> calibrated probability, None when the file could not be read.
         error: why the file could not be read, else None.
+        ood: the out-of-distribution result (:class:`medclass.ood.OODResult`: score, threshold,
+            flag, method), None when the model has no OOD detector or the file could not be read.
     """
 
     path: str
     predicted: Optional[str] = None
     probabilities: Optional[dict[str, float]] = None
     error: Optional[str] = None
+    ood: Optional[OODResult] = None
+
+    @property
+    def ood_score(self) -> Optional[float]:
+        """The OOD score (higher = less like the training images), or None."""
+        return self.ood.score if self.ood is not None else None
+
+    @property
+    def ood_flag(self) -> Optional[bool]:
+        """True when the image is unlike the training images (score above the stored threshold), or None."""
+        return self.ood.flag if self.ood is not None else None
 
     def to_dict(self) -> dict:
-        """The four fields as a JSON-serialisable dict."""
-        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities, "error": self.error}
+        """``path``, ``predicted``, ``probabilities``, ``error``, ``ood_score`` and ``ood_flag``
+        (None without an OOD detector) as a JSON-serialisable dict."""
+        return {"path": self.path, "predicted": self.predicted, "probabilities": self.probabilities,
+                "error": self.error, "ood_score": self.ood_score, "ood_flag": self.ood_flag}
 
 
 def read_files(paths: Sequence[Union[str, os.PathLike]], spec: ModelSpec) -> tuple[list[Prediction], np.ndarray, list[int]]:
@@ -92,14 +115,37 @@ def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[
     return predict_read(classifier, *read_files(paths, classifier.spec))
 
 
+def scored(classifier, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A backend's calibrated probabilities float32 ``(N, K)`` for uint8 ``(N, H, W, C)`` images and
+    its OOD scores float64 ``(N,)`` (``predict_proba_ood``: one forward pass for both), or None for
+    the scores when the backend has no OOD detector."""
+    if getattr(classifier, "ood", None) is not None and hasattr(classifier, "predict_proba_ood"):
+        return classifier.predict_proba_ood(images)
+    return classifier.predict_proba(images), None
+
+
+def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, Optional[list[OODResult]]]:
+    """A backend's answer for uint8 ``(N, H, W, C)`` images: calibrated probabilities float32
+    ``(N, K)``, the classes int64 ``(N,)`` (``spec.decide``: the operating threshold of a binary
+    task that has one, else the arg-max), and one :class:`~medclass.ood.OODResult` per image
+    (``classifier.ood.results`` of its scores: flagged above the stored threshold), or None when
+    the backend has no OOD detector."""
+    spec: ModelSpec = classifier.spec
+    detector = getattr(classifier, "ood", None)
+    probs, scores = scored(classifier, images)
+    ood = detector.results(scores) if detector is not None and scores is not None else None
+    return probs, spec.decide(probs), ood
+
+
 def predict_read(classifier, results: list[Prediction], images: np.ndarray, ok: Sequence[int]) -> list[Prediction]:
-    """Fill in ``results`` (from :func:`read_files`) with ``classifier``'s calibrated probabilities
-    of ``images`` uint8 ``(M, H, W, C)`` and ``spec.decide``'s class, at the positions ``ok``.
-    Returns ``results``."""
+    """Fill in ``results`` (from :func:`read_files`) with :func:`classify`'s calibrated
+    probabilities, class and OOD result of ``images`` uint8 ``(M, H, W, C)``, at the positions
+    ``ok``. Returns ``results``."""
     spec: ModelSpec = classifier.spec
     if len(ok):
-        probs = classifier.predict_proba(images)
-        for i, pr, k in zip(ok, probs.tolist(), spec.decide(probs).tolist()):
+        probs, classes, ood = classify(classifier, images)
+        for j, (i, pr, k) in enumerate(zip(ok, probs.tolist(), classes.tolist())):
             results[i].probabilities = {n: float(v) for n, v in zip(spec.class_names, pr)}
             results[i].predicted = spec.class_names[k]
+            results[i].ood = ood[j] if ood is not None else None
     return results

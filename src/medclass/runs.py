@@ -42,3 +42,5 @@ class RunFiles:
     calibration = _run_file("calibration.json")
     dedupe = _run_file("dedupe.json")
     spec = _run_file("model_spec.json")  # the run contract (medclass.spec.ModelSpec)
+    ood = _run_file("ood.json")  # the out-of-distribution detector (medclass.ood), optional
+    ood_params = _run_file("ood.npz")  # its Mahalanobis class means and precision matrix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,10 +17,11 @@ from .. import pipeline
 from ..config import RunConfig
 from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
+from ..ood import OODDetector, read_ood
 from ..runs import RunError, RunFiles
 from ..spec import ModelSpec, legacy_spec, read_spec
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import channels_last_wanted, predict_logits, select_device
+from .inference import channels_last_wanted, logits_and_features, predict_logits, select_device
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -32,6 +34,9 @@ class LoadedRun:
     ``checkpoint_epoch`` the loaded checkpoint's): class names, input, mean/std, calibration and
     threshold every consumer uses. A ``LoadedRun`` assembled by hand without one gets
     :func:`medclass.spec.legacy_spec` of its config, class names and folder (``calibration.json``).
+
+    ``ood`` is the run's out-of-distribution detector (:func:`medclass.ood.read_ood`), or None: a
+    run without ``ood.json`` (older runs, ensembles), or one fitted on another checkpoint.
     """
 
     files: RunFiles
@@ -42,6 +47,7 @@ class LoadedRun:
     device: torch.device
     checkpoint_epoch: int
     spec: Optional[ModelSpec] = None
+    ood: Optional[OODDetector] = None
 
     def __post_init__(self) -> None:
         if self.spec is None:
@@ -68,17 +74,43 @@ class LoadedRun:
         ``spec.probabilities`` of :meth:`logits` (the spec's temperature)."""
         return self.spec.probabilities(self.logits(images, tta, batch_size))
 
+    def predict_proba_ood(self, images: np.ndarray, tta: Sequence[str] = (),
+                          batch_size: int = 32) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Calibrated probabilities float32 ``(N, K)`` (as :meth:`predict_proba`, ``tta`` views
+        averaged) and the OOD scores float64 ``(N,)`` of :attr:`ood` (None without a detector)
+        for uint8 ``(N, H, W, C)`` images. The score is of the image itself, never of a flip
+        (the threshold was fitted that way); without TTA one forward pass gives both.
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", _within: tuple[Path, ...] = ()) -> LoadedRun:
+        Raises:
+            ValueError: images that are not 4-dimensional; an unknown TTA view.
+        """
+        if self.ood is None:
+            return self.predict_proba(images, tta, batch_size), None
+        x = torch.from_numpy(pipeline.hwc_to_nchw(images))
+        if len(x) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0)
+        logits, feats = logits_and_features(self.model, x, self.preprocess, self.device, batch_size)
+        scores = self.ood.score(logits.numpy(), feats.numpy())
+        if tta:
+            logits = predict_logits(self.model, x, self.preprocess, self.device, batch_size, tta=tta)
+        return self.spec.probabilities(logits.numpy().astype(np.float32, copy=False)), scores
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood: bool = True,
+             _within: tuple[Path, ...] = ()) -> LoadedRun:
     """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
     ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
-    classes and channels; the preprocessing is the spec's mean/std.
+    classes and channels; the preprocessing is the spec's mean/std. With ``ood`` the run's
+    out-of-distribution detector is read too (``RUN/ood.json``, :func:`medclass.ood.read_ood`;
+    ``LoadedRun.ood``, None when there is none or it was fitted on another epoch); ``ood=False``
+    leaves it unread (refitting it).
 
     Raises:
         RunError: not a run folder (no model_spec.json, and no config.yaml / classes.json).
         CheckpointError: the checkpoint is missing or unreadable.
-        ValueError: an invalid model_spec.json, classes.json, calibration.json or ensemble.json, or
-            class names that do not match the checkpoint's output layer (names the file).
+        ValueError: an invalid model_spec.json, classes.json, calibration.json, ensemble.json or
+            (with ``ood``) ood.json / ood.npz, or class names that do not match the checkpoint's
+            output layer (names the file).
     """
     files = RunFiles(Path(run_dir))
     if files.ensemble.is_file():
@@ -114,7 +146,24 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", _wit
         model.to(memory_format=torch.channels_last)
     epoch = int(state["epoch"])
     spec = dataclasses.replace(spec, checkpoint_epoch=epoch)
-    return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec)
+    return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec,
+                     _ood_for(files, epoch) if ood else None)
+
+
+def _ood_for(files: RunFiles, epoch: int) -> Optional[OODDetector]:
+    """The run's OOD detector (:func:`medclass.ood.read_ood`) when it was fitted on the loaded
+    checkpoint's ``epoch``; otherwise None and a warning that says how to refit it.
+
+    Raises:
+        ValueError: an invalid ``ood.json`` / ``ood.npz`` (names the file).
+    """
+    detector = read_ood(files.root)
+    if detector is not None and detector.checkpoint_epoch not in (-1, epoch):
+        warnings.warn(f"{files.ood} was fitted on the checkpoint of epoch {detector.checkpoint_epoch}, not the loaded "
+                      f"one (epoch {epoch}); predictions carry no OOD score: refit it with `medclass ood-fit "
+                      f"{files.root}`", RuntimeWarning, stacklevel=3)
+        return None
+    return detector
 
 
 def _head_outputs(weights: dict) -> Optional[int]:

@@ -5,7 +5,8 @@ pooled and cut into ``K`` stratified folds that never split a group (patient, le
 the CSV's group column, or ``--group-pattern``, a regular expression whose first group, searched
 in each file name, names it), with scikit-learn's ``StratifiedGroupKFold``; the test split is not
 touched. Fold ``i`` is an ordinary run in ``RUN/fold-<i>/`` trained on the other folds and
-validated on fold ``i``. Then:
+validated on fold ``i``, with its out-of-distribution detector fitted as ``medclass train`` fits
+it (:func:`medclass.evaluation.ood.fit_run_ood`). Then:
 
 * **out-of-fold predictions**: each pooled image predicted by the one model that did not train on
   it (``RUN/oof_predictions.csv``), and the metrics computed on them with bootstrap intervals:
@@ -68,7 +69,7 @@ def group_ids(samples: Sequence[Any], pattern: Optional[str] = None) -> list[str
         raise DataError(f"--group-pattern {pattern!r} needs a group in parentheses, e.g. '^(\\w+)_'")
     out = []
     for s in samples:
-        name = Path(s.path.split("::")[0]).name if "::" not in s.path else s.path
+        name = s.path if "::" in s.path else Path(s.path).name  # an .npz entry "FILE::KEY" has no file name
         m = rx.search(name)
         if m is None or m.group(1) is None:
             raise DataError(f"--group-pattern {pattern!r} does not match the file name {name!r} ({s.path}); "
@@ -135,6 +136,7 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
     """
     from .ensemble import make_ensemble
     from .evaluate import evaluate_run
+    from .ood import fit_run_ood_or_warn
 
     root = Path(run_dir)
     record_path = root / CV_FILE
@@ -181,6 +183,8 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
         files = RunFiles(fold_dir)
         if files.summary.is_file():
             log(f"fold {i + 1}/{folds}: finished earlier, kept")
+            if not files.ood.is_file():  # interrupted between training and the OOD fit
+                fit_run_ood_or_warn(fold_dir, progress=progress, log=log, warn=log)
             continue
         c = copy.deepcopy(cfg)
         c.data.manifest = str(manifest)
@@ -191,6 +195,7 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
         log(f"fold {i + 1}/{folds}: {'resuming' if again else 'training'} on {len(split.splits['train'])} images, "
             f"validating on {len(split.splits['valid'])}" + (f", budget {fold_budget}" if fold_budget else ""))
         train(c, fold_dir, resume=again)
+        fit_run_ood_or_warn(fold_dir, progress=progress, log=log, warn=log)  # as `medclass train` does
 
     # out-of-fold predictions: each pooled image by the model that did not train on it
     oof = np.zeros((len(pool), len(index.class_names)))

@@ -1,125 +1,167 @@
-"""Out-of-distribution scores: "this image is unlike what the model was trained on".
+"""Out-of-distribution detection for a trained run: fitting the detector a run stores.
 
-A classifier answers every image with one of its classes; a chest CT model given a skin photo must
-also say that the photo is foreign. Two scores, both "higher = more foreign":
+The scores, the threshold rule and the stored :class:`~medclass.ood.OODDetector` are defined in the
+torch-free :mod:`medclass.ood` (so the ONNX Runtime backend uses them without PyTorch) and
+re-exported here under their old names: :func:`energy_score` (Liu et al. 2020, arXiv:2010.03759),
+:func:`fit_mahalanobis` / :class:`MahalanobisModel` (Lee et al. 2018, arXiv:1807.03888, with the
+Ledoit-Wolf covariance), :func:`fit_threshold` and :func:`ood_auroc`.
 
-* **Energy** (Liu et al. 2020, "Energy-based Out-of-distribution Detection", NeurIPS,
-  arXiv:2010.03759): ``E(x) = -T * logsumexp(f(x) / T)`` of the logits ``f(x)``. It needs nothing
-  but the logits, so every backend (torch, ONNX, TorchScript) computes it from its output.
-* **Mahalanobis** (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution
-  Samples and Adversarial Attacks", NeurIPS, arXiv:1807.03888): the smallest Mahalanobis distance
-  of the penultimate features (the classifier head's input, ``(N, F)``) to a class mean, with one
-  covariance shared by the classes. The covariance is the Ledoit-Wolf shrinkage estimate
-  (scikit-learn ``LedoitWolf``; Ledoit & Wolf 2004): a few hundred images cannot estimate 512 x 512
-  entries without it.
-
-The threshold is the :data:`IN_DISTRIBUTION_QUANTILE` quantile of the score on in-distribution
-validation images: 95 % of them pass, and an image above it is flagged.
-
-Torch-free (numpy and scikit-learn).
+This module adds :func:`fit_run_ood`: the detector of one run, fitted on its own images and
+written to ``RUN/ood.json`` + ``RUN/ood.npz``. ``medclass train`` calls it after training, and
+``medclass ood-fit RUN`` (re)fits it for an existing run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "energy_score", "MahalanobisModel", "fit_mahalanobis",
-           "fit_threshold", "ood_auroc"]
+from .. import __version__
+from ..engine import RunFiles, load_run
+from ..engine.inference import logits_and_features
+from ..ood import (
+    DEFAULT_OOD_METHOD, IN_DISTRIBUTION_QUANTILE, OOD_METHODS, MahalanobisModel, OODDetector, energy_score,
+    fit_mahalanobis, fit_threshold, ood_auroc, read_ood, write_ood,
+)
+from ..runs import RunError
 
-#: Share of in-distribution validation images below the stored threshold (not flagged).
-IN_DISTRIBUTION_QUANTILE = 0.95
-
-#: The scores this module computes.
-OOD_METHODS = ("energy", "mahalanobis")
+__all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "DEFAULT_OOD_METHOD", "energy_score", "MahalanobisModel",
+           "fit_mahalanobis", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn", "read_ood",
+           "write_ood"]
 
 
-def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The energy ``-T * logsumexp(logits / T)`` of each row (Liu et al. 2020), float64 ``(N,)``;
-    higher means less like the training images.
+def fit_run_ood(
+    run_dir: Path,
+    method: Optional[str] = None,
+    checkpoint: str = "best",
+    quantile: float = IN_DISTRIBUTION_QUANTILE,
+    batch_size: int = 64,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> OODDetector:
+    """Fit the out-of-distribution detector of a trained run and store it in the run folder.
+
+    1. The run's ``checkpoint`` (best by default) computes logits ``(N, K)`` and penultimate
+       features ``(N, F)`` (:func:`medclass.engine.inference.logits_and_features`, eval mode) of
+       its **training** images, un-augmented, decoded as the model takes them (the spec's size,
+       channels, DICOM window and resize rule, through the decode cache training filled);
+    2. the Mahalanobis class means and shared Ledoit-Wolf precision are fitted on them (Lee et al.
+       2018 fit on the training set; :func:`fit_mahalanobis`);
+    3. both scores (energy, Liu et al. 2020, temperature 1; Mahalanobis) of the **validation**
+       images set each method's threshold at ``quantile`` (95 %: :func:`fit_threshold`);
+    4. :func:`medclass.ood.write_ood` writes ``RUN/ood.json`` (method, threshold, quantile, both
+       thresholds, feature dim, split sizes, checkpoint epoch) and ``RUN/ood.npz`` (means float64
+       ``(K, F)``, precision float64 ``(F, F)``) atomically; the seconds it took go to
+       ``train_summary.json`` under ``ood`` when the run has one.
 
     Args:
-        logits: ``(N, K)`` logits, or ``(N,)`` / ``(N, 1)`` single logits of a binary model (taken
-            as the two logits ``(0, z)``, whose softmax is the sigmoid of ``z``).
-        temperature: ``T`` > 0 (1 in Liu et al.'s experiments).
-    Raises:
-        ValueError: ``temperature`` not positive.
-    """
-    if not temperature > 0:
-        raise ValueError(f"energy temperature must be > 0, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim == 1 or z.shape[1] == 1:
-        z = z.reshape(-1, 1)
-        z = np.concatenate([np.zeros_like(z), z], axis=1)
-    z = z / temperature
-    top = z.max(axis=1, keepdims=True)
-    return -temperature * (top[:, 0] + np.log(np.exp(z - top).sum(axis=1)))
+        run_dir: a run folder trained by ``medclass train`` (not an ensemble).
+        method: the score the detector flags by, one of :data:`OOD_METHODS`; None:
+            :data:`DEFAULT_OOD_METHOD`.
+        checkpoint: ``"best"`` or ``"last"``.
+        quantile: share of validation images below the threshold, in (0, 1).
+        batch_size: images per forward pass.
+        progress: progress bars while decoding.
+        log: where a one-line summary goes.
 
-
-@dataclass
-class MahalanobisModel:
-    """Class means ``means`` float64 ``(K, F)`` and the shared precision matrix ``precision``
-    float64 ``(F, F)`` (inverse of the Ledoit-Wolf covariance of the class-centred features)."""
-
-    means: np.ndarray
-    precision: np.ndarray
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Smallest squared Mahalanobis distance to a class mean, float64 ``(N,)`` for features
-        ``(N, F)``; higher means less like the training images."""
-        f = np.asarray(features, dtype=np.float64)
-        out = np.full(len(f), np.inf)
-        for mu in self.means:
-            d = f - mu
-            out = np.minimum(out, np.einsum("nf,fg,ng->n", d, self.precision, d))
-        return out
-
-
-def fit_mahalanobis(features: np.ndarray, labels: Sequence[int], num_classes: int) -> MahalanobisModel:
-    """Fit :class:`MahalanobisModel` on in-distribution ``features`` ``(N, F)`` with ``labels``
-    ``(N,)`` (the training images: Lee et al. 2018 fit on the training set).
+    Returns:
+        The stored :class:`~medclass.ood.OODDetector`.
 
     Raises:
-        ValueError: a class without features, or fewer than 2 images.
+        RunError: an ensemble run (its members' features differ: no detector; see the README), not
+            a run folder, or files that cannot be written.
+        CheckpointError: no such checkpoint.
+        DataError: the manifest has no training or validation images.
+        ValueError: an unknown method, a quantile outside (0, 1), or a class without training
+            images (the message says which).
     """
-    from sklearn.covariance import LedoitWolf
+    from ..data import DataError, read_manifest
+    from .evaluate import _decode
 
-    f = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(f) < 2:
-        raise ValueError("Mahalanobis score: at least 2 images are needed to fit it")
-    missing = [k for k in range(num_classes) if not np.any(y == k)]
-    if missing:
-        raise ValueError(f"Mahalanobis score: no features of classes {missing}")
-    means = np.stack([f[y == k].mean(axis=0) for k in range(num_classes)])
-    centred = f - means[y]
-    lw = LedoitWolf(assume_centered=True).fit(centred)
-    return MahalanobisModel(means, lw.precision_)
-
-
-def fit_threshold(scores_in: np.ndarray, quantile: float = IN_DISTRIBUTION_QUANTILE) -> float:
-    """The score below which ``quantile`` of the in-distribution ``scores_in`` ``(N,)`` lie
-    (``numpy.quantile``, linear): the flagging threshold.
-
-    Raises:
-        ValueError: no scores, or ``quantile`` outside (0, 1).
-    """
-    s = np.asarray(scores_in, dtype=np.float64)
-    if len(s) == 0:
-        raise ValueError("no in-distribution scores to set an OOD threshold on")
+    t0 = time.time()
+    method = DEFAULT_OOD_METHOD if method is None else method
+    if method not in OOD_METHODS:
+        raise ValueError(f"OOD method must be one of {', '.join(OOD_METHODS)}, got {method!r}")
     if not 0 < quantile < 1:
         raise ValueError(f"the OOD quantile must be in (0, 1), got {quantile}")
-    return float(np.quantile(s, quantile))
+    files = RunFiles(Path(run_dir))
+    if files.ensemble.is_file():
+        raise RunError(f"{files.root} is an ensemble: it has no OOD detector of its own (its members' features "
+                       "differ); predictions of an ensemble carry no OOD score")
+    run = load_run(files.root, checkpoint, ood=False)  # the detector there (maybe broken) is being replaced
+    index = read_manifest(files.manifest) if files.manifest.is_file() else None
+    splits = {k: (index.splits.get(k) or []) if index is not None else [] for k in ("train", "valid")}
+    if not splits["train"] or not splits["valid"]:
+        found = "is missing" if index is None else f"has {len(splits['train'])} and {len(splits['valid'])}"
+        raise DataError(f"{files.manifest}: the OOD detector is fitted on the run's training and validation images; "
+                        f"the manifest {found}")
+    train = _decode(run, splits["train"], "decode train (OOD)", progress)
+    valid = _decode(run, splits["valid"], "decode valid (OOD)", progress)
+    if len(train) < 2 or len(valid) == 0:
+        raise DataError(f"{files.root}: the OOD detector needs readable training (>= 2) and validation images; "
+                        f"got {len(train)} and {len(valid)}")
+    _, train_feats = logits_and_features(run.model, train.images, run.preprocess, run.device, batch_size)
+    maha = fit_mahalanobis(train_feats.numpy(), train.labels.numpy(), len(run.class_names))
+    valid_logits, valid_feats = logits_and_features(run.model, valid.images, run.preprocess, run.device, batch_size)
+    scores = {"energy": energy_score(valid_logits.numpy()), "mahalanobis": maha.score(valid_feats.numpy())}
+    thresholds = {m: fit_threshold(s, quantile) for m, s in scores.items()}
+    detector = OODDetector(
+        method=method, threshold=thresholds[method], quantile=quantile, thresholds=thresholds, temperature=1.0,
+        means=maha.means, precision=maha.precision, feature_dim=int(train_feats.shape[1]),
+        num_classes=len(run.class_names), n_train=len(train), n_valid=len(valid),
+        checkpoint_epoch=run.checkpoint_epoch,
+        valid_flagged={m: float(np.mean(s > thresholds[m])) for m, s in scores.items()},
+        extra={"medclass_version": __version__, "checkpoint": checkpoint, "fitted_on": {"means": "train",
+                                                                                         "threshold": "valid"}},
+    )
+    seconds = time.time() - t0
+    detector.extra["seconds"] = seconds
+    write_ood(detector, files.root)
+    _record_seconds(files, detector, seconds)
+    log(f"OOD detector ({method}): threshold {detector.threshold:.4g} at {quantile:.0%} of {len(valid)} validation "
+        f"images, means and covariance from {len(train)} training images ({seconds:.1f} s); in {files.ood}")
+    return detector
 
 
-def ood_auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> Optional[float]:
-    """AUROC of telling foreign images (positive) from in-distribution ones by the score
-    (scikit-learn ``roc_auc_score``); None when either side is empty."""
-    from sklearn.metrics import roc_auc_score
+def _record_seconds(files: RunFiles, detector: OODDetector, seconds: float) -> None:
+    """Add ``ood: {method, threshold, seconds}`` to ``train_summary.json`` (replaced atomically);
+    nothing when the run has no readable summary."""
+    try:
+        summary = json.loads(files.summary.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(summary, dict):
+        return
+    summary["ood"] = {"method": detector.method, "threshold": detector.threshold, "seconds": seconds}
+    tmp = files.summary.with_name(f".{files.summary.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, files.summary)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot update {files.summary}: {e}") from e
 
-    a, b = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
-    if len(a) == 0 or len(b) == 0:
+
+def fit_run_ood_or_warn(run_dir: Path, progress: bool = False, log: Callable[[str], None] = print,
+                        warn: Callable[[str], None] = print) -> Optional[OODDetector]:
+    """:func:`fit_run_ood` with the default method, as ``medclass train`` and ``medclass cv`` run it
+    after training: a detector that cannot be fitted (a class without readable training images,
+    too few images, an ensemble) is reported through ``warn`` with how to fit it later, and the
+    run stays usable without one. Returns the detector, or None.
+
+    Raises:
+        RunError: ``ood.json`` or ``ood.npz`` cannot be written (a symbolic link, a full disk).
+    """
+    from ..data import DataError
+
+    try:
+        return fit_run_ood(run_dir, progress=progress, log=log)
+    except (ValueError, DataError) as e:
+        warn(f"no out-of-distribution detector for {run_dir}: {e}; predictions carry no OOD flag "
+             f"(fit it later with `medclass ood-fit {run_dir}`)")
         return None
-    return float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))

@@ -23,13 +23,18 @@ expand_paths = expand_image_paths  # the name this module has always exported
 
 
 class _RunBackend:
-    """A loaded run behind the backend interface of :mod:`medclass.prediction` (``spec``, ``predict_proba``)."""
+    """A loaded run behind the backend interface of :mod:`medclass.prediction` (``spec``,
+    ``predict_proba``, and the run's OOD detector: ``ood``, ``predict_proba_ood``)."""
 
     def __init__(self, run: LoadedRun, tta: Sequence[str], batch_size: int) -> None:
         self.run, self.spec, self.tta, self.batch_size = run, run.spec, tuple(tta), batch_size
+        self.ood = run.ood
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.run.predict_proba(images, self.tta, self.batch_size)
+
+    def predict_proba_ood(self, images: np.ndarray):
+        return self.run.predict_proba_ood(images, self.tta, self.batch_size)
 
 
 def predict_images(
@@ -46,7 +51,8 @@ def predict_images(
     Images are read and predicted by the run's spec (``run.spec``): when the run was calibrated
     (``medclass evaluate`` stores temperature and threshold in it), the probabilities are
     temperature-scaled and a binary prediction uses the operating threshold chosen on validation
-    instead of the arg-max. ``tta`` averages flip views; ``explain_dir`` saves a Grad-CAM figure
+    instead of the arg-max. When the run has an OOD detector (``RUN/ood.json``, see
+    :mod:`medclass.ood`), each prediction carries its ``ood`` score and flag. ``tta`` averages flip views; ``explain_dir`` saves a Grad-CAM figure
     per image there (:func:`medclass.evaluation.explain.save_explanations`).
 
     Raises:

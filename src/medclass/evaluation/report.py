@@ -1,5 +1,7 @@
 """One self-contained HTML report of a run: config, data and audit, curves, metrics with
-intervals, confusion matrix, ROC, reliability diagram and Grad-CAM examples.
+intervals, confusion matrix, ROC, reliability diagram and Grad-CAM examples; and, when the run
+has them, the results per patient/lesion/study, per subgroup, of the cross-validation it is the
+ensemble of, and its out-of-distribution warning (:mod:`medclass.result_sections`).
 
 Every figure is embedded as a base64 PNG ``data:`` URI, so the single file can be mailed or
 archived. Rendered with Jinja2 (autoescaped).
@@ -33,6 +35,7 @@ _TEMPLATE = """<!DOCTYPE html>
  .figs img { max-width: 100%; margin: .4em 0; border: 1px solid #eee; }
  .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: .6em; }
  .grid figure { margin: 0; } .grid img { width: 100%; border: 1px solid #eee; }
+ tr.small-n td { color: #8a6d3b; background: #fffaf0; }
  figcaption { font-size: .8em; color: #555; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 </style></head><body>
 <h1>medclass report: {{ name }}</h1>
@@ -62,6 +65,8 @@ Written {{ written }}.</p>
 <tr><td class="l">chosen on validation ({{ op.chosen_on_valid.method }})</td><td>{{ "%.3f"|format(op.at_chosen.threshold) }}</td><td>{{ fmt(op.at_chosen.sensitivity) }}</td><td>{{ fmt(op.at_chosen.specificity) }}</td></tr>
 <tr><td class="l">0.5</td><td>0.500</td><td>{{ fmt(op["at_0.5"].sensitivity) }}</td><td>{{ fmt(op["at_0.5"].specificity) }}</td></tr>
 </table>{% endif %}
+
+{{ sections_html|safe }}
 
 <div class="figs">
 <h3>Confusion matrix and ROC</h3>
@@ -125,6 +130,22 @@ def _sz(stats: Any) -> str:
     return str(stats)
 
 
+def _earlier_settings(path: Path) -> dict[str, Any]:
+    """The subgroup columns and group aggregation of an earlier ``metrics.json`` (empty when none)."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(m, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(m.get("subgroups"), dict) and m["subgroups"]:
+        out["subgroups"] = tuple(m["subgroups"])
+    if isinstance(m.get("group_level"), dict) and m["group_level"].get("aggregation") in ("mean", "max"):
+        out["group_how"] = m["group_level"]["aggregation"]
+    return out
+
+
 def build_report(
     run_dir: Path,
     out: Optional[Path] = None,
@@ -136,10 +157,20 @@ def build_report(
     target_layer: Optional[str] = None,
     audit: bool = True,
     progress: bool = False,
+    group_how: Optional[str] = None,
+    subgroups: Sequence[str] = (),
 ) -> Path:
     """Evaluate ``run_dir`` on ``split`` (see :func:`evaluate_run`; ``dedupe`` leaves out held-out
     images that duplicate an earlier split), audit its data, and write one HTML file with every
     figure embedded: ``out`` (default ``<run>/report-<split>[-dedupe].html``). Returns its path.
+
+    Besides the image-level results it shows, when present: the group-level results (images that
+    share a CSV group; aggregated by ``group_how``, ``mean`` or ``max``), the subgroup results of
+    the CSV columns ``subgroups`` (small subgroups flagged, the best-worst gap), the cross-validation summary when
+    the run is the fold ensemble of ``medclass cv``, and the out-of-distribution detector's method
+    and threshold with the share of the split it flags (:mod:`medclass.result_sections`). The
+    report re-evaluates into ``<run>/eval-<split>``: without ``subgroups`` / ``group_how`` it keeps
+    those of the ``metrics.json`` already there (an earlier ``medclass evaluate --subgroups``).
 
     Raises:
         RunError, CheckpointError, DataError: as :func:`evaluate_run`.
@@ -148,8 +179,12 @@ def build_report(
     files = RunFiles(run_dir)
     tag = f"{split}{'-dedupe' if dedupe else ''}"
     eval_dir = run_dir / f"eval-{tag}"
+    earlier = _earlier_settings(eval_dir / "metrics.json")
+    subgroups = tuple(subgroups) or earlier.get("subgroups", ())
+    group_how = group_how or earlier.get("group_how") or "mean"
     m = evaluate_run(run_dir, split=split, out_dir=eval_dir, progress=progress, tta=tta, n_bootstrap=n_bootstrap,
-                     dedupe=dedupe, explain=explain, target_layer=target_layer)
+                     dedupe=dedupe, explain=explain, target_layer=target_layer, group_how=group_how,
+                     subgroups=subgroups)
     index = read_manifest(files.manifest)
     counts = {s: {} for s in ("train", "valid", "test") if index.splits.get(s)}
     for s in counts:
@@ -192,6 +227,8 @@ def build_report(
             history = list(csv.DictReader(f))
     from jinja2 import Environment
 
+    from ..result_sections import collect_sections, render_sections
+
     env = Environment(autoescape=True)
     html = env.from_string(_TEMPLATE).render(
         name=run_dir.name, run=str(run_dir), split=split, dedupe=dedupe, m=m, ci=ci, ci_rows=ci_rows,
@@ -200,6 +237,7 @@ def build_report(
         class_names=index.class_names, config=files.config.read_text() if files.config.is_file() else "",
         summary=summary, history=history and summary, fmt=_fmt, sz=_sz,
         target_layer=target_layer or "the last stage", written=time.strftime("%Y-%m-%d %H:%M"),
+        sections_html=render_sections(collect_sections(run_dir, m), heading_level=2),
     )
     out = Path(out) if out else run_dir / f"report-{tag}.html"
     tmp = out.with_suffix(".tmp")

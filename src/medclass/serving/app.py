@@ -4,7 +4,8 @@ Routes:
 
 - ``POST /predict``: multipart form with one image in the field ``file`` (PNG, JPEG or DICOM);
   query ``explain=true`` adds a Grad-CAM overlay (base64 PNG) when the backend can explain.
-  Returns :class:`PredictionOut` JSON. Every refused request gets a JSON body ``{"error": code,
+  Returns :class:`PredictionOut` JSON; when the model has an out-of-distribution detector
+  (:mod:`medclass.ood`) its ``ood`` object says whether the image is unlike the training images. Every refused request gets a JSON body ``{"error": code,
   "detail": message}`` (:class:`ErrorOut`): bad uploads (see :mod:`medclass.serving.uploads`),
   a malformed form or a second ``file`` part (400), FastAPI's own validation errors (422), an
   unknown path (404), a body over the limit (413), a body that arrives too slowly (408) and a
@@ -67,6 +68,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
+from ..ood import OOD_METHODS
+from ..prediction import scored
 from ..spec import ModelSpec
 from .batching import BatchingOptions, DynamicBatcher
 from .uploads import UploadError, UploadLimits, check_filename, decode_cost, decode_upload
@@ -158,6 +161,16 @@ class Classifier(Protocol):
         (None: the predicted class)."""
 
 
+class OODOut(BaseModel):
+    """The out-of-distribution answer (:class:`medclass.ood.OODResult`): is the image unlike the training images?"""
+
+    score: float = Field(description="the method's score; higher means less like the training images")
+    threshold: float = Field(description="flag above this score (95% of the validation images are at or below it)")
+    flag: bool = Field(description="true: this image is unlike the training images; the prediction is not to be trusted")
+    method: str = Field(description=f"the score: one of {', '.join(OOD_METHODS)} (energy: Liu et al. 2020; "
+                                    "mahalanobis: Lee et al. 2018)")
+
+
 class PredictionOut(BaseModel):
     """The answer of ``POST /predict``."""
 
@@ -168,6 +181,8 @@ class PredictionOut(BaseModel):
     model: str = Field(description="the served run")
     seconds: float = Field(description="server time for decoding and inference, in seconds")
     gradcam_png: Optional[str] = Field(None, description="Grad-CAM overlay as a data:image/png;base64 URI (explain=true)")
+    ood: Optional[OODOut] = Field(None, description="out-of-distribution score and flag; null when the model has no "
+                                                    "detector (an ensemble, or a run trained before medclass fitted one)")
 
 
 class ErrorOut(BaseModel):
@@ -444,7 +459,16 @@ def create_app(
                           "intended_use": INTENDED_USE, "out_of_scope": OUT_OF_SCOPE, "caveats": []}
     card_html = render_model_card(card)
     lock = threading.Lock()
-    batcher = DynamicBatcher(classifier.predict_proba, options.batching, lock)
+    detector = getattr(classifier, "ood", None)
+
+    def predict_batch(images: np.ndarray) -> list[tuple[np.ndarray, Optional[float]]]:
+        """Per image of uint8 ``(N, H, W, C)``: its calibrated probabilities float32 ``(K,)`` and its OOD
+        score (None without a detector), from one forward pass (:func:`medclass.prediction.scored`)."""
+        probs, scores = scored(classifier, images)
+        return [(p, None if scores is None else float(sc)) for p, sc in zip(probs, scores if scores is not None
+                                                                             else [None] * len(probs))]
+
+    batcher = DynamicBatcher(predict_batch, options.batching, lock)
     counters = {"predictions": 0, "rejected": 0, "busy": 0, "timeouts": 0, "failed": 0, "refused_connections": 0}
     admission = _Admission(options.max_active, options.max_queue, options.queue_timeout_s)
     memory = _MemoryGate(options.decode_memory_bytes)
@@ -586,8 +610,9 @@ def create_app(
             await memory.release(claimed)
         del data
         try:
-            probs = await asyncio.wrap_future(batcher.submit(image))
+            probs, score = await asyncio.wrap_future(batcher.submit(image))
             k = int(spec.decide(probs[None])[0])
+            ood = detector.results(np.array([score]))[0] if detector is not None and score is not None else None
             overlay_uri = await run_in_threadpool(gradcam, image, k) if explain and classifier.can_explain else None
         except Exception:
             counters["failed"] += 1
@@ -600,12 +625,15 @@ def create_app(
             probabilities={n: float(p) for n, p in zip(spec.class_names, probs)},
             threshold=spec.threshold if len(spec.class_names) == 2 else None, model=spec.run or "model",
             seconds=time.perf_counter() - t0, gradcam_png=overlay_uri,
+            ood=OODOut(**ood.to_dict()) if ood is not None else None,
         )
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, what is served, request counters, the admission queue, decode memory and batching."""
+        detector = getattr(classifier, "ood", None)
         return {"status": "ok", "model": spec.run, "backend": backend, "classes": spec.class_names,
+                "ood": None if detector is None else {"method": detector.method, "threshold": detector.threshold},
                 "image_size": spec.image_size, "channels": spec.channels, "can_explain": bool(classifier.can_explain),
                 "uptime_seconds": round(time.time() - started, 3), **counters,
                 "queue": {"active": admission.active, "waiting": len(admission.waiting),

@@ -207,15 +207,20 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, s
 
 
 class _ClassifierGraph(nn.Module):
-    """What an exported run computes: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``.
+    """What an exported run computes: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``, and
+    ``ood_score`` third when the run has an OOD detector.
 
     The functions of :mod:`medclass.pipeline`, traced into the graph: scales to [0, 1] and
     normalises with the spec's mean/std (when it has them), runs ``model``, and returns its float32
     logits ``(N, K)`` (``(N, 1)`` single-logit) and the temperature-scaled probabilities ``(N, K)``
-    (softmax, or ``[1 - sigmoid, sigmoid]``).
+    (softmax, or ``[1 - sigmoid, sigmoid]``). With ``ood`` (a :class:`medclass.ood.OODDetector`)
+    the model's head is split off (the rest of ``model`` then returns the penultimate features
+    ``(N, F)``, the head's input) and :func:`medclass.ood.energy_score` of the logits or
+    :func:`medclass.ood.mahalanobis_score` of the features (means and precision as float32
+    buffers) is traced in too: float32 ``(N,)``. ``model`` is changed (pass a copy).
     """
 
-    def __init__(self, model: nn.Module, spec) -> None:
+    def __init__(self, model: nn.Module, spec, ood=None) -> None:
         super().__init__()
         self.model = model
         self.normalize = spec.mean is not None and spec.std is not None
@@ -224,13 +229,31 @@ class _ClassifierGraph(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
         self.temperature = float(spec.temperature)
+        self.ood_method = ood.method if ood is not None else None
+        if ood is not None:
+            self.head = model.get_classifier()
+            setattr(model, model.head_name, nn.Identity())  # model(x): the head's input, the features
+            self.ood_temperature = float(ood.temperature)
+            if ood.needs_features:
+                self.register_buffer("ood_means", torch.as_tensor(ood.means, dtype=torch.float32))
+                self.register_buffer("ood_precision", torch.as_tensor(ood.precision, dtype=torch.float32))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from ..ood import energy_score, mahalanobis_score
+
         x = pipeline.to_unit(image)
         if self.normalize:
             x = pipeline.normalize(x, self.mean, self.std)
-        logits = self.model(x).float()
-        return logits, pipeline.probabilities(logits, self.temperature)
+        if self.ood_method is None:
+            logits = self.model(x).float()
+            return logits, pipeline.probabilities(logits, self.temperature)
+        features = self.model(x).float().flatten(1)
+        logits = self.head(features).float()
+        if self.ood_method == "energy":
+            score = energy_score(logits, self.ood_temperature)
+        else:
+            score = mahalanobis_score(features, self.ood_means, self.ood_precision)
+        return logits, pipeline.probabilities(logits, self.temperature), score
 
 
 @dataclass
@@ -238,19 +261,24 @@ class ExportResult:
     """What :func:`export_run` wrote: ``path``, ``format`` ("onnx" or "torchscript"), the stored
     ``spec``, the export time in ``seconds``, and ``max_prob_diff``: the largest absolute
     difference between the exported model's probabilities (loaded back from ``path``) and eager
-    PyTorch's on :data:`VERIFY_BATCH` random images (None when not verified)."""
+    PyTorch's on :data:`VERIFY_BATCH` random images (None when not verified);
+    ``max_ood_rel_diff``: the largest relative difference between the exported OOD score and the
+    run's detector (float64 numpy) on them (None without a detector or when not verified)."""
 
     path: Path
     format: str
     spec: "ModelSpec"
     seconds: float
     max_prob_diff: Optional[float] = None
+    max_ood_rel_diff: Optional[float] = None
 
 
 #: Random uint8 images the exported model is checked on after writing.
 VERIFY_BATCH = 4
 #: Probability difference above which :func:`export_run` warns that the export does not match.
 VERIFY_TOLERANCE = 1e-4
+#: Relative OOD score difference (float32 graph against the float64 detector) above which it warns.
+VERIFY_OOD_TOLERANCE = 1e-3
 FORMATS = ("onnx", "torchscript")
 _DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
@@ -280,7 +308,10 @@ def export_run(
     ``N`` dynamic, ``C = spec.channels``, ``H = W = spec.image_size``; it scales to [0, 1],
     normalises with the run's mean/std, runs the network (on the CPU, float32, contiguous NCHW)
     and outputs ``"logits"`` float32 ``(N, K)`` (``(N, 1)`` single-logit) and ``"probabilities"``
-    float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. The
+    float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. When the run has an
+    OOD detector (``run.ood``, from ``RUN/ood.json``) the graph also outputs ``"ood_score"``
+    float32 ``(N,)`` (see :class:`_ClassifierGraph`) and the spec carries the detector's method
+    and threshold in ``extra["ood"]`` (:meth:`medclass.ood.OODDetector.summary`). The
     run's :class:`~medclass.spec.ModelSpec` (``run.spec``, with the checkpoint's epoch) is stored as JSON: ONNX ``metadata_props["medclass.spec"]``, TorchScript extra file
     ``medclass_spec.json``. Open the results with
     :func:`medclass.serving.onnx_backend.load_onnx_classifier` (no PyTorch needed) or
@@ -309,7 +340,9 @@ def export_run(
     import copy
     import time
 
-    from .onnx_backend import IMAGE_INPUT, LOGITS_OUTPUT, PROBS_OUTPUT, SPEC_KEY, load_onnx_classifier
+    import dataclasses
+
+    from .onnx_backend import IMAGE_INPUT, LOGITS_OUTPUT, OOD_OUTPUT, PROBS_OUTPUT, SPEC_KEY, load_onnx_classifier
     from .predictor import TORCHSCRIPT_SPEC_FILE, load_torchscript_classifier, spec_from_run
 
     if fmt not in FORMATS:
@@ -317,8 +350,12 @@ def export_run(
     path = Path(out) if out is not None else default_export_path(run.files.root, fmt)
     t0 = time.perf_counter()
     spec = spec_from_run(run)
+    ood = getattr(run, "ood", None)
+    if ood is not None:
+        spec = dataclasses.replace(spec, extra={**spec.extra, "ood": ood.summary()})
+    outputs = [LOGITS_OUTPUT, PROBS_OUTPUT] + ([OOD_OUTPUT] if ood is not None else [])
     model = copy.deepcopy(run.model).cpu().float().to(memory_format=torch.contiguous_format)
-    graph = _ClassifierGraph(model, spec).eval()
+    graph = _ClassifierGraph(model, spec, ood).eval()
     gen = torch.Generator().manual_seed(0)
     shape = (_EXAMPLE_BATCH, spec.channels, spec.image_size, spec.image_size)
     example = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
@@ -328,14 +365,14 @@ def export_run(
         except ImportError as exc:
             raise ImportError('ONNX export needs onnx and onnxscript: pip install -c constraints.txt -e "."') from exc
         with _atomic_file(path) as tmp:
-            _write_onnx(graph, example, tmp, IMAGE_INPUT, [LOGITS_OUTPUT, PROBS_OUTPUT], opset, dynamo=True)
+            _write_onnx(graph, example, tmp, IMAGE_INPUT, outputs, opset, dynamo=True)
             proto = onnx.load(str(tmp))
             for prop in [p for p in proto.metadata_props if p.key == SPEC_KEY]:
                 proto.metadata_props.remove(prop)
             proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
             proto.doc_string = (f"medclass classifier {spec.run!r} (epoch {spec.checkpoint_epoch}): input "
                                 f"{IMAGE_INPUT!r} uint8 (N, {spec.channels}, {spec.image_size}, {spec.image_size}); "
-                                f"outputs {LOGITS_OUTPUT!r}, {PROBS_OUTPUT!r}; spec in metadata {SPEC_KEY!r}")
+                                f"outputs {', '.join(map(repr, outputs))}; spec in metadata {SPEC_KEY!r}")
             onnx.save(proto, str(tmp))
     else:
         with _atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad():
@@ -344,15 +381,25 @@ def export_run(
             traced = torch.jit.trace(graph, (example,), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
     seconds = time.perf_counter() - t0
-    diff = None
+    diff = ood_diff = None
     if verify:
         images = torch.randint(0, 256, (VERIFY_BATCH, *shape[1:]), generator=gen, dtype=torch.uint8)
         with torch.inference_mode():
             expected = spec.probabilities(graph(images)[0].numpy())
         loader = load_onnx_classifier if fmt == "onnx" else load_torchscript_classifier
-        got = loader(path).predict_proba(pipeline.nchw_to_hwc(images.numpy()))
+        got, scores = loader(path).predict_proba_ood(pipeline.nchw_to_hwc(images.numpy()))
         diff = float(np.abs(got - expected).max())
         if not diff <= VERIFY_TOLERANCE:
             warnings.warn(f"the exported model {path} differs from PyTorch by up to {diff:.2e} in probability "
                           f"(tolerance {VERIFY_TOLERANCE:.0e})", RuntimeWarning, stacklevel=2)
-    return ExportResult(path, fmt, spec, seconds, diff)
+        if ood is not None:
+            from ..engine.inference import logits_and_features
+
+            z, f = logits_and_features(run.model, images, run.preprocess, run.device)
+            want = ood.score(z.numpy(), f.numpy())
+            ood_diff = float(np.max(np.abs(scores - want) / np.maximum(np.abs(want), 1.0)))
+            if not ood_diff <= VERIFY_OOD_TOLERANCE:
+                warnings.warn(f"the exported model {path}'s OOD score differs from the run's detector by up to "
+                              f"{ood_diff:.2e} (relative; tolerance {VERIFY_OOD_TOLERANCE:.0e})", RuntimeWarning,
+                              stacklevel=2)
+    return ExportResult(path, fmt, spec, seconds, diff, ood_diff)

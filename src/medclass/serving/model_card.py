@@ -5,7 +5,10 @@ details, intended use, data, metrics (with confidence intervals), caveats. Every
 the run folder: the model's contract (classes, input, calibration) from the spec
 (:func:`medclass.spec.read_spec`, or the served one), the rest from ``config.yaml``,
 ``train_summary.json`` and the newest ``eval-*/metrics.json`` written by ``medclass evaluate``;
-nothing is invented: a section whose source file is missing says so. Torch-free (json, yaml, Jinja2).
+and the results of :mod:`medclass.result_sections` when the run has them: per patient/lesion/study,
+per subgroup (small ones flagged, the best-worst gap), the cross-validation of a fold ensemble,
+and the out-of-distribution warning (``ood.json``). Nothing is invented: a section whose source
+file is missing says so, or is left out. Torch-free (json, yaml, Jinja2).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ..result_sections import collect_sections, render_sections
 from ..runs import RunError
 from ..spec import calibration_record, read_spec
 
@@ -66,7 +70,9 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
 
     Returns:
         A dict with keys ``name``, ``model``, ``data``, ``training``, ``metrics`` (or None),
-        ``calibration`` (or None), ``intended_use``, ``out_of_scope``, ``caveats``.
+        ``calibration`` (or None), ``results`` (:func:`medclass.result_sections.collect_sections`:
+        ``group_level``, ``subgroups``, ``cv``, ``ood``, each None when absent), ``intended_use``,
+        ``out_of_scope``, ``caveats``.
     """
     root = Path(run_dir)
     cfg = {}
@@ -103,6 +109,19 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
             caveats.append(f"Fewer than 30 evaluation images for: {', '.join(small)}; their metrics are uncertain.")
     else:
         caveats.append("This run has not been evaluated (run `medclass evaluate RUN`): no held-out metrics.")
+    results = collect_sections(root, metrics)
+    if results["ood"] is None:
+        caveats.append("No out-of-distribution detector: the model answers every image with one of its classes, "
+                       "even an image unlike anything it was trained on (`medclass ood-fit RUN` fits one).")
+    else:
+        caveats.append(f"Images unlike the training images are flagged ({results['ood']['method']} score above "
+                       f"{results['ood']['threshold']:.4g}); about {1 - results['ood']['quantile']:.0%} of "
+                       "in-distribution images are flagged too, and a foreign image is not always caught.")
+    for column, table in (results["subgroups"] or {}).items():
+        small = [n for n, r in table.get("subgroups", {}).items() if r.get("too_small")]
+        if small:
+            caveats.append(f"Subgroups of {column} with fewer than {table.get('min_n')} images: {', '.join(small)}; "
+                           "their figures are uncertain.")
     if not calibration:
         caveats.append("Probabilities are not calibrated (run `medclass evaluate RUN` to fit a temperature on validation).")
     image_size = spec.image_size if spec is not None else data_cfg.get("image_size")
@@ -149,6 +168,7 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
             "threshold": spec.threshold,
             "threshold_method": (calibration.get("threshold") or {}).get("method"),
         },
+        "results": results,
         "intended_use": INTENDED_USE,
         "out_of_scope": OUT_OF_SCOPE,
         "caveats": caveats,
@@ -186,6 +206,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <table><tr><th>class</th><th>precision</th><th>recall (sensitivity)</th><th>F1</th><th>support</th></tr>
 {% for name, pc in c.metrics.per_class.items() %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(pc.precision) }}</td><td>{{ "%.3f"|format(pc.recall) }}</td><td>{{ "%.3f"|format(pc.f1) }}</td><td>{{ pc.support }}</td></tr>{% endfor %}</table>
 {% else %}<p>Not evaluated: run <code>medclass evaluate</code> on this run.</p>{% endif %}
+{% if c.results %}{{ sections_html|safe }}{% endif %}
 <h2>Calibration</h2>{% if c.calibration %}<p>Temperature {{ "%.3f"|format(c.calibration.temperature) }} (fitted on validation){% if c.calibration.threshold is not none %}; decision threshold {{ "%.3f"|format(c.calibration.threshold) }} ({{ c.calibration.threshold_method }}){% endif %}.</p>{% else %}<p>Not calibrated.</p>{% endif %}
 <h2>Caveats</h2><ul id="caveats">{% for w in c.caveats %}<li>{{ w }}</li>{% endfor %}</ul>
 <p class="small">Format: Mitchell et al., "Model Cards for Model Reporting", FAT* 2019. JSON: <a href="/model-card.json">/model-card.json</a>.</p>
@@ -201,4 +222,5 @@ def render_model_card(card: dict[str, Any]) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
-    return env.from_string(_TEMPLATE).render(c=card, labels=_LABELS)
+    sections = render_sections(card["results"], heading_level=2) if card.get("results") else ""
+    return env.from_string(_TEMPLATE).render(c=card, labels=_LABELS, sections_html=sections)

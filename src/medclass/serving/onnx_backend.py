@@ -5,8 +5,10 @@ An ONNX file written by ``medclass export RUN --format onnx``
 ``"image"``, uint8 ``(N, C, H, W)`` with a dynamic batch ``N``; the graph scales to [0, 1],
 normalises with the run's mean/std, runs the network and outputs ``"logits"`` float32 ``(N, K)``
 (``(N, 1)`` for a single-logit binary model) and ``"probabilities"`` float32 ``(N, K)``
-(temperature-scaled). The :class:`~medclass.spec.ModelSpec` (class names, image size,
-channels, DICOM window, temperature, threshold) is stored as JSON in the model's
+(temperature-scaled); a run exported with its out-of-distribution detector (``RUN/ood.json``) also
+outputs ``"ood_score"`` float32 ``(N,)`` (:mod:`medclass.ood`'s score, computed in the graph). The
+:class:`~medclass.spec.ModelSpec` (class names, image size, channels, DICOM window, temperature,
+threshold; the OOD method and threshold in ``extra["ood"]``) is stored as JSON in the model's
 ``metadata_props`` under :data:`SPEC_KEY`.
 
 This module imports only numpy, Pillow (through :mod:`medclass.data.io`), onnxruntime (when a model
@@ -25,12 +27,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..data.io import expand_image_paths
+from ..ood import OODDetector, ood_from_spec
 from ..pipeline import hwc_to_nchw
 from ..prediction import Prediction, predict_files
 from ..spec import ModelSpec
 
 __all__ = [
-    "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "TTA_FLIPS", "ModelFileError",
+    "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "OOD_OUTPUT", "TTA_FLIPS", "ModelFileError",
     "ExportedClassifier", "OnnxClassifier", "load_onnx_classifier", "open_onnx_session",
     "FilePrediction", "expand_image_paths", "predict_files",
 ]
@@ -42,6 +45,8 @@ IMAGE_INPUT = "image"
 #: Graph outputs: raw logits ``(N, K)`` (``(N, 1)`` single-logit) and calibrated probabilities ``(N, K)``.
 LOGITS_OUTPUT = "logits"
 PROBS_OUTPUT = "probabilities"
+#: Optional graph output: the OOD score float32 ``(N,)`` of :mod:`medclass.ood` (higher = more foreign).
+OOD_OUTPUT = "ood_score"
 
 #: Test-time augmentation views, as axes of an ``(N, H, W, C)`` batch to flip; the same views as
 #: :data:`medclass.engine.inference.TTA_VIEWS` (which flips ``(N, C, H, W)``).
@@ -64,11 +69,14 @@ def _check_tta(tta: Sequence[str]) -> tuple[str, ...]:
 
 
 class ExportedClassifier:
-    """What every backend offers the CLI and the web service: ``spec``, ``can_explain`` and
-    :meth:`predict_proba`. Subclasses implement :meth:`_logits` for one uint8 NCHW batch.
+    """What every backend offers the CLI and the web service: ``spec``, ``can_explain``,
+    :meth:`predict_proba`, ``ood`` and :meth:`predict_proba_ood`. Subclasses implement
+    :meth:`_outputs` for one uint8 NCHW batch.
 
     Attributes:
         spec: the model's :class:`ModelSpec`.
+        ood: the :class:`~medclass.ood.OODDetector` summary of ``spec.extra["ood"]`` (method,
+            threshold; the graph outputs the score), or None (exported without a detector).
         can_explain: False (no gradients through an exported graph: Grad-CAM needs the torch backend).
         tta: flip views averaged with the image (keys of :data:`TTA_FLIPS`).
         batch_size: images per graph run.
@@ -77,16 +85,37 @@ class ExportedClassifier:
 
     can_explain = False
 
-    def __init__(self, spec: ModelSpec, path: Path, tta: Sequence[str] = (), batch_size: int = 32) -> None:
+    def __init__(self, spec: ModelSpec, path: Path, tta: Sequence[str] = (), batch_size: int = 32,
+                 ood: Optional[OODDetector] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spec = spec
         self.path = Path(path)
         self.tta = _check_tta(tta)
         self.batch_size = batch_size
+        self.ood = ood
 
-    def _logits(self, images_nchw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def _outputs(self, images_nchw: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:  # pragma: no cover
+        """Logits ``(N, K)`` and the graph's OOD score ``(N,)`` (None when it has none) of one batch."""
         raise NotImplementedError
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Logits float32 ``(N, K)`` averaged over the TTA views, and the OOD scores float64
+        ``(N,)`` of the images themselves (not the flips), or None."""
+        images = self._check_images(images)
+        out, scores = [], []
+        for i in range(0, len(images), self.batch_size):
+            batch = images[i : i + self.batch_size]
+            z, s = self._outputs(hwc_to_nchw(batch))
+            z = z.astype(np.float64)
+            for view in self.tta:
+                z = z + self._outputs(hwc_to_nchw(np.flip(batch, TTA_FLIPS[view])))[0]
+            out.append((z / (1 + len(self.tta))).astype(np.float32))
+            if s is not None:
+                scores.append(np.asarray(s, np.float64).reshape(-1))
+        if not out:
+            return np.zeros((0, self.spec.num_outputs), np.float32), np.zeros(0) if self.ood is not None else None
+        return np.concatenate(out), np.concatenate(scores) if self.ood is not None and scores else None
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         return self.spec.check_images(images)
@@ -101,17 +130,7 @@ class ExportedClassifier:
         Raises:
             ValueError: another dtype or shape.
         """
-        images = self._check_images(images)
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            batch = images[i : i + self.batch_size]
-            z = self._logits(hwc_to_nchw(batch)).astype(np.float64)
-            for view in self.tta:
-                z = z + self._logits(hwc_to_nchw(np.flip(batch, TTA_FLIPS[view])))
-            out.append((z / (1 + len(self.tta))).astype(np.float32))
-        if not out:
-            return np.zeros((0, self.spec.num_outputs), np.float32)
-        return np.concatenate(out)
+        return self._run(images)[0]
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities float32 ``(N, K)`` for uint8 ``(N, H, W, C)`` images at
@@ -121,6 +140,17 @@ class ExportedClassifier:
             ValueError: images of another dtype or shape.
         """
         return self.spec.probabilities(self.predict_logits(images))
+
+    def predict_proba_ood(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Calibrated probabilities float32 ``(N, K)`` (as :meth:`predict_proba`) and the graph's
+        OOD scores float64 ``(N,)`` of the images themselves (None without a detector); one graph
+        run per batch (more with TTA).
+
+        Raises:
+            ValueError: images of another dtype or shape.
+        """
+        logits, scores = self._run(images)
+        return self.spec.probabilities(logits), scores
 
 
 def open_onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, spinning: bool = True):
@@ -157,12 +187,15 @@ class OnnxClassifier(ExportedClassifier):
         session: the ``onnxruntime.InferenceSession``.
     """
 
-    def __init__(self, path: Path, session, spec: ModelSpec, tta: Sequence[str] = (), batch_size: int = 32) -> None:
-        super().__init__(spec, path, tta, batch_size)
+    def __init__(self, path: Path, session, spec: ModelSpec, tta: Sequence[str] = (), batch_size: int = 32,
+                 ood: Optional[OODDetector] = None) -> None:
+        super().__init__(spec, path, tta, batch_size, ood)
         self.session = session
+        self._names = [LOGITS_OUTPUT, OOD_OUTPUT] if ood is not None else [LOGITS_OUTPUT]
 
-    def _logits(self, images_nchw: np.ndarray) -> np.ndarray:
-        return self.session.run([LOGITS_OUTPUT], {IMAGE_INPUT: images_nchw})[0]
+    def _outputs(self, images_nchw: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        got = self.session.run(self._names, {IMAGE_INPUT: images_nchw})
+        return got[0], (got[1] if len(got) > 1 else None)
 
 
 def load_onnx_classifier(
@@ -222,7 +255,27 @@ def load_onnx_classifier(
         raise ModelFileError(f"{path}: the graph does not take {IMAGE_INPUT!r} uint8 (N, {want[0]}, {want[1]}, {want[2]}) "
                              f"and give {LOGITS_OUTPUT!r} as its spec says (inputs: {got}; outputs: "
                              f"{sorted(outputs)}); {hint}")
-    return OnnxClassifier(path, session, spec, tta=tta, batch_size=batch_size)
+    return OnnxClassifier(path, session, spec, tta=tta, batch_size=batch_size,
+                          ood=exported_ood(path, spec, OOD_OUTPUT in outputs))
+
+
+def exported_ood(path: Path, spec: ModelSpec, has_output: bool) -> Optional[OODDetector]:
+    """The OOD detector of an exported model: its spec's ``extra["ood"]``
+    (:func:`medclass.ood.ood_from_spec`) when the graph also has the :data:`OOD_OUTPUT` output;
+    None when it has neither (exported before medclass stored one, or from a run without one).
+
+    Raises:
+        ModelFileError: one without the other, or an invalid record (names the file).
+    """
+    hint = _EXPORT_HINT.format(fmt="onnx" if path.suffix.lower() == ".onnx" else "torchscript")
+    try:
+        detector = ood_from_spec(spec)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: invalid OOD record in its model spec ({e}); {hint}") from e
+    if (detector is None) != (not has_output):
+        raise ModelFileError(f"{path}: its spec {'has' if detector else 'lacks'} an OOD record but the graph "
+                             f"{'lacks' if detector else 'has'} the {OOD_OUTPUT!r} output; {hint}")
+    return detector
 
 
 # ---- predicting files: the one loop of medclass.prediction, under this module's old names -----

@@ -1,4 +1,6 @@
-"""The service's web page: upload an image, see the class probabilities and the Grad-CAM overlay.
+"""The service's web page: upload an image, see the class probabilities and the Grad-CAM overlay,
+and a warning ("this image is unlike the training images") when the model's out-of-distribution
+detector flags it (the ``ood`` object of ``POST /predict``).
 
 Plain HTML, CSS and JavaScript (no framework, nothing fetched from elsewhere), served from the app
 itself so the page works offline and under a strict Content-Security-Policy (``script-src
@@ -15,6 +17,7 @@ nav { margin-bottom: 1em; } nav a { margin-right: .6em; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
 th { background: #f3f3f3; }
+tr.small-n td { color: #8a6d3b; background: #fffaf0; }
 form { border: 1px dashed #999; padding: 1em; border-radius: 6px; }
 button { font-size: 1em; padding: .3em 1.2em; margin-left: .5em; }
 #result { display: flex; gap: 2em; flex-wrap: wrap; margin-top: 1em; }
@@ -24,6 +27,8 @@ button { font-size: 1em; padding: .3em 1.2em; margin-left: .5em; }
 .top td { font-weight: bold; }
 #predicted { font-size: 1.3em; font-weight: bold; }
 #error { background: #fde2e1; border: 1px solid #d9534f; padding: .6em 1em; margin-top: 1em; }
+#ood-warning { background: #fde2e1; border: 2px solid #d9534f; padding: .6em 1em; margin-top: 1em; font-weight: bold; }
+#ood-warning[hidden] { display: none; }
 .warn { background: #fff3cd; border: 1px solid #e0c36c; padding: .5em 1em; font-size: .9em; }
 figure { margin: 0; } figure img { width: 320px; image-rendering: auto; border: 1px solid #ddd; }
 figcaption, .small { font-size: .85em; color: #555; }
@@ -45,6 +50,7 @@ metrics and limits of this model. Classes: {{CLASSES}}.</p>
   <span id="status" class="small"></span>
 </form>
 <div id="error" role="alert" hidden></div>
+<div id="ood-warning" role="alert" hidden></div>
 <div id="result" hidden>
   <div>
     <p>Prediction for <code id="filename"></code>: <span id="predicted"></span></p>
@@ -64,11 +70,25 @@ const form = document.getElementById("upload-form");
 const statusEl = document.getElementById("status");
 const errorEl = document.getElementById("error");
 const resultEl = document.getElementById("result");
+const oodEl = document.getElementById("ood-warning");
 
 function showError(text) {
   errorEl.textContent = text;
   errorEl.hidden = false;
   resultEl.hidden = true;
+  oodEl.hidden = true;
+}
+
+function showOod(ood) {
+  // ood: {score, threshold, flag, method}, or null when the model has no detector
+  if (ood && ood.flag) {
+    oodEl.textContent = "Warning: this image is unlike the training images (" + ood.method + " score " +
+      ood.score.toPrecision(4) + " above the threshold " + ood.threshold.toPrecision(4) +
+      "); the prediction below is not to be trusted.";
+    oodEl.hidden = false;
+  } else {
+    oodEl.hidden = true;
+  }
 }
 
 function showResult(r) {
@@ -98,6 +118,8 @@ function showResult(r) {
   }
   let details = "model " + r.model + ", " + (1000 * r.seconds).toFixed(0) + " ms on the server";
   if (r.threshold !== null && r.threshold !== undefined) details += ", decision threshold " + r.threshold.toFixed(3);
+  if (r.ood) details += ", OOD " + r.ood.method + " score " + r.ood.score.toPrecision(4) + (r.ood.flag ? " (flagged)" : " (in range)");
+  showOod(r.ood);
   document.getElementById("details").textContent = details;
   const fig = document.getElementById("gradcam");
   if (r.gradcam_png) {

@@ -1,9 +1,10 @@
 """Predictions of image files as ``medclass predict`` writes them: a table, CSV or JSON.
 
 Torch-free (the ONNX path of ``medclass predict`` never imports PyTorch). Works on any list of
-objects with ``path``, ``predicted``, ``probabilities`` (class name -> probability) and ``error``
-and a ``to_dict()``: :class:`medclass.evaluation.predict.Prediction` and
-:class:`medclass.serving.onnx_backend.FilePrediction`.
+objects with ``path``, ``predicted``, ``probabilities`` (class name -> probability), ``error``,
+``ood_score`` and ``ood_flag`` (None without an OOD detector) and a ``to_dict()``:
+:class:`medclass.prediction.Prediction` (also known as ``medclass.evaluation.predict.Prediction``
+and :class:`medclass.serving.onnx_backend.FilePrediction`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ __all__ = ["PREDICTION_FORMATS", "format_predictions"]
 PREDICTION_FORMATS = ("table", "csv", "json")
 
 
+def _ood_of(p: Any) -> tuple:
+    """``(ood_score, ood_flag)`` of a prediction, ``(None, None)`` without them."""
+    return getattr(p, "ood_score", None), getattr(p, "ood_flag", None)
+
+
 def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: str = "table") -> str:
     """The predictions as text ending in a newline.
 
     - ``table``: a header and one line per file (predicted class, probability per class to four
-      decimals), or ``ERROR: <reason>`` for a file that could not be predicted; columns are as wide
-      as the longest path;
-    - ``csv``: columns ``path, predicted, p_<class>..., error`` (probabilities to six decimals);
-    - ``json``: a list of ``to_dict()`` objects, indented by one space.
+      decimals, and when the model has an OOD detector the ``ood_score`` and ``ood_flag``:
+      ``UNLIKE TRAINING`` or ``ok``), or ``ERROR: <reason>`` for a file that could not be
+      predicted; columns are as wide as the longest path;
+    - ``csv``: columns ``path, predicted, p_<class>..., ood_score, ood_flag, error``
+      (probabilities to six decimals; the OOD score to six significant digits and the flag
+      ``true``/``false``, both empty without an OOD detector);
+    - ``json``: a list of ``to_dict()`` objects (with ``ood_score`` and ``ood_flag``, null
+      without a detector), indented by one space.
 
     Raises:
         ValueError: ``fmt`` is not one of :data:`PREDICTION_FORMATS`.
@@ -36,19 +46,28 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
         buf.write("\n")
     elif fmt == "csv":
         w = csv.writer(buf)
-        w.writerow(["path", "predicted", *[f"p_{n}" for n in class_names], "error"])
+        w.writerow(["path", "predicted", *[f"p_{n}" for n in class_names], "ood_score", "ood_flag", "error"])
         for p in preds:
             probs = [f"{p.probabilities[n]:.6f}" for n in class_names] if p.probabilities else [""] * len(class_names)
-            w.writerow([p.path, p.predicted or "", *probs, p.error or ""])
+            score, flag = _ood_of(p)
+            w.writerow([p.path, p.predicted or "", *probs, "" if score is None else f"{score:.6g}",
+                        "" if flag is None else str(bool(flag)).lower(), p.error or ""])
     elif fmt == "table":
         width = max([len(p.path) for p in preds], default=len("path"))
-        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in class_names) + "\n")
+        with_ood = any(_ood_of(p)[0] is not None for p in preds)
+        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in class_names)
+                  + (f"  {'ood_score':>12s}  ood_flag" if with_ood else "") + "\n")
         for p in preds:
             if p.error:
                 buf.write(f"{p.path:{width}s}  ERROR: {p.error}\n")
             else:
+                score, flag = _ood_of(p)
+                ood = ""
+                if with_ood:
+                    ood = (f"  {score:12.4g}  {'UNLIKE TRAINING' if flag else 'ok'}" if score is not None
+                           else f"  {'':>12s}  ")
                 buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
-                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in class_names) + "\n")
+                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in class_names) + ood + "\n")
     else:
         raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
     return buf.getvalue()

@@ -7,7 +7,10 @@ interface, used by ``medclass predict`` and the web service:
 * ``spec``: the :class:`~medclass.spec.ModelSpec` (class names, preprocessing, calibration);
 * ``can_explain``: whether :meth:`TorchClassifier.explain` (Grad-CAM) is available;
 * ``predict_proba(images)``: uint8 ``(N, H, W, C)`` at ``spec.image_size`` -> float32 ``(N, K)``
-  calibrated probabilities.
+  calibrated probabilities;
+* ``ood`` (a :class:`medclass.ood.OODDetector` or None) and ``predict_proba_ood(images)``: the
+  probabilities and the OOD scores ``(N,)`` (None without a detector); see
+  :func:`medclass.prediction.classify`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..engine import LoadedRun
 from ..engine.inference import TTA_VIEWS
 from ..pipeline import hwc_to_nchw
 from ..spec import ModelSpec
-from .onnx_backend import ExportedClassifier, ModelFileError
+from .onnx_backend import ExportedClassifier, ModelFileError, exported_ood
 
 __all__ = ["spec_from_run", "TorchClassifier", "TorchScriptClassifier", "load_torchscript_classifier",
            "TORCHSCRIPT_SPEC_FILE"]
@@ -54,6 +57,7 @@ class TorchClassifier:
         spec: :func:`spec_from_run` of ``run``.
         can_explain: True.
         run: the :class:`~medclass.engine.LoadedRun`.
+        ood: the run's OOD detector (``run.ood``: ``RUN/ood.json``), or None.
 
     Raises:
         ValueError: an unknown TTA view.
@@ -69,6 +73,7 @@ class TorchClassifier:
         self.tta = tuple(tta)
         self.batch_size = batch_size
         self.spec = spec_from_run(run)
+        self.ood = run.ood
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         return self.spec.check_images(images)
@@ -88,6 +93,15 @@ class TorchClassifier:
             ValueError: images of another dtype or shape.
         """
         return self.spec.probabilities(self.predict_logits(images))
+
+    def predict_proba_ood(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Calibrated probabilities float32 ``(N, K)`` and OOD scores float64 ``(N,)`` (None
+        without a detector): :meth:`medclass.engine.LoadedRun.predict_proba_ood`.
+
+        Raises:
+            ValueError: images of another dtype or shape.
+        """
+        return self.run.predict_proba_ood(self._check_images(images), self.tta, self.batch_size)
 
     def explain(self, image: np.ndarray, target_layer: Optional[str] = None,
                 class_idx: Optional[int] = None) -> np.ndarray:
@@ -123,17 +137,20 @@ class TorchScriptClassifier(ExportedClassifier):
     """An exported TorchScript classifier (``medclass export RUN --format torchscript``), on the CPU.
 
     Attributes (besides :class:`~medclass.serving.onnx_backend.ExportedClassifier`'s):
-        module: the ``torch.jit.ScriptModule``: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``.
+        module: the ``torch.jit.ScriptModule``: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``,
+            and ``ood_score`` ``(N,)`` third when exported with an OOD detector.
     """
 
-    def __init__(self, path: Path, module, spec: ModelSpec, tta: Sequence[str] = (), batch_size: int = 32) -> None:
-        super().__init__(spec, path, tta, batch_size)
+    def __init__(self, path: Path, module, spec: ModelSpec, tta: Sequence[str] = (), batch_size: int = 32,
+                 ood=None) -> None:
+        super().__init__(spec, path, tta, batch_size, ood)
         self.module = module
 
-    def _logits(self, images_nchw: np.ndarray) -> np.ndarray:
+    def _outputs(self, images_nchw: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         with torch.inference_mode():
-            logits = self.module(torch.from_numpy(np.require(images_nchw, requirements=["C", "W"])))[0]
-        return logits.float().numpy()
+            out = self.module(torch.from_numpy(np.require(images_nchw, requirements=["C", "W"])))
+        score = out[2].float().numpy() if self.ood is not None and len(out) > 2 else None
+        return out[0].float().numpy(), score
 
 
 def load_torchscript_classifier(
@@ -177,4 +194,6 @@ def load_torchscript_classifier(
     except ValueError as e:
         raise ModelFileError(f"{path}: invalid medclass model spec ({e}); {hint}") from e
     module.eval()
-    return TorchScriptClassifier(path, module, spec, tta=tta, batch_size=batch_size)
+    # the spec's OOD record says whether the graph returns the score third (export_run writes both or neither)
+    ood = exported_ood(path, spec, has_output=bool(spec.extra.get("ood")))
+    return TorchScriptClassifier(path, module, spec, tta=tta, batch_size=batch_size, ood=ood)
