@@ -9,7 +9,15 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .config import PRESETS, ConfigError, RunConfig, check_budget_config
+from .config import PRESETS, ConfigError, RunConfig
+from .preflight import (
+    apply_resume_overrides, check_choice, check_data_source, check_resume, check_run_folder, check_train_config,
+)
+from .runs import new_run_dir
+
+# This module and what it imports at module level stay free of PyTorch, MONAI, kornia and
+# scikit-learn: every command checks its arguments, paths and config (medclass.preflight) first
+# and imports the heavy stages inside, so a mistake is reported in a fraction of a second.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
@@ -107,15 +115,20 @@ def train(
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
 ) -> None:
-    """Train a model; then evaluate it on the test split."""
-    from .engine import train as run_training
-    from .engine.run_folder import new_run_dir, resume_run_dir
-    from .evaluation import evaluate_run
-    from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+    """Train a model; then evaluate it on the test split.
 
+    With --resume, --epochs gives the run a new total of epochs (more or fewer; the LR schedule is
+    re-planned to end there) and --time-budget a new total budget for a time-budgeted run (the time
+    already spent counts)."""
     with _user_errors():
+        # argument, path and config checks first: no PyTorch import before they pass
         if resume:
-            run_dir, cfg = resume_run_dir(runs_dir, name)
+            run_dir, cfg = check_resume(runs_dir, name)
+            apply_resume_overrides(cfg, epochs, time_budget, ignored={
+                "DATA": data, "--config": config, "--image-size": image_size, "--batch-size": batch_size,
+                "--lr": lr, "--arch": arch, "--single-logit/--softmax": single_logit, "--pretrained": pretrained,
+                "--skip-corrupt/--fail-on-corrupt": skip_corrupt, "--dedupe/--keep-duplicates": dedupe,
+                "--set": sets})
         else:
             cfg = _build_config(
                 data, config, sets,
@@ -124,10 +137,14 @@ def train(
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
                    "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
             )
-            check_budget_config(cfg)  # before a run folder is named
+            check_train_config(cfg)  # before a run folder is named
             run_dir = new_run_dir(runs_dir, name, cfg)
         if not sys.stderr.isatty():
             cfg.train.progress = False
+        from .engine import train as run_training
+        from .evaluation import evaluate_run
+        from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+
         result = run_training(cfg, run_dir, resume=resume)
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
             return
@@ -159,31 +176,30 @@ def cv(
     """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
     import json
 
-    from .evaluation.cv import CV_FILE, cross_validate, format_cv
-
+    cv_file = "cv.json"  # medclass.evaluation.cv.CV_FILE, named here to check it before importing PyTorch
     with _user_errors():
         if resume:
             if not name:
                 _fail("--resume needs the --name of the cross-validation to continue")
             root = runs_dir / name
-            if not (root / CV_FILE).is_file() or not (root / "config.yaml").is_file():
-                _fail(f"{root} holds no interrupted cross-validation ({CV_FILE}, config.yaml)")
+            if not (root / cv_file).is_file() or not (root / "config.yaml").is_file():
+                _fail(f"{root} holds no interrupted cross-validation ({cv_file}, config.yaml)")
             cfg = RunConfig.load(root / "config.yaml")
-            settings = json.loads((root / CV_FILE).read_text())["settings"]
+            settings = json.loads((root / cv_file).read_text())["settings"]
             folds, group_pattern = settings["folds"], settings["group_pattern"]
         else:
             cfg = _build_config(data, config, sets, **{"train.epochs": epochs, "data.image_size": image_size,
                                                         "train.time_budget": time_budget, "model.arch": arch})
-            check_budget_config(cfg)
-            from .engine.run_folder import new_run_dir
-
+            check_train_config(cfg)
             root = new_run_dir(runs_dir, name, cfg)
         if not sys.stderr.isatty():
             cfg.train.progress = False
+        from .evaluation.cv import cross_validate, format_cv
+
         record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
                                 log=typer.echo)
         typer.echo(format_cv(record))
-        typer.echo(f"written to {root / CV_FILE}")
+        typer.echo(f"written to {root / cv_file}")
 
 
 @app.command()
@@ -210,10 +226,15 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
-    from .evaluation import evaluate_run
-    from .evaluation.evaluate import format_metrics
-
     with _user_errors():
+        check_choice("--checkpoint", checkpoint, ("best", "last"))
+        check_choice("--split", split, ("train", "valid", "test"))
+        check_run_folder(run, checkpoint)
+        if data is not None:
+            check_data_source(RunConfig.from_dict({"data": {"source": data}}))
+        from .evaluation import evaluate_run
+        from .evaluation.evaluate import format_metrics
+
         metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
                                explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
@@ -233,9 +254,11 @@ def report(
     tta: bool = typer.Option(False, "--tta"),
 ) -> None:
     """Write one self-contained HTML report (figures embedded) of a run."""
-    from .evaluation.report import build_report
-
     with _user_errors():
+        check_choice("--split", split, ("train", "valid", "test"))
+        check_run_folder(run, "best")
+        from .evaluation.report import build_report
+
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
                             progress=sys.stderr.isatty())
     typer.echo(f"report: {path}")
@@ -269,10 +292,11 @@ def predict(
         if run.is_file() and run.suffix.lower() in (".onnx", ".pt"):
             other = "onnx" if run.suffix.lower() == ".onnx" else "torchscript"
             _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
-        from .engine import load_run
-        from .evaluation import predict_images
-
         with _user_errors():
+            check_run_folder(run, "best")
+            from .engine import load_run
+            from .evaluation import predict_images
+
             loaded = load_run(run)
             preds = predict_images(loaded, paths, tta=tta_ops, explain_dir=explain, target_layer=target_layer)
         names = loaded.class_names
@@ -330,6 +354,8 @@ def export(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     import warnings
 
+    with _user_errors():
+        check_run_folder(run, checkpoint)
     from .engine import load_run
     from .serving.export import VERIFY_TOLERANCE, export_run
 
@@ -360,15 +386,17 @@ def ensemble(
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate it on the test split."),
 ) -> None:
     """Soft-voting ensemble of runs, saved as a run of its own that refers to its members."""
-    from .evaluation import evaluate_run, make_ensemble
-    from .evaluation.evaluate import format_metrics
-
     try:
         w = weights if weights in ("equal", "auto") else [float(x) for x in weights.split(",")]
     except ValueError:
         _fail(f"--weights must be equal, auto or comma-separated numbers, got {weights!r}")
     progress = sys.stderr.isatty()
     with _user_errors():
+        for member in runs:
+            check_run_folder(member, "best")
+        from .evaluation import evaluate_run, make_ensemble
+        from .evaluation.evaluate import format_metrics
+
         spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
         typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
                    + f"; run in {runs_dir / name}")
@@ -407,15 +435,18 @@ def audit(
     ),
 ) -> None:
     """Audit a data set: counts, sizes, unreadable files, exact and near duplicates, leakage across splits."""
-    from .data import build_index, write_manifest
-    from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
-
-    threshold = NEAR_THRESHOLD if near_threshold is None else near_threshold
+    threshold = 2 if near_threshold is None else near_threshold  # medclass.data.audit.NEAR_THRESHOLD
     with _user_errors(OSError):
         cfg = _build_config(data, config, sets)
         cfg.data.skip_corrupt = True  # a CSV id without its file is reported as unreadable, not an error
         if not 0 <= threshold <= 64:
             _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
+        check_data_source(cfg)
+        from .data import build_index, write_manifest
+        from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
+
+        if near_threshold is None:
+            threshold = NEAR_THRESHOLD
         source = cfg.data.manifest or cfg.data.source
         stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
         out = out if out is not None else Path(f"audit-{stem}")
@@ -460,6 +491,8 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
+    with _user_errors():
+        check_run_folder(run, checkpoint if backend == "torch" else None)
     with _user_errors(FileNotFoundError):
         limits = UploadLimits.from_env(
             max_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024),
@@ -508,11 +541,12 @@ def lr_find_command(
     --start-lr to --end-lr, plot the loss against the LR and suggest a learning rate for `train --lr`."""
     import shlex
 
-    from .engine.lr_find import default_out_dir, lr_find
-
     with _user_errors():
         cfg = _build_config(data, config, sets,
                             **{"data.image_size": image_size, "train.batch_size": batch_size, "model.arch": arch})
+        check_train_config(cfg)
+        from .engine.lr_find import default_out_dir, lr_find
+
         if not sys.stderr.isatty():
             cfg.train.progress = False
         out_dir = out if out is not None else default_out_dir(cfg)

@@ -333,10 +333,23 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
+        """The config in the YAML file ``path`` (sections ``data``, ``model``, ``train``) over the defaults.
+
+        Raises:
+            ConfigError: the file is missing, unreadable or not YAML, or names an unknown key or a
+                bad value; the message names the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}; give a YAML file with sections data/model/train "
+                              "(a run's config.yaml is one)")
         try:
-            d = yaml.safe_load(Path(path).read_text()) or {}
+            d = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a config must be a mapping with sections data/model/train")
         return cls.from_dict(d)
@@ -360,7 +373,11 @@ class RunConfig:
         if key not in names:
             raise ConfigError(f"unknown config key {dotted!r}; known keys of {section}: {sorted(names)}")
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value != "" else None
+            try:
+                value = yaml.safe_load(value) if value != "" else None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{dotted}: cannot read the value {value!r} as YAML ({e.__class__.__name__}); "
+                                  "quote it or write a number, true/false, or a [list]") from None
         if dotted == "train.time_budget":  # seconds or "15m": kept as written, checked here
             if value is not None:
                 parse_duration(value, dotted)
