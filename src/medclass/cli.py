@@ -139,8 +139,6 @@ def train(
             )
             check_train_config(cfg)  # before a run folder is named
             run_dir = new_run_dir(runs_dir, name, cfg)
-        if not sys.stderr.isatty():
-            cfg.train.progress = False
         from .engine import train as run_training
         from .evaluation import evaluate_run
         from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
@@ -192,8 +190,6 @@ def cv(
                                                         "train.time_budget": time_budget, "model.arch": arch})
             check_train_config(cfg)
             root = new_run_dir(runs_dir, name, cfg)
-        if not sys.stderr.isatty():
-            cfg.train.progress = False
         from .evaluation.cv import cross_validate, format_cv
 
         record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
@@ -235,7 +231,7 @@ def evaluate(
         from .evaluation import evaluate_run
         from .evaluation.evaluate import format_metrics
 
-        metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
+        metrics = evaluate_run(run, data, split, out, checkpoint, progress=True,
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
                                explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
                                group_how=group_aggregation,
@@ -260,7 +256,7 @@ def report(
         from .evaluation.report import build_report
 
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
-                            progress=sys.stderr.isatty())
+                            progress=True)
     typer.echo(f"report: {path}")
 
 
@@ -363,7 +359,7 @@ def export(
         loaded = load_run(run, checkpoint=checkpoint, device="cpu")
         # a mismatch is reported below, as a CLI warning
         warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-        result = export_run(loaded, fmt, out)
+        result = export_run(loaded, fmt, out, progress=True)
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -390,7 +386,7 @@ def ensemble(
         w = weights if weights in ("equal", "auto") else [float(x) for x in weights.split(",")]
     except ValueError:
         _fail(f"--weights must be equal, auto or comma-separated numbers, got {weights!r}")
-    progress = sys.stderr.isatty()
+    progress = True
     with _user_errors():
         for member in runs:
             check_run_folder(member, "best")
@@ -413,7 +409,7 @@ def compare(
     from .evaluation import compare_runs
 
     with _user_errors():
-        compare_runs(runs, out, progress=sys.stderr.isatty())
+        compare_runs(runs, out, progress=True)
     typer.echo((out / "comparison.md").read_text(), nl=False)
     typer.echo(f"written to {out}/comparison.md, comparison.csv, comparison.png")
 
@@ -451,7 +447,7 @@ def audit(
         stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
         out = out if out is not None else Path(f"audit-{stem}")
         index = build_index(cfg.data)
-        report = run_audit(index, threshold, near, progress=sys.stderr.isatty(),
+        report = run_audit(index, threshold, near, progress=True,
                            source=str(source) if source else None)
         json_path, md_path = write_audit(report, out)
     typer.echo(audit_summary(report, md_path))

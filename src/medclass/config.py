@@ -113,6 +113,8 @@ _RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "train.cutmix_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
     "train.mix_prob": (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
     "train.clip_grad_norm": (lambda v: v is None or (_number(v) and v > 0), "a positive norm, or null (off)"),
+    "train.log_interval": (lambda v: _number(v) and 0 < v < float("inf"),
+                           "a positive number of seconds between progress lines in a log, e.g. 30"),
     "train.progressive_resize": (lambda v: v is None or (_number(v) and 0 < v <= 1),
                                  "a starting fraction of the image size in (0, 1], e.g. 0.5, or null (off)"),
 }
@@ -290,7 +292,10 @@ class TrainConfig:
     sync_bn: bool = False  # DDP: batch norm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
+    # progress while training: on a terminal a bar (loss, accuracy, images/s, epoch and run ETA);
+    # in a log (stderr not a terminal) a line every log_interval seconds (medclass.progress)
     progress: bool = True
+    log_interval: float = 30.0  # seconds between progress lines in a log
     # wall-clock budget of the whole training call: seconds, or "90s" / "15m" / "1.5h"; None: off.
     # With it, epochs come from a measured plan (medclass.engine.budget) and `epochs` is ignored
     time_budget: Optional[Any] = None

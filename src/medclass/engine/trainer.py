@@ -45,6 +45,7 @@ from ..data import (
 )
 from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..progress import TrainProgress, is_terminal
 from ..models.registry import model_options
 from ..models.pretrained import param_groups_with_lrs
 from ..spec import read_spec, recorded_config, spec_from_config, write_spec
@@ -409,13 +410,16 @@ def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[s
 
 
 def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
-                    steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None) -> tuple[float, float]:
+                    steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None,
+                    report: Optional[TrainProgress] = None) -> tuple[float, float]:
     """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
     (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
     ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
     preprocess and augment on the device, forward under autocast, backward (DDP averages the
     gradients over ranks), step the optimizer and the per-batch LR schedule. ``desc``: the progress
-    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA).
+    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA). ``report``: told of
+    every step (:class:`medclass.progress.TrainProgress`): it adds images/s and the run's ETA to
+    the bar, or prints a line every ``train.log_interval`` seconds in a log.
 
     The recipe's pieces, each when configured: after augmentation the batch is resized to the
     epoch's side (``train.progressive_resize``, :func:`medclass.data.transforms.progressive_size`)
@@ -471,7 +475,10 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
         sum_loss += loss.item() * len(labels)
         n_correct += (predicted_class(logits.detach()) == counted).sum().item()
         n_seen += len(labels)
-        bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{fit.schedule.lr:.2e}")
+        extra = report.step(step + 1, n_seen, sum_loss / n_seen, n_correct / n_seen) if report is not None else None
+        if progress:
+            bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}",
+                            lr=f"{fit.schedule.lr:.2e}", **(extra or {}))
     bar.close()
     sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, fit.device)
     return sum_loss / max(1, n_seen), n_correct / max(1, n_seen)
@@ -627,6 +634,7 @@ def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.devi
     native = native_side(samples, cfg.data.channels, dicom_window=cfg.data.dicom_window)
     candidates, min_epochs = auto_candidates(native)
     n_val = len(index.splits.get("valid") or [])
+    log(f"image size auto: measuring the training speed of {len(candidates)} size/stem candidates on the real images")
     speeds = measure_affordable_speeds(cfg, samples, index.num_classes, device, budget.available(), candidates,
                                        n_val_images=n_val, min_epochs=min_epochs, batch_size=per_rank,
                                        speed_scale=ctx.world_size)
@@ -650,6 +658,7 @@ def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader
         RunError: not one epoch fits in the budget.
     """
     tc = cfg.train
+    log("time budget: measuring the training and validation speed on the real images to plan the epochs")
     state = [getattr(fit, f.name) for f in fields(fit) if f.name != "net"]
     with preserved_state(state, generator):
         tp = measure_throughput(
@@ -789,6 +798,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             f"resume; plan {tc.epochs} epochs")
     clock = RunClock(cfg, t_start, steps_per_epoch, len(val_split), tqdm.write if main else _quiet,
                      warn=budget is None)
+    bar = tc.progress and main and is_terminal()  # a bar on a terminal; else a line every train.log_interval s
+    report = TrainProgress(steps_per_epoch, tc.batch_size, t_start, bar=bar, interval=tc.log_interval,
+                           enabled=tc.progress and main)
 
     # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
@@ -804,8 +816,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             t0 = time.time()
             eta = clock.eta(tc.epochs - epoch + 1)
             desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
+            report.start_epoch(epoch, tc.epochs, clock.walls)
             loss, acc = train_one_epoch(fit, cfg, epoch, clock.timed(loader, tc.epochs - epoch + 1), generator,
-                                        steps_per_epoch, ctx, tc.progress and main, desc=desc)
+                                        steps_per_epoch, ctx, bar, desc=desc, report=report)
             val_loss, val_acc, val_bal = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "val_balanced_accuracy": val_bal, "lr": fit.schedule.lr, "seconds": time.time() - t0}

@@ -14,6 +14,7 @@ import torch
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
+from ..progress import Progress
 from ..spec import calibration_record, update_calibration
 from .calibration import (
     ECE_BINS,
@@ -52,21 +53,41 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
 
 
+def _step(what: str, total: Optional[int] = None, unit: str = "", progress: bool = True) -> Progress:
+    """A long step of the evaluation, reported as ``evaluate: WHAT`` (:class:`medclass.progress.Progress`:
+    a bar on a terminal, a start line and a line every log interval in a log; silent without ``progress``)."""
+    return Progress(f"evaluate: {what}", total, unit, enabled=progress)
+
+
+def _logits(run: LoadedRun, images, tta: Sequence[str], what: str, progress: bool):
+    """The model's logits for decoded ``images`` (uint8 ``(N, C, H, W)``), reported as the step ``what``."""
+    with _step(what, len(images), "images", progress) as p:
+        return predict_logits(run.model, images, run.preprocess, run.device, 64, tta=tta, on_batch=p.update)
+
+
+def _bootstrap(y: np.ndarray, probs: np.ndarray, n: int, seed: int, what: str, progress: bool) -> dict[str, Any]:
+    """:func:`bootstrap_ci` with ``n`` resamples, reported as the step ``what``."""
+    with _step(what, n, "resamples", progress) as p:
+        return bootstrap_ci(y, probs, n, seed, on_resample=p.update)
+
+
 def _decode(run: LoadedRun, samples, desc: str, progress: bool):
     """``samples`` decoded as the run's model takes them: the spec's channels, size, DICOM window
     and resize rule (:func:`medclass.data.decode_split`, through the decode cache)."""
     spec, c = run.spec, run.cfg.data
-    return decode_split(samples, spec.channels, spec.image_size, c.skip_corrupt, desc, progress,
+    return decode_split(samples, spec.channels, spec.image_size, c.skip_corrupt, f"evaluate: {desc}", progress,
                         cache_dir=cache_dir_for(c), dicom_window=spec.dicom_window, resize=spec.resize)
 
 
-def _leaked_positions(run: LoadedRun, decoded, split: str) -> Optional[dict[str, Any]]:
+def _leaked_positions(run: LoadedRun, decoded, split: str, progress: bool = False) -> Optional[dict[str, Any]]:
     """Positions in ``decoded`` of images of ``split`` that duplicate (exactly or nearly) an
     image of an earlier split of the run's manifest; None when there are none."""
     if split == "train" or not run.files.manifest.is_file():
         return None
     index = read_manifest(run.files.manifest)
-    _, removed = dedupe(index, near=True, near_threshold=NEAR_THRESHOLD)
+    n = sum(len(v) for v in index.splits.values())
+    with _step(f"duplicate check of {split} against the earlier splits (hashing {n:,} images)", progress=progress):
+        _, removed = dedupe(index, near=True, near_threshold=NEAR_THRESHOLD)
     paths = {r["path"]: r for r in removed if r["split"] == split}
     positions = [i for i, s in enumerate(decoded.samples) if s.path in paths]
     if not positions:
@@ -97,7 +118,7 @@ def _explain(run: LoadedRun, decoded, probs: np.ndarray, y: np.ndarray, idx: np.
 
 
 def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                 how: str, n_bootstrap: int, seed: int) -> Optional[dict[str, Any]]:
+                 how: str, n_bootstrap: int, seed: int, progress: bool = False) -> Optional[dict[str, Any]]:
     """Metrics per group (patient, lesion) of the evaluated images ``idx``, or None when the
     images carry no groups or every group holds one image (then it equals image level)."""
     from .groups import aggregate_groups
@@ -112,7 +133,8 @@ def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, cla
                            "conflicts": g.conflicts}
     if len(g.groups):
         out.update(classification_metrics(g.labels, g.probs, class_names))
-        out["confidence_intervals"] = bootstrap_ci(g.labels, g.probs, n_bootstrap, seed)
+        out["confidence_intervals"] = _bootstrap(g.labels, g.probs, n_bootstrap, seed,
+                                                 f"bootstrap of {len(g.groups)} groups", progress)
     return out
 
 
@@ -167,7 +189,7 @@ def calibrate_run(
     if stored is not None and all(stored.get(k) == v for k, v in key.items()):
         return stored
     val = _decode(run, _samples_for(run, None, "valid"), "decode valid", progress)
-    logits = predict_logits(run.model, val.images, run.preprocess, run.device, 64, tta=tta)
+    logits = _logits(run, val.images, tta, "validation inference for calibration", progress)
     t = fit_temperature(logits, val.labels)
     y = val.labels.numpy()
     before, after = logits_to_probs(logits).numpy(), logits_to_probs(apply_temperature(logits, t)).numpy()
@@ -250,10 +272,10 @@ def evaluate_run(
     t0 = time.time()
     run = load_run(Path(run_dir), checkpoint)
     decoded = _decode(run, _samples_for(run, data, split), f"decode {split}", progress)
-    logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64, tta=tta)
+    logits = _logits(run, decoded.images, tta, f"{split} inference", progress)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
-    leaked = _leaked_positions(run, decoded, split) if data is None else None
+    leaked = _leaked_positions(run, decoded, split, progress) if data is None else None
     keep = np.ones(len(y), dtype=bool)
     if leaked:
         print(f"warning: {len(leaked['positions'])} of {len(y)} {split} images have an exact or near duplicate "
@@ -264,25 +286,27 @@ def evaluate_run(
         raise DataError(f"every {split} image duplicates an earlier split; nothing left to evaluate")
     idx = np.flatnonzero(keep)
     metrics = classification_metrics(y[idx], probs[idx], run.class_names)
-    metrics["confidence_intervals"] = bootstrap_ci(y[idx], probs[idx], n_bootstrap, seed)
+    metrics["confidence_intervals"] = _bootstrap(y[idx], probs[idx], n_bootstrap, seed, "bootstrap", progress)
     if leaked:
         other = np.ones(len(y), dtype=bool)
         other[leaked["positions"]] = False
         other_idx = np.flatnonzero(other) if not dedupe else np.arange(len(y))
         other_metrics = classification_metrics(y[other_idx], probs[other_idx], run.class_names) if len(other_idx) else None
         if other_metrics is not None:
-            other_metrics["confidence_intervals"] = bootstrap_ci(y[other_idx], probs[other_idx], n_bootstrap, seed)
+            other_metrics["confidence_intervals"] = _bootstrap(y[other_idx], probs[other_idx], n_bootstrap, seed,
+                                                               "bootstrap with the duplicates swapped", progress)
         metrics["held_out_duplicates"] = {
             "deduplicated": dedupe, "n": len(leaked["positions"]), "near_threshold": leaked["near_threshold"],
             "removed" if dedupe else "found": leaked["items"],
             "metrics_with_duplicates" if dedupe else "metrics_without_duplicates": other_metrics,
         }
-    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed)
+    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed, progress)
     if group_level is not None:
         metrics["group_level"] = group_level
     if subgroups:
-        metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
-                                          n_bootstrap, seed)
+        with _step(f"subgroup metrics by {', '.join(subgroups)} ({n_bootstrap} resamples each)", progress=progress):
+            metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
+                                              n_bootstrap, seed)
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     cal_probs = probs
@@ -325,7 +349,8 @@ def evaluate_run(
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if explain > 0:
-        metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
+        with _step(f"Grad-CAM of up to {explain} right and {explain} wrong images per class", progress=progress):
+            metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot_confusion_matrix(metrics["confusion_matrix"], run.class_names, out / "confusion_matrix.png")
     plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
