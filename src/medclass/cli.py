@@ -400,6 +400,25 @@ def ensemble(
             typer.echo(format_metrics(evaluate_run(runs_dir / name, progress=progress)))
 
 
+@app.command("runs")
+def runs_command(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (the --runs-dir of train), or one run."),
+    sort: Optional[str] = typer.Option(
+        None, "--sort", help="Column to sort by: name, status, data, model, image_size, epochs, budget, wall_seconds, "
+        "test_accuracy, balanced_accuracy or auroc (metrics best first)."
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """List the runs in a folder: data, model, size, epochs, budget, time, test metrics and status
+    (finished, interrupted, failed, running, not started). Any of them can go to `medclass compare`."""
+    from .runs_table import RUNS_FORMATS, format_runs, runs_table
+
+    with _user_errors():
+        check_choice("--format", fmt, RUNS_FORMATS)
+        rows = runs_table(runs_dir, sort)
+    typer.echo(format_runs(rows, fmt), nl=False)
+
+
 @app.command()
 def compare(
     runs: List[Path] = typer.Argument(..., help="Run folders (trained or ensembles)."),
