@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .config import PRESETS, ConfigError, RunConfig
+from .config import BUILTIN_ARCHS, PRESETS, ConfigError, RunConfig
 from .preflight import (
     apply_resume_overrides, check_choice, check_data_source, check_resume, check_run_folder, check_train_config,
 )
@@ -18,6 +18,11 @@ from .runs import new_run_dir
 # This module and what it imports at module level stay free of PyTorch, MONAI, kornia and
 # scikit-learn: every command checks its arguments, paths and config (medclass.preflight) first
 # and imports the heavy stages inside, so a mistake is reported in a fraction of a second.
+
+#: ``--arch`` help: the architectures registered with medclass (``medclass.models.list_models()``,
+#: named in :data:`medclass.config.BUILTIN_ARCHS` so that help needs no PyTorch import).
+ARCH_HELP = (f"Architecture: {', '.join(BUILTIN_ARCHS[:-1])} or {BUILTIN_ARCHS[-1]}, or any registered one "
+             "(`medclass models` lists them with their parameters).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
@@ -103,14 +108,19 @@ def train(
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
     pretrained: Optional[str] = typer.Option(
-        None, "--pretrained", help="imagenet|imagenet-v1|imagenet-v2, a .pth/.pt/.safetensors/.h5 file, or a run folder."
+        None, "--pretrained", help="Starting weights: imagenet, imagenet-v1 or imagenet-v2; a .pth, .pt, .safetensors "
+        "or .h5 file; or a run folder."
     ),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
     dedupe: Optional[bool] = typer.Option(
         None, "--dedupe/--keep-duplicates", help="Leave out valid/test images that duplicate an earlier split."
+    ),
+    positive_class: Optional[str] = typer.Option(
+        None, "--positive-class", help="Binary tasks: the class sensitivity, specificity and ROC are about (default: "
+        "the one whose name says disease, e.g. malignant, tumor, yes; else class 1); stored in the run."
     ),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
@@ -128,14 +138,15 @@ def train(
                 "DATA": data, "--config": config, "--image-size": image_size, "--batch-size": batch_size,
                 "--lr": lr, "--arch": arch, "--single-logit/--softmax": single_logit, "--pretrained": pretrained,
                 "--skip-corrupt/--fail-on-corrupt": skip_corrupt, "--dedupe/--keep-duplicates": dedupe,
-                "--set": sets})
+                "--positive-class": positive_class, "--set": sets})
         else:
             cfg = _build_config(
                 data, config, sets,
                 **{"train.epochs": epochs, "data.image_size": image_size, "train.time_budget": time_budget,
                    "train.batch_size": batch_size,
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
-                   "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe},
+                   "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe,
+                   "data.positive_class": positive_class},
             )
             check_train_config(cfg)  # before a run folder is named
             run_dir = new_run_dir(runs_dir, name, cfg)
@@ -168,7 +179,7 @@ def cv(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per fold (ignored with --time-budget)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Pixels, or auto."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Budget of all folds together, e.g. 30m."),
-    arch: Optional[str] = typer.Option(None, "--arch"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
 ) -> None:
     """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
@@ -438,7 +449,7 @@ def audit(
     data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz (as for train); none: the bundled BreastMNIST."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json and audit.md (default ./audit-<data name>)."),
     near_threshold: Optional[int] = typer.Option(
-        None, "--near-threshold", help="Near duplicates: largest pHash Hamming distance (bits of 64); default 2 (medclass.data.audit.NEAR_THRESHOLD)."
+        None, "--near-threshold", help="Near duplicates: largest pHash Hamming distance (bits of 64); default 2."
     ),
     near: bool = typer.Option(True, "--near/--no-near", help="Search near duplicates (perceptual hash) too."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its data section is used)."),
@@ -542,7 +553,7 @@ def lr_find_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.json "
                                        "(default runs/lr-find-<data name>-<time>)."),

@@ -18,6 +18,11 @@ __all__ = [
     "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
 ]
 
+#: The architectures medclass registers itself (:func:`medclass.models.list_models` holds these and any
+#: registered later); named here, without PyTorch, for ``--arch`` help. ``tests/test_newcomer.py``
+#: checks the two agree.
+BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "custom_cnn", "chained")
+
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
 #: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
 #: ratio (the default, medclass's only rule before), ``pad`` keeps the aspect ratio and pads with black.
@@ -179,6 +184,10 @@ class DataConfig:
     label_column: Optional[str] = None
     group_column: Optional[str] = None
     skip_corrupt: bool = False
+    # binary tasks: the class sensitivity, specificity, ROC and the operating threshold are about;
+    # None: the class whose name says disease (malignant, tumor, yes...), else class 1
+    # (medclass.positive_class); a run records the class it used
+    positive_class: Optional[str] = None
     # leave out of valid/test every image with an exact or near duplicate in an earlier split
     # (medclass.data.dedupe); without it, training warns about them
     dedupe: bool = False

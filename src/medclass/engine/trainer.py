@@ -40,13 +40,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
+from ..config import ConfigError, RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
 from ..runs import RunError, RunFiles
 from ..data import (
     DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
 )
 from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..positive_class import choose_positive_class
 from ..progress import TrainProgress, is_terminal
 from ..runs_table import FAILED_FILE, RUNNING_FILE
 from ..models.registry import model_options
@@ -906,12 +907,24 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     if index.num_classes < 2:
         raise DataError(f"{cfg.data.source or 'the data'}: found only the class {index.class_names}; a classifier needs "
                         "at least 2 classes (one folder per class, or 2 labels in the CSV)")
+    if index.num_classes == 2 and not resume:  # the class sensitivity etc. are about, recorded in the run
+        try:
+            positive, reason = choose_positive_class(index.class_names, cfg.data.positive_class)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        cfg.data.positive_class = index.class_names[positive]
+        log(reason)
+    elif cfg.data.positive_class is not None and not resume:
+        raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
+                          f"{index.num_classes} classes")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
     spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
+    if not resume and cfg.data.positive_class is not None:
+        spec.extra["positive_class"] = cfg.data.positive_class
     if main:
         removed = remove_stale_temp_files(files)
         if removed:

@@ -14,6 +14,7 @@ import torch
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
+from ..positive_class import choose_positive_class
 from ..progress import Progress
 from ..spec import calibration_record, update_calibration
 from .calibration import (
@@ -51,6 +52,17 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
         )
     to_run = {i: run.class_names.index(c) for i, c in enumerate(index.class_names)}
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
+
+
+def positive_index(run: LoadedRun) -> tuple[int, str]:
+    """The positive class of a binary run (index into ``run.class_names``) and why: the name the run
+    recorded (``spec.extra["positive_class"]``, else ``config.yaml``'s ``data.positive_class``),
+    else :func:`medclass.positive_class.choose_positive_class`'s default (runs trained before it
+    was recorded). Multi-class runs: ``(1, "")``."""
+    name = run.spec.extra.get("positive_class") or run.cfg.data.positive_class
+    if len(run.class_names) == 2 and name in run.class_names:
+        return run.class_names.index(name), f"positive class {name!r} (recorded in the run)"
+    return choose_positive_class(run.class_names)
 
 
 def _step(what: str, total: Optional[int] = None, unit: str = "", progress: bool = True) -> Progress:
@@ -118,7 +130,8 @@ def _explain(run: LoadedRun, decoded, probs: np.ndarray, y: np.ndarray, idx: np.
 
 
 def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                 how: str, n_bootstrap: int, seed: int, progress: bool = False) -> Optional[dict[str, Any]]:
+                 how: str, n_bootstrap: int, seed: int, progress: bool = False,
+                 positive: int = 1) -> Optional[dict[str, Any]]:
     """Metrics per group (patient, lesion) of the evaluated images ``idx``, or None when the
     images carry no groups or every group holds one image (then it equals image level)."""
     from .groups import aggregate_groups
@@ -128,7 +141,7 @@ def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, cla
     groups = [decoded.samples[i].group for i in idx]
     if any(g is None or g == "" for g in groups) or len(set(groups)) == len(groups):
         return None
-    g = aggregate_groups(probs[idx], y[idx], groups, how)
+    g = aggregate_groups(probs[idx], y[idx], groups, how, positive_class=positive)
     out: dict[str, Any] = {"aggregation": how, "n_images": int(len(idx)), "n_groups": len(g.groups),
                            "conflicts": g.conflicts}
     if len(g.groups):
@@ -177,14 +190,18 @@ def calibrate_run(
 
     Returns the stored dict: ``temperature``, ``n_bins``, validation ``ece_before`` /
     ``ece_after`` and ``loss_before`` / ``loss_after``, and for two classes ``threshold``
-    (see :func:`choose_threshold`) on the positive class ``positive_class`` (class index 1).
+    (see :func:`choose_threshold`) on the probability of the positive class ``positive_class``
+    (:func:`positive_index`); the spec stores it as the equivalent threshold on ``P(class 1)``.
 
     Raises:
         DataError: the run has no validation images.
     """
     path = run.files.calibration
+    pos, _ = positive_index(run)
     key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
            "target_sensitivity": target_sensitivity}
+    if len(run.class_names) == 2:
+        key["positive_class"] = run.class_names[pos]
     stored = calibration_record(run.spec)
     if stored is not None and all(stored.get(k) == v for k, v in key.items()):
         return stored
@@ -199,13 +216,14 @@ def calibrate_run(
         "loss_before": classification_metrics(y, before, run.class_names)["loss"],
         "loss_after": classification_metrics(y, after, run.class_names)["loss"],
     }
-    if len(run.class_names) == 2:
-        out["positive_class"] = run.class_names[1]
-        out["threshold"] = choose_threshold(after[:, 1], y, target_sensitivity)
+    if len(run.class_names) == 2:  # the threshold on the positive class's probability
+        out["threshold"] = choose_threshold(after[:, pos], (y == pos).astype(np.int64), target_sensitivity)
     tmp = path.with_suffix(".tmp")  # for people and the report; the spec is what models read
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(path)
     threshold = out["threshold"]["threshold"] if "threshold" in out else None
+    if threshold is not None and pos == 0:  # the spec decides on P(class 1): P(0) >= t is P(1) <= 1 - t
+        threshold = float(np.nextafter(1.0 - threshold, 2.0))
     spec = update_calibration(run.files.root, t, threshold, record=out)
     run.spec = dataclasses.replace(spec, checkpoint_epoch=run.checkpoint_epoch)
     return out
@@ -271,6 +289,7 @@ def evaluate_run(
     """
     t0 = time.time()
     run = load_run(Path(run_dir), checkpoint)
+    pos, pos_reason = positive_index(run)
     decoded = _decode(run, _samples_for(run, data, split), f"decode {split}", progress)
     logits = _logits(run, decoded.images, tta, f"{split} inference", progress)
     probs = logits_to_probs(logits).numpy()
@@ -300,7 +319,7 @@ def evaluate_run(
             "removed" if dedupe else "found": leaked["items"],
             "metrics_with_duplicates" if dedupe else "metrics_without_duplicates": other_metrics,
         }
-    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed, progress)
+    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed, progress, pos)
     if group_level is not None:
         metrics["group_level"] = group_level
     if subgroups:
@@ -323,10 +342,11 @@ def evaluate_run(
         }
         if "threshold" in cal:
             chosen = cal["threshold"]
+            is_pos = (y[idx] == pos).astype(np.int64)
             metrics["operating_point"] = {
-                "positive_class": cal["positive_class"], "chosen_on_valid": chosen,
-                "at_chosen": sensitivity_specificity(cal_probs[idx, 1], y[idx], chosen["threshold"]),
-                "at_0.5": sensitivity_specificity(cal_probs[idx, 1], y[idx], 0.5),
+                "positive_class": run.class_names[pos], "positive_reason": pos_reason, "chosen_on_valid": chosen,
+                "at_chosen": sensitivity_specificity(cal_probs[idx, pos], is_pos, chosen["threshold"]),
+                "at_0.5": sensitivity_specificity(cal_probs[idx, pos], is_pos, 0.5),
             }
         plot_reliability(probs[idx], y[idx], out / "reliability.png", cal_probs[idx], ECE_BINS, cal["temperature"])
     else:
@@ -353,7 +373,7 @@ def evaluate_run(
             metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot_confusion_matrix(metrics["confusion_matrix"], run.class_names, out / "confusion_matrix.png")
-    plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
+    plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png", positive=pos)
     with open(out / "predictions.csv", "w") as f:
         f.write("path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n")
         for s, yt, pr in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx]):

@@ -23,7 +23,7 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
 
     - ``table``: a header and one line per file (predicted class, probability per class to four
       decimals), or ``ERROR: <reason>`` for a file that could not be predicted; columns are as wide
-      as the longest path;
+      as the longest path and the class names (never cut);
     - ``csv``: columns ``path, predicted, p_<class>..., error`` (probabilities to six decimals);
     - ``json``: a list of ``to_dict()`` objects, indented by one space.
 
@@ -42,13 +42,17 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
             w.writerow([p.path, p.predicted or "", *probs, p.error or ""])
     elif fmt == "table":
         width = max([len(p.path) for p in preds], default=len("path"))
-        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in class_names) + "\n")
+        # columns as wide as the class names: never cut (``squamous.cell.carcinoma`` stays whole)
+        pw = max([len("predicted"), *(len(n) for n in class_names)])
+        cw = [max(6, len(n)) for n in class_names]
+        buf.write(f"{'path':{width}s}  {'predicted':>{pw}s}  " + "  ".join(f"{n:>{w}s}" for n, w in zip(class_names, cw))
+                  + "\n")
         for p in preds:
             if p.error:
                 buf.write(f"{p.path:{width}s}  ERROR: {p.error}\n")
             else:
-                buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
-                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in class_names) + "\n")
+                buf.write(f"{p.path:{width}s}  {p.predicted:>{pw}s}  "
+                          + "  ".join(f"{p.probabilities[n]:{w}.4f}" for n, w in zip(class_names, cw)) + "\n")
     else:
         raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
     return buf.getvalue()
