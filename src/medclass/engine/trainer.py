@@ -889,13 +889,15 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     ctx = init_distributed(tc.device)
     main = ctx.is_main
     log = print if main else _quiet
+    budget_changed = False
+    if resume and files.config.is_file():  # every rank reads it before rank 0 records the new values there
+        budget_changed = "time_budget" in _record_resume_settings(cfg, files, None)
     if main:
         prepare_run_dir(files, resume)
         _mark_running(files)
         started.append(True)
-    budget_changed = False
-    if resume:  # another --epochs / --time-budget than config.yaml: recorded there (rank 0)
-        budget_changed = "time_budget" in _record_resume_settings(cfg, files, log if main else None)
+        if resume:  # another --epochs / --time-budget than config.yaml: recorded there
+            _record_resume_settings(cfg, files, log)
     barrier(ctx)
     torch.manual_seed(tc.seed)
     device = ctx.device if ctx.enabled else select_device(tc.device)
