@@ -223,7 +223,7 @@ def calibrate_run(
     tmp.replace(path)
     threshold = out["threshold"]["threshold"] if "threshold" in out else None
     if threshold is not None and pos == 0:  # the spec decides on P(class 1): P(0) >= t is P(1) <= 1 - t
-        threshold = float(np.nextafter(1.0 - threshold, 2.0))
+        threshold = min(1.0, float(np.nextafter(1.0 - threshold, 2.0)))
     spec = update_calibration(run.files.root, t, threshold, record=out)
     run.spec = dataclasses.replace(spec, checkpoint_epoch=run.checkpoint_epoch)
     return out
