@@ -9,7 +9,21 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .config import PRESETS, ConfigError, RunConfig, check_budget_config
+from .config import BUILTIN_ARCHS, PRESETS, ConfigError, RunConfig
+from .preflight import (
+    apply_resume_overrides, check_choice, check_data_source, check_resume, check_run_folder, check_train_config,
+)
+from .runs import new_run_dir
+from .tracking import check_tracking
+
+# This module and what it imports at module level stay free of PyTorch, MONAI, kornia and
+# scikit-learn: every command checks its arguments, paths and config (medclass.preflight) first
+# and imports the heavy stages inside, so a mistake is reported in a fraction of a second.
+
+#: ``--arch`` help: the architectures registered with medclass (``medclass.models.list_models()``,
+#: named in :data:`medclass.config.BUILTIN_ARCHS` so that help needs no PyTorch import).
+ARCH_HELP = (f"Architecture: {', '.join(BUILTIN_ARCHS[:-1])} or {BUILTIN_ARCHS[-1]}, or any registered one "
+             "(`medclass models` lists them with their parameters).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
@@ -97,14 +111,19 @@ def train(
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
     pretrained: Optional[str] = typer.Option(
-        None, "--pretrained", help="imagenet|imagenet-v1|imagenet-v2, a .pth/.pt/.safetensors/.h5 file, or a run folder."
+        None, "--pretrained", help="Starting weights: imagenet, imagenet-v1 or imagenet-v2; a .pth, .pt, .safetensors "
+        "or .h5 file; or a run folder."
     ),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
     dedupe: Optional[bool] = typer.Option(
         None, "--dedupe/--keep-duplicates", help="Leave out valid/test images that duplicate an earlier split."
+    ),
+    positive_class: Optional[str] = typer.Option(
+        None, "--positive-class", help="Binary tasks: the class sensitivity, specificity and ROC are about (default: "
+        "the one whose name says disease, e.g. malignant, tumor, yes; else class 1); stored in the run."
     ),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
@@ -115,17 +134,20 @@ def train(
     ood: bool = typer.Option(True, "--ood/--no-ood", help="Fit the out-of-distribution detector (RUN/ood.json) "
                              "on the best checkpoint after training."),
 ) -> None:
-    """Train a model; fit its out-of-distribution detector; then evaluate it on the test split."""
-    from .engine import train as run_training
-    from .engine.run_folder import new_run_dir, resume_run_dir
-    from .evaluation import evaluate_run
-    from .tracking import check_tracking
-    from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
-    from .evaluation.ood import fit_run_ood_or_warn
+    """Train a model; fit its out-of-distribution detector; then evaluate it on the test split.
 
+    With --resume, --epochs gives the run a new total of epochs (more or fewer; the LR schedule is
+    re-planned to end there) and --time-budget a new total budget for a time-budgeted run (the time
+    already spent counts)."""
     with _user_errors():
+        # argument, path and config checks first: no PyTorch import before they pass
         if resume:
-            run_dir, cfg = resume_run_dir(runs_dir, name)
+            run_dir, cfg = check_resume(runs_dir, name)
+            apply_resume_overrides(cfg, epochs, time_budget, ignored={
+                "DATA": data, "--config": config, "--image-size": image_size, "--batch-size": batch_size,
+                "--lr": lr, "--arch": arch, "--single-logit/--softmax": single_logit, "--pretrained": pretrained,
+                "--skip-corrupt/--fail-on-corrupt": skip_corrupt, "--dedupe/--keep-duplicates": dedupe,
+                "--positive-class": positive_class, "--set": sets})
         else:
             cfg = _build_config(
                 data, config, sets,
@@ -133,13 +155,16 @@ def train(
                    "train.batch_size": batch_size,
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
                    "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe,
-                   "train.mlflow": mlflow},
+                   "train.mlflow": mlflow, "data.positive_class": positive_class},
             )
-            check_budget_config(cfg)  # before a run folder is named
+            check_train_config(cfg)  # before a run folder is named
             check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
-        if not sys.stderr.isatty():
-            cfg.train.progress = False
+        from .engine import train as run_training
+        from .evaluation import evaluate_run
+        from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+        from .evaluation.ood import fit_run_ood_or_warn
+
         result = run_training(cfg, run_dir, resume=resume)
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
             return
@@ -168,37 +193,34 @@ def cv(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per fold (ignored with --time-budget)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Pixels, or auto."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Budget of all folds together, e.g. 30m."),
-    arch: Optional[str] = typer.Option(None, "--arch"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
 ) -> None:
     """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
     import json
 
-    from .evaluation.cv import CV_FILE, cross_validate, format_cv
-
+    cv_file = "cv.json"  # medclass.evaluation.cv.CV_FILE, named here to check it before importing PyTorch
     with _user_errors():
         if resume:
             if not name:
                 _fail("--resume needs the --name of the cross-validation to continue")
             root = runs_dir / name
-            if not (root / CV_FILE).is_file() or not (root / "config.yaml").is_file():
-                _fail(f"{root} holds no interrupted cross-validation ({CV_FILE}, config.yaml)")
+            if not (root / cv_file).is_file() or not (root / "config.yaml").is_file():
+                _fail(f"{root} holds no interrupted cross-validation ({cv_file}, config.yaml)")
             cfg = RunConfig.load(root / "config.yaml")
-            settings = json.loads((root / CV_FILE).read_text())["settings"]
+            settings = json.loads((root / cv_file).read_text())["settings"]
             folds, group_pattern = settings["folds"], settings["group_pattern"]
         else:
             cfg = _build_config(data, config, sets, **{"train.epochs": epochs, "data.image_size": image_size,
                                                         "train.time_budget": time_budget, "model.arch": arch})
-            check_budget_config(cfg)
-            from .engine.run_folder import new_run_dir
-
+            check_train_config(cfg)
             root = new_run_dir(runs_dir, name, cfg)
-        if not sys.stderr.isatty():
-            cfg.train.progress = False
+        from .evaluation.cv import cross_validate, format_cv
+
         record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
                                 log=typer.echo)
         typer.echo(format_cv(record))
-        typer.echo(f"written to {root / CV_FILE}")
+        typer.echo(f"written to {root / cv_file}")
 
 
 @app.command()
@@ -225,11 +247,16 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
-    from .evaluation import evaluate_run
-    from .evaluation.evaluate import format_metrics
-
     with _user_errors():
-        metrics = evaluate_run(run, data, split, out, checkpoint, progress=sys.stderr.isatty(),
+        check_choice("--checkpoint", checkpoint, ("best", "last"))
+        check_choice("--split", split, ("train", "valid", "test"))
+        check_run_folder(run, checkpoint)
+        if data is not None:
+            check_data_source(RunConfig.from_dict({"data": {"source": data}}))
+        from .evaluation import evaluate_run
+        from .evaluation.evaluate import format_metrics
+
+        metrics = evaluate_run(run, data, split, out, checkpoint, progress=True,
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
                                explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
                                group_how=group_aggregation,
@@ -272,11 +299,13 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (figures embedded) of a run: metrics, figures, groups,
     subgroups, cross-validation and the out-of-distribution warning when the run has them."""
-    from .evaluation.report import build_report
-
     with _user_errors():
+        check_choice("--split", split, ("train", "valid", "test"))
+        check_run_folder(run, "best")
+        from .evaluation.report import build_report
+
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
-                            progress=sys.stderr.isatty(), group_how=group_aggregation,
+                            progress=True, group_how=group_aggregation,
                             subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
     typer.echo(f"report: {path}")
 
@@ -310,10 +339,11 @@ def predict(
         if run.is_file() and run.suffix.lower() in (".onnx", ".pt"):
             other = "onnx" if run.suffix.lower() == ".onnx" else "torchscript"
             _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
-        from .engine import load_run
-        from .evaluation import predict_images
-
         with _user_errors():
+            check_run_folder(run, "best")
+            from .engine import load_run
+            from .evaluation import predict_images
+
             loaded = load_run(run)
             preds = predict_images(loaded, paths, tta=tta_ops, explain_dir=explain, target_layer=target_layer)
         names = loaded.class_names
@@ -388,6 +418,8 @@ def export(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     import warnings
 
+    with _user_errors():
+        check_run_folder(run, checkpoint)
     from .engine import load_run
     from .serving.export import VERIFY_TOLERANCE, export_run
 
@@ -395,7 +427,7 @@ def export(
         loaded = load_run(run, checkpoint=checkpoint, device="cpu")
         # a mismatch is reported below, as a CLI warning
         warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-        result = export_run(loaded, fmt, None if quantize else out)
+        result = export_run(loaded, fmt, None if quantize else out, progress=True)
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -437,20 +469,41 @@ def ensemble(
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate it on the test split."),
 ) -> None:
     """Soft-voting ensemble of runs, saved as a run of its own that refers to its members."""
-    from .evaluation import evaluate_run, make_ensemble
-    from .evaluation.evaluate import format_metrics
-
     try:
         w = weights if weights in ("equal", "auto") else [float(x) for x in weights.split(",")]
     except ValueError:
         _fail(f"--weights must be equal, auto or comma-separated numbers, got {weights!r}")
-    progress = sys.stderr.isatty()
+    progress = True
     with _user_errors():
+        for member in runs:
+            check_run_folder(member, "best")
+        from .evaluation import evaluate_run, make_ensemble
+        from .evaluation.evaluate import format_metrics
+
         spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
         typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
                    + f"; run in {runs_dir / name}")
         if evaluate_test:
             typer.echo(format_metrics(evaluate_run(runs_dir / name, progress=progress)))
+
+
+@app.command("runs")
+def runs_command(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (the --runs-dir of train), or one run."),
+    sort: Optional[str] = typer.Option(
+        None, "--sort", help="Column to sort by: name, status, data, model, image_size, epochs, budget, wall_seconds, "
+        "test_accuracy, balanced_accuracy or auroc (metrics best first)."
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """List the runs in a folder: data, model, size, epochs, budget, time, test metrics and status
+    (finished, interrupted, failed, running, not started). Any of them can go to `medclass compare`."""
+    from .runs_table import RUNS_FORMATS, format_runs, runs_table
+
+    with _user_errors():
+        check_choice("--format", fmt, RUNS_FORMATS)
+        rows = runs_table(runs_dir, sort)
+    typer.echo(format_runs(rows, fmt), nl=False)
 
 
 @app.command()
@@ -462,7 +515,7 @@ def compare(
     from .evaluation import compare_runs
 
     with _user_errors():
-        compare_runs(runs, out, progress=sys.stderr.isatty())
+        compare_runs(runs, out, progress=True)
     typer.echo((out / "comparison.md").read_text(), nl=False)
     typer.echo(f"written to {out}/comparison.md, comparison.csv, comparison.png")
 
@@ -472,7 +525,7 @@ def audit(
     data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz (as for train); none: the bundled BreastMNIST."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json and audit.md (default ./audit-<data name>)."),
     near_threshold: Optional[int] = typer.Option(
-        None, "--near-threshold", help="Near duplicates: largest pHash Hamming distance (bits of 64); default 2 (medclass.data.audit.NEAR_THRESHOLD)."
+        None, "--near-threshold", help="Near duplicates: largest pHash Hamming distance (bits of 64); default 2."
     ),
     near: bool = typer.Option(True, "--near/--no-near", help="Search near duplicates (perceptual hash) too."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its data section is used)."),
@@ -484,20 +537,23 @@ def audit(
     ),
 ) -> None:
     """Audit a data set: counts, sizes, unreadable files, exact and near duplicates, leakage across splits."""
-    from .data import build_index, write_manifest
-    from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
-
-    threshold = NEAR_THRESHOLD if near_threshold is None else near_threshold
+    threshold = 2 if near_threshold is None else near_threshold  # medclass.data.audit.NEAR_THRESHOLD
     with _user_errors(OSError):
         cfg = _build_config(data, config, sets)
         cfg.data.skip_corrupt = True  # a CSV id without its file is reported as unreadable, not an error
         if not 0 <= threshold <= 64:
             _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
+        check_data_source(cfg)
+        from .data import build_index, write_manifest
+        from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
+
+        if near_threshold is None:
+            threshold = NEAR_THRESHOLD
         source = cfg.data.manifest or cfg.data.source
         stem = (Path(source).resolve().stem or "data") if source else "breastmnist"
         out = out if out is not None else Path(f"audit-{stem}")
         index = build_index(cfg.data)
-        report = run_audit(index, threshold, near, progress=sys.stderr.isatty(),
+        report = run_audit(index, threshold, near, progress=True,
                            source=str(source) if source else None)
         json_path, md_path = write_audit(report, out)
     typer.echo(audit_summary(report, md_path))
@@ -546,6 +602,8 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
+    with _user_errors():
+        check_run_folder(run, checkpoint if backend == "torch" else None)
     from .serving.app import ServeOptions
 
     with _user_errors(FileNotFoundError):
@@ -585,7 +643,7 @@ def lr_find_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="resnet18|34|50|101|152"),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.json "
                                        "(default runs/lr-find-<data name>-<time>)."),
@@ -599,11 +657,12 @@ def lr_find_command(
     --start-lr to --end-lr, plot the loss against the LR and suggest a learning rate for `train --lr`."""
     import shlex
 
-    from .engine.lr_find import default_out_dir, lr_find
-
     with _user_errors():
         cfg = _build_config(data, config, sets,
                             **{"data.image_size": image_size, "train.batch_size": batch_size, "model.arch": arch})
+        check_train_config(cfg)
+        from .engine.lr_find import default_out_dir, lr_find
+
         if not sys.stderr.isatty():
             cfg.train.progress = False
         out_dir = out if out is not None else default_out_dir(cfg)

@@ -18,6 +18,11 @@ __all__ = [
     "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
 ]
 
+#: The architectures medclass registers itself (:func:`medclass.models.list_models` holds these and any
+#: registered later); named here, without PyTorch, for ``--arch`` help. ``tests/test_newcomer.py``
+#: checks the two agree.
+BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "custom_cnn", "chained")
+
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
 #: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
 #: ratio (the default, medclass's only rule before), ``pad`` keeps the aspect ratio and pads with black.
@@ -113,6 +118,8 @@ _RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "train.cutmix_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
     "train.mix_prob": (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
     "train.clip_grad_norm": (lambda v: v is None or (_number(v) and v > 0), "a positive norm, or null (off)"),
+    "train.log_interval": (lambda v: _number(v) and 0 < v < float("inf"),
+                           "a positive number of seconds between progress lines in a log, e.g. 30"),
     "train.progressive_resize": (lambda v: v is None or (_number(v) and 0 < v <= 1),
                                  "a starting fraction of the image size in (0, 1], e.g. 0.5, or null (off)"),
 }
@@ -177,6 +184,10 @@ class DataConfig:
     label_column: Optional[str] = None
     group_column: Optional[str] = None
     skip_corrupt: bool = False
+    # binary tasks: the class sensitivity, specificity, ROC and the operating threshold are about;
+    # None: the class whose name says disease (malignant, tumor, yes...), else class 1
+    # (medclass.positive_class); a run records the class it used
+    positive_class: Optional[str] = None
     # leave out of valid/test every image with an exact or near duplicate in an earlier split
     # (medclass.data.dedupe); without it, training warns about them
     dedupe: bool = False
@@ -290,10 +301,13 @@ class TrainConfig:
     sync_bn: bool = False  # DDP: batch norm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
+    # progress while training: on a terminal a bar (loss, accuracy, images/s, epoch and run ETA);
+    # in a log (stderr not a terminal) a line every log_interval seconds (medclass.progress)
     progress: bool = True
     # MLflow tracking (medclass.tracking; pip install medclass[mlflow]): params, per-epoch metrics, test
     # metrics and figures to MLflow's default local store or $MLFLOW_TRACKING_URI; $MEDCLASS_MLFLOW=1/0 overrides
     mlflow: bool = False
+    log_interval: float = 30.0  # seconds between progress lines in a log
     # wall-clock budget of the whole training call: seconds, or "90s" / "15m" / "1.5h"; None: off.
     # With it, epochs come from a measured plan (medclass.engine.budget) and `epochs` is ignored
     time_budget: Optional[Any] = None
@@ -336,8 +350,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
+        """The config in the YAML file ``path`` (sections ``data``, ``model``, ``train``) over the defaults.
+
+        Raises:
+            ConfigError: the file is missing, unreadable or not YAML, or names an unknown key or a
+                bad value; the message names the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}; give a YAML file with sections data/model/train "
+                              "(a run's config.yaml is one)")
         try:
-            d = yaml.safe_load(Path(path).read_text()) or {}
+            d = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e}") from e
         except UnicodeDecodeError as e:
@@ -372,7 +397,11 @@ class RunConfig:
         if key not in names:
             raise ConfigError(f"unknown config key {dotted!r}; known keys of {section}: {sorted(names)}")
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value != "" else None
+            try:
+                value = yaml.safe_load(value) if value != "" else None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{dotted}: cannot read the value {value!r} as YAML ({e.__class__.__name__}); "
+                                  "quote it or write a number, true/false, or a [list]") from None
         if dotted == "train.time_budget":  # seconds or "15m": kept as written, checked here
             if value is not None:
                 parse_duration(value, dotted)

@@ -7,10 +7,16 @@ run's files without importing PyTorch. This is the one definition of the layout;
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-__all__ = ["RunError", "RunFiles"]
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+__all__ = ["RunError", "RunFiles", "new_run_dir", "resume_run_dir"]
 
 
 class RunError(RuntimeError):
@@ -44,3 +50,43 @@ class RunFiles:
     spec = _run_file("model_spec.json")  # the run contract (medclass.spec.ModelSpec)
     ood = _run_file("ood.json")  # the out-of-distribution detector (medclass.ood), optional
     ood_params = _run_file("ood.npz")  # its Mahalanobis class means and precision matrix
+
+
+def new_run_dir(runs_dir: Path, name: Optional[str], cfg: "RunConfig", world_size: Optional[int] = None,
+                now: Optional[datetime] = None) -> Path:
+    """The folder of a new run: ``runs_dir / name``, or without a name
+    ``runs_dir / "<stem>-<arch>-<YYYYmmdd-HHMMSS>"`` where ``stem`` is the file name (without suffix)
+    of ``cfg.data.source`` (``breastmnist`` for the bundled data) and the time is ``now`` (default:
+    the local time). Nothing is created.
+
+    Raises:
+        RunError: no ``name`` under ``torchrun`` (``world_size``, default the ``WORLD_SIZE``
+            environment variable, > 1): every process must use the same folder, and their clocks
+            may differ by a second.
+    """
+    if name:
+        return Path(runs_dir) / name
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise RunError("under torchrun give --name, so that every process uses the same run folder")
+    stem = Path(cfg.data.source).stem if cfg.data.source else "breastmnist"
+    return Path(runs_dir) / f"{stem}-{cfg.model.arch}-{now or datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resume_run_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfig]":
+    """The folder and saved configuration of a run to continue: ``runs_dir / name`` and its
+    ``config.yaml``.
+
+    Raises:
+        RunError: no ``name``; no ``config.yaml`` in the folder.
+        medclass.config.ConfigError: the ``config.yaml`` is not a valid configuration.
+    """
+    from .config import RunConfig
+
+    if not name:
+        raise RunError("--resume needs --name of the run to continue")
+    files = RunFiles(Path(runs_dir) / name)
+    if not files.config.exists():
+        raise RunError(f"cannot resume: {files.root}/config.yaml not found")
+    return files.root, RunConfig.load(files.config)

@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from ..progress import Progress
 
 from .dataset import _npz_images, file_digest
 from .io import ImageReadError, to_channels
@@ -203,7 +203,8 @@ def _entries(index: DataIndex) -> list[tuple[str, int, Sample]]:
 
 def _fingerprints(paths: Sequence[str], threads: int, progress: bool) -> dict[str, Fingerprint]:
     unique = list(dict.fromkeys(paths))
-    bar = tqdm(total=len(unique), desc="audit", disable=not progress, leave=False)
+    # a bar on a terminal, a line every log interval in a log (medclass.progress)
+    bar = Progress("audit: reading and hashing images (duplicate check)", len(unique), "images", enabled=progress)
     out: dict[str, Fingerprint] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # Pillow and the DCT release the GIL
         for p, fp in zip(unique, pool.map(image_fingerprint, unique)):

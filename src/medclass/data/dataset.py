@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from .dicom import validate_window
 from .io import ImageReadError, read_image, to_model_input, validate_resize
 from .sources import NPZ_SEP, Sample
@@ -179,7 +179,8 @@ def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     window = max(64, 16 * threads)
-    bar = tqdm(total=len(samples), desc=desc, disable=not progress, leave=False)
+    # a bar on a terminal, a line every log interval in a log file (medclass.progress)
+    bar = Progress(desc, len(samples), "images", enabled=progress)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(samples), window):
             for j, r in enumerate(pool.map(one, samples[start : start + window]), start):

@@ -1,17 +1,21 @@
-"""Stratified (and group-aware) train/valid/test splits, made with scikit-learn."""
+"""Stratified (and group-aware) train/valid/test splits, made with scikit-learn.
+
+scikit-learn is imported when a split is made, not with this module: ``medclass.data.sources``
+(which imports it) stays light for the CLI's argument checks."""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 __all__ = ["stratified_split"]
 
 
 def _holdout(labels: np.ndarray, groups: Optional[np.ndarray], fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a stratified holdout of about ``fraction`` of the items."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
     n = len(labels)
     idx = np.arange(n)
     mask = np.zeros(n, dtype=bool)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +51,12 @@ def predict_logits(
     batch_size: int = 64,
     amp_dtype: Optional[torch.dtype] = None,
     tta: Sequence[str] = (),
+    on_batch: Optional[Callable[[int], None]] = None,
 ) -> Tensor:
     """Logits ``(N, K)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, in batches.
+
+    ``on_batch(n)`` is called after each batch with its number of images (progress:
+    :meth:`medclass.progress.Progress.update`).
 
     ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA) enables autocast. ``tta`` names extra views
     from :data:`TTA_VIEWS` (e.g. ``("hflip",)``): the logits of the original and of each view are
@@ -75,6 +79,8 @@ def predict_logits(
             for view in tta:
                 z = z + model(torch.flip(x, TTA_VIEWS[view])).float()
         out.append((z / (1 + len(tta))).cpu())
+        if on_batch is not None:
+            on_batch(len(x))
     if not out:
         return torch.empty((0, 0))
     return torch.cat(out)

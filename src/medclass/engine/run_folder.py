@@ -20,18 +20,14 @@ Every failure is a :class:`medclass.runs.RunError` whose message says what to do
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-from datetime import datetime
 from pathlib import Path
-from typing import Optional
-
 import torch
 
 from ..config import RunConfig
 from ..data import cache_dir_for
 from ..models import build_model
-from ..runs import RunError, RunFiles
+from ..runs import RunError, RunFiles, new_run_dir, resume_run_dir
 from .checkpoint import temp_name_pattern
 
 __all__ = [
@@ -47,42 +43,8 @@ DISK_MARGIN_BYTES = 16 * MiB
 # --------------------------------------------------------------------------- naming and resuming
 
 
-def new_run_dir(runs_dir: Path, name: Optional[str], cfg: RunConfig, world_size: Optional[int] = None,
-                now: Optional[datetime] = None) -> Path:
-    """The folder of a new run: ``runs_dir / name``, or without a name
-    ``runs_dir / "<stem>-<arch>-<YYYYmmdd-HHMMSS>"`` where ``stem`` is the file name (without suffix)
-    of ``cfg.data.source`` (``breastmnist`` for the bundled data) and the time is ``now`` (default:
-    the local time). Nothing is created.
-
-    Raises:
-        RunError: no ``name`` under ``torchrun`` (``world_size``, default the ``WORLD_SIZE``
-            environment variable, > 1): every process must use the same folder, and their clocks
-            may differ by a second.
-    """
-    if name:
-        return Path(runs_dir) / name
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise RunError("under torchrun give --name, so that every process uses the same run folder")
-    stem = Path(cfg.data.source).stem if cfg.data.source else "breastmnist"
-    return Path(runs_dir) / f"{stem}-{cfg.model.arch}-{now or datetime.now():%Y%m%d-%H%M%S}"
-
-
-def resume_run_dir(runs_dir: Path, name: Optional[str]) -> tuple[Path, RunConfig]:
-    """The folder and saved configuration of a run to continue: ``runs_dir / name`` and its
-    ``config.yaml``.
-
-    Raises:
-        RunError: no ``name``; no ``config.yaml`` in the folder.
-        medclass.config.ConfigError: the ``config.yaml`` is not a valid configuration.
-    """
-    if not name:
-        raise RunError("--resume needs --name of the run to continue")
-    files = RunFiles(Path(runs_dir) / name)
-    if not files.config.exists():
-        raise RunError(f"cannot resume: {files.root}/config.yaml not found")
-    return files.root, RunConfig.load(files.config)
+# new_run_dir and resume_run_dir live in medclass.runs (torch-free: the CLI names and checks the
+# run folder before importing PyTorch); they are importable from here as before.
 
 
 # --------------------------------------------------------------------------- checks before any work

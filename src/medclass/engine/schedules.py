@@ -128,6 +128,27 @@ class LRSchedule:
                 self.anchor = None
         self.total_steps = total
 
+    def replan(self, total: int) -> None:
+        """Re-plan the schedule as if it had been planned for ``total`` optimisation steps from the
+        start (``medclass train --resume --epochs N``): the cosine's position is ``step / total``
+        again (no anchor), so from the next step on the learning rate is the one a run planned for
+        ``total`` steps has at this step. For a run that had reached its minimum and is given more
+        epochs that means the rate rises again (a warm restart, as SGDR); a run shortened
+        reaches its minimum at the new end. The optimizer's learning rates are set at once.
+        Other schedules only record ``total``.
+
+        Raises:
+            ValueError: ``total`` is below 1.
+        """
+        total = int(total)
+        if total < 1:
+            raise ValueError(f"total steps must be at least 1, got {total}")
+        self.total_steps, self.anchor = total, None
+        if self.per_step is not None:
+            factors = [f(self.per_step.last_epoch) for f in self.per_step.lr_lambdas]
+            for group, base, factor in zip(self.optimizer.param_groups, self.per_step.base_lrs, factors):
+                group["lr"] = base * factor
+
     def step_batch(self) -> None:
         if self.per_step is not None:
             self.per_step.step()

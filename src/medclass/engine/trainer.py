@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import shutil  # noqa: F401  (tests patch trainer.shutil.disk_usage)
+import os
+import shutil  # (tests patch trainer.shutil.disk_usage)
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -38,14 +40,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
+from ..config import ConfigError, RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
 from ..tracking import check_tracking, open_tracker
 from ..runs import RunError, RunFiles
 from ..data import (
-    DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
+    DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
 )
 from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
+from ..positive_class import choose_positive_class
+from ..progress import TrainProgress, is_terminal
+from ..runs_table import FAILED_FILE, RUNNING_FILE
 from ..models.registry import model_options
 from ..models.pretrained import param_groups_with_lrs
 from ..spec import read_spec, recorded_config, spec_from_config, write_spec
@@ -410,13 +415,16 @@ def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[s
 
 
 def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
-                    steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None) -> tuple[float, float]:
+                    steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None,
+                    report: Optional[TrainProgress] = None) -> tuple[float, float]:
     """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
     (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
     ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
     preprocess and augment on the device, forward under autocast, backward (DDP averages the
     gradients over ranks), step the optimizer and the per-batch LR schedule. ``desc``: the progress
-    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA).
+    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA). ``report``: told of
+    every step (:class:`medclass.progress.TrainProgress`): it adds images/s and the run's ETA to
+    the bar, or prints a line every ``train.log_interval`` seconds in a log.
 
     The recipe's pieces, each when configured: after augmentation the batch is resized to the
     epoch's side (``train.progressive_resize``, :func:`medclass.data.transforms.progressive_size`)
@@ -472,7 +480,10 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
         sum_loss += loss.item() * len(labels)
         n_correct += (predicted_class(logits.detach()) == counted).sum().item()
         n_seen += len(labels)
-        bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}", lr=f"{fit.schedule.lr:.2e}")
+        extra = report.step(step + 1, n_seen, sum_loss / n_seen, n_correct / n_seen) if report is not None else None
+        if progress:
+            bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}",
+                            lr=f"{fit.schedule.lr:.2e}", **(extra or {}))
     bar.close()
     sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, fit.device)
     return sum_loss / max(1, n_seen), n_correct / max(1, n_seen)
@@ -599,9 +610,74 @@ def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: Ear
     }
     if budget is not None:
         summary["budget"] = budget
-    files.summary.write_text(json.dumps(summary, indent=1))
+    resumes = _read_resumes(files)
+    if resumes:
+        summary["planned_epochs"] = cfg.train.epochs
+        summary["epochs_replanned"] = resumes
+    _write_json_atomic(files.summary, summary)
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
+
+
+RESUMES_FILE = "resumes.json"
+
+
+def _read_resumes(files: RunFiles) -> list[dict[str, Any]]:
+    """The changes of plan made when the run was resumed (``RUN/resumes.json``), oldest first."""
+    path = files.root / RESUMES_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return record if isinstance(record, list) else []
+
+
+def _record_resume_settings(cfg: RunConfig, files: RunFiles, log) -> list[str]:
+    """A resumed run given another ``train.epochs`` or ``train.time_budget`` than its ``config.yaml``
+    holds: write the new values there (atomically; only with ``log``, rank 0), so that the folder
+    says what the run now is and a later ``--resume`` keeps them; say what changed. Returns the
+    keys changed (``"epochs"``, ``"time_budget"``)."""
+    saved = RunConfig.load(files.config)
+    changes, keys = [], []
+    for key in ("epochs", "time_budget"):
+        old, new = getattr(saved.train, key), getattr(cfg.train, key)
+        if old != new and not (key == "epochs" and cfg.train.time_budget is not None):
+            setattr(saved.train, key, new)
+            changes.append(f"train.{key} {old} -> {new}")
+            keys.append(key)
+    if changes and log is not None:
+        tmp = files.config.with_name(f".{files.config.name}.tmp")
+        saved.save(tmp)
+        os.replace(tmp, files.config)
+        log(f"resume: {', '.join(changes)} (recorded in {files.config})")
+    return keys
+
+
+def _replan_resumed(fit: "_Fit", tracker: EarlyStopping, tc, saved_epoch: int, steps_per_epoch: int,
+                    files: RunFiles, main: bool, log) -> None:
+    """A resumed run without a time budget whose ``tc.epochs`` differs from the plan its restored
+    LR schedule holds: re-plan the schedule for the new total (:meth:`LRSchedule.replan`) and
+    append the change to ``RUN/resumes.json``.
+
+    Raises:
+        RunError: fewer epochs than the run has already trained.
+    """
+    planned = max(1, round(fit.schedule.total_steps / steps_per_epoch))
+    if tc.epochs == planned:
+        return
+    if tc.epochs < saved_epoch:
+        raise RunError(f"--epochs {tc.epochs}: the run has already trained {saved_epoch} epochs "
+                       f"({files.last}); give --epochs {saved_epoch} or more")
+    fit.schedule.replan(tc.epochs * steps_per_epoch)
+    log(f"resume: {planned} -> {tc.epochs} epochs after epoch {saved_epoch}; the {fit.schedule.kind} LR schedule "
+        f"re-planned for {tc.epochs} epochs (LR now {fit.schedule.lr:.2e})")
+    if tracker.should_stop:
+        log(f"early stopping ended this run at epoch {saved_epoch}: no more epochs run "
+            "(turn train.early_stopping off in config.yaml to continue it)")
+    if main:
+        record = _read_resumes(files) + [{"after_epoch": saved_epoch, "from_epochs": planned, "to_epochs": tc.epochs,
+                                          "lr": fit.schedule.lr, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+        _write_json_atomic(files.root / RESUMES_FILE, record)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -628,6 +704,7 @@ def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.devi
     native = native_side(samples, cfg.data.channels, dicom_window=cfg.data.dicom_window)
     candidates, min_epochs = auto_candidates(native)
     n_val = len(index.splits.get("valid") or [])
+    log(f"image size auto: measuring the training speed of {len(candidates)} size/stem candidates on the real images")
     speeds = measure_affordable_speeds(cfg, samples, index.num_classes, device, budget.available(), candidates,
                                        n_val_images=n_val, min_epochs=min_epochs, batch_size=per_rank,
                                        speed_scale=ctx.world_size)
@@ -651,6 +728,7 @@ def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader
         RunError: not one epoch fits in the budget.
     """
     tc = cfg.train
+    log("time budget: measuring the training and validation speed on the real images to plan the epochs")
     state = [getattr(fit, f.name) for f in fields(fit) if f.name != "net"]
     with preserved_state(state, generator):
         tp = measure_throughput(
@@ -719,20 +797,111 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         medclass.tracking.TrackingError: MLflow tracking on (``train.mlflow``, ``$MEDCLASS_MLFLOW``)
             without mlflow installed, or its store cannot be opened; raised before any work.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
+
+    Status markers (read by ``medclass runs``, :mod:`medclass.runs_table`): ``RUN/running.json``
+    (this process) while it trains; on a failure after the folder was set up, ``RUN/failed.json``
+    (the error), except that a new run folder that failed on bad data
+    (:class:`~medclass.data.DataError`, :class:`~medclass.data.ImageReadError`) before its first
+    checkpoint is removed, so no empty run is left behind. ``KeyboardInterrupt`` leaves the
+    folder as it is (``interrupted``, continued with ``resume=True``).
+
+    Resuming with another ``cfg.train.epochs`` (``medclass train --resume --epochs N``) gives the
+    run a new total: more or fewer epochs (not fewer than it has run), the LR schedule re-planned
+    as if planned for the new total (:meth:`medclass.engine.LRSchedule.replan`), the change
+    recorded in ``RUN/resumes.json``, ``config.yaml`` and ``train_summary.json``
+    (``epochs_replanned``). A time-budgeted run resumed with another ``cfg.train.time_budget`` has
+    that total budget (time spent before counts), its plan re-made after the next epoch.
     """
+    files = RunFiles(Path(run_dir))
+    created = not files.root.exists()
+    started: list[bool] = []  # set once the run folder is checked and marked running (rank 0)
+    try:
+        result = _train(cfg, files, resume, started)
+    except BaseException as e:
+        if started:
+            _record_failure(files, e, created)
+        raise
+    finally:
+        if started:
+            _unmark_running(files)
+    if started:
+        (files.root / FAILED_FILE).unlink(missing_ok=True)  # a resumed run that finished is no longer failed
+    return result
+
+
+def _mark_running(files: RunFiles) -> None:
+    """``RUN/running.json``: this process' pid, host and start time (``medclass runs`` shows ``running``)."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json_atomic(files.root / RUNNING_FILE, record)
+
+
+def _unmark_running(files: RunFiles) -> None:
+    path = files.root / RUNNING_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _write_json_atomic(path: Path, record: Any) -> None:
+    """``record`` as JSON at ``path`` through a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _record_failure(files: RunFiles, error: BaseException, created: bool) -> None:
+    """After ``train`` failed with ``error``: nothing for ``KeyboardInterrupt`` (an interrupted run);
+    a new folder (``created``) without a checkpoint that failed on bad data is removed; otherwise
+    ``RUN/failed.json`` records the error (``medclass runs``: ``failed``). Never raises."""
+    from ..data.io import ImageReadError
+    from ..data.sources import DataError
+
+    if isinstance(error, KeyboardInterrupt) or not files.root.is_dir():
+        return
+    try:
+        if created and isinstance(error, (DataError, ImageReadError)) and not files.last.exists():
+            shutil.rmtree(files.root)
+            print(f"removed the run folder {files.root}: the data could not be used, no epoch was trained")
+            return
+        epoch = None
+        if files.metrics_csv.is_file():
+            epoch = max(0, len(files.metrics_csv.read_text().splitlines()) - 1)
+        _write_json_atomic(files.root / FAILED_FILE, {
+            "error": type(error).__name__, "message": str(error), "epochs_done": epoch,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "continue": "fix the cause, then `medclass train --name NAME --runs-dir DIR --resume` continues from "
+                        "the last checkpoint (or start again without --resume when there is none)"})
+    except OSError:
+        pass
+
+
+def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -> TrainResult:
+    """The body of :func:`train`; appends to ``started`` once the run folder is set up and marked running."""
     t_start = time.time()
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     check_budget_config(cfg)
     check_recipe(cfg)
-    files = RunFiles(Path(run_dir))
     tc = cfg.train
     budget = Budget(parse_duration(tc.time_budget), start=t_start) if tc.time_budget is not None else None
     ctx = init_distributed(tc.device)
     main = ctx.is_main
     log = print if main else _quiet
+    budget_changed = False
+    if resume and files.config.is_file():  # every rank reads it before rank 0 records the new values there
+        budget_changed = "time_budget" in _record_resume_settings(cfg, files, None)
     if main:
         check_tracking(cfg)  # MLflow on but not installed: the error before any work (TrackingError)
         prepare_run_dir(files, resume)
+        _mark_running(files)
+        started.append(True)
+        if resume:  # another --epochs / --time-budget than config.yaml: recorded there
+            _record_resume_settings(cfg, files, log)
     barrier(ctx)
     torch.manual_seed(tc.seed)
     device = ctx.device if ctx.enabled else select_device(tc.device)
@@ -741,12 +910,27 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
     if resume:
         cfg.data.manifest = str(files.manifest)
     index = build_index(cfg.data)
+    if index.num_classes < 2:
+        raise DataError(f"{cfg.data.source or 'the data'}: found only the class {index.class_names}; a classifier needs "
+                        "at least 2 classes (one folder per class, or 2 labels in the CSV)")
+    if index.num_classes == 2 and not resume:  # the class sensitivity etc. are about, recorded in the run
+        try:
+            positive, reason = choose_positive_class(index.class_names, cfg.data.positive_class)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        cfg.data.positive_class = index.class_names[positive]
+        log(reason)
+    elif cfg.data.positive_class is not None and not resume:
+        raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
+                          f"{index.num_classes} classes")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
     spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
+    if not resume and cfg.data.positive_class is not None:
+        spec.extra["positive_class"] = cfg.data.positive_class
     if main:
         removed = remove_stale_temp_files(files)
         if removed:
@@ -776,6 +960,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
                ema=ema, mixup=mixup)
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
     history, saved_epoch = _restore(files.last, fit, tracker) if resume else ([], 0)  # saved: what last.pt holds
+    if resume and budget is None:  # --epochs on resume: a new total, the schedule re-planned for it
+        _replan_resumed(fit, tracker, tc, saved_epoch, steps_per_epoch, files, main, log)
     val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
     val_images = val_split.images[val_shard] if ctx.enabled else val_split.images
     log(
@@ -791,8 +977,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         budget = Budget.resume_from(files.root, budget.seconds, t_start, history, tc.epochs)
         log(f"time budget {format_duration(budget.seconds)}: {format_duration(budget.elapsed())} spent before this "
             f"resume; plan {tc.epochs} epochs")
+        if budget_changed:  # --resume --time-budget: a new total budget; re-plan the epochs and the schedule now
+            before = tc.epochs
+            planned = _agree(budget.replan(saved_epoch), ctx, device)
+            if planned > saved_epoch:
+                budget.planned_epochs = tc.epochs = planned
+                fit.schedule.replan(planned * steps_per_epoch)
+            log(f"time budget changed: plan {before} -> {max(planned, saved_epoch)} epochs; the LR schedule re-planned "
+                f"for {max(planned, saved_epoch)} epochs (LR now {fit.schedule.lr:.2e})")
     clock = RunClock(cfg, t_start, steps_per_epoch, len(val_split), tqdm.write if main else _quiet,
                      warn=budget is None)
+    bar = tc.progress and main and is_terminal()  # a bar on a terminal; else a line every train.log_interval s
+    report = TrainProgress(steps_per_epoch, tc.batch_size, t_start, bar=bar, interval=tc.log_interval,
+                           enabled=tc.progress and main)
 
     # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
@@ -810,8 +1007,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             t0 = time.time()
             eta = clock.eta(tc.epochs - epoch + 1)
             desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
+            report.start_epoch(epoch, tc.epochs, clock.walls)
             loss, acc = train_one_epoch(fit, cfg, epoch, clock.timed(loader, tc.epochs - epoch + 1), generator,
-                                        steps_per_epoch, ctx, tc.progress and main, desc=desc)
+                                        steps_per_epoch, ctx, bar, desc=desc, report=report)
             val_loss, val_acc, val_bal = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "val_balanced_accuracy": val_bal, "lr": fit.schedule.lr, "seconds": time.time() - t0}

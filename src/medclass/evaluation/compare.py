@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -13,24 +14,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..engine import load_run  # noqa: E402
-from ..models import count_parameters  # noqa: E402
+import torch  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+from ..models import build_model, count_parameters  # noqa: E402
+from ..runs import RunError, RunFiles  # noqa: E402
+from ..runs_table import describe_run, is_run_folder  # noqa: E402
+from ..spec import read_spec  # noqa: E402
 from .evaluate import evaluate_run  # noqa: E402
 
 __all__ = ["compare_runs", "COMPARE_COLUMNS"]
 
 COMPARE_COLUMNS = (
-    "run", "model", "parameters", "loss", "accuracy", "val_loss", "val_accuracy",
+    "run", "status", "model", "parameters", "loss", "accuracy", "val_loss", "val_accuracy",
     "test_accuracy", "balanced_accuracy", "auroc", "train_seconds",
 )
 
 
-def _describe(run) -> str:
-    m = run.cfg.model
-    if run.files.ensemble.is_file():
-        spec = json.loads(run.files.ensemble.read_text())
+def _describe(cfg: Optional[RunConfig], files: RunFiles) -> str:
+    if files.ensemble.is_file():
+        spec = json.loads(files.ensemble.read_text())
         parts = ", ".join(f"{Path(p).name} x{w:.2f}" for p, w in zip(spec["members"], spec["weights"]))
         return f"soft-voting ensemble ({parts})"
+    if cfg is None:
+        return "n/a"
+    m = cfg.model
     if m.arch == "custom_cnn":
         return f"custom CNN {m.cnn_widths}"
     if m.arch == "chained":
@@ -39,35 +47,79 @@ def _describe(run) -> str:
     return m.arch.replace("resnet", "ResNet-") + start
 
 
+def _parameters(cfg: Optional[RunConfig], files: RunFiles) -> Optional[int]:
+    """Parameters of the run's network, built on the ``meta`` device from its config and classes
+    (no weights read); None for an ensemble or a folder without them."""
+    if cfg is None or files.ensemble.is_file():
+        return None
+    try:
+        spec = read_spec(files.root)
+        with torch.device("meta"):
+            model = build_model(dataclasses.replace(cfg.model, arch=spec.arch or cfg.model.arch),
+                                len(spec.class_names), spec.channels)
+        return count_parameters(model)
+    except Exception:  # a folder too incomplete to say: the table shows n/a
+        return None
+
+
+def _best_row(files: RunFiles, epoch: Optional[int], monitor: str) -> Optional[dict[str, str]]:
+    """The ``metrics.csv`` row of ``epoch``, or (an interrupted run, no summary) of the best ``monitor``."""
+    if not files.metrics_csv.is_file():
+        return None
+    with open(files.metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    if epoch is not None:
+        return next((r for r in rows if int(r["epoch"]) == epoch), None)
+    sign = -1.0 if "loss" in monitor else 1.0
+    scored = [r for r in rows if r.get(monitor) not in (None, "")]
+    return max(scored, key=lambda r: sign * float(r[monitor])) if scored else rows[-1]
+
+
 def _row(run_dir: Path, progress: bool) -> dict[str, Any]:
-    run = load_run(run_dir)
-    test_json = run.files.root / "eval-test" / "metrics.json"
-    test = json.loads(test_json.read_text()) if test_json.is_file() else evaluate_run(run_dir, progress=progress)
+    """One row of the comparison from what the run folder holds: finished, interrupted or failed
+    runs, copies without checkpoints (``results/``) and ensembles; a figure the folder cannot give
+    is None (n/a). Test figures come from ``eval-test/metrics.json``, evaluated first when it is
+    missing and the folder has a checkpoint."""
+    files = RunFiles(Path(run_dir))
+    info = describe_run(files.root)
+    cfg = RunConfig.load(files.config) if files.config.is_file() else None
+    test_json = files.root / "eval-test" / "metrics.json"
+    test: Optional[dict[str, Any]] = json.loads(test_json.read_text()) if test_json.is_file() else None
+    if test is None and (files.best.is_file() or files.ensemble.is_file()):
+        test = evaluate_run(files.root, progress=progress)
     row: dict[str, Any] = {
-        "run": run.files.root.name, "model": _describe(run), "parameters": count_parameters(run.model),
-        "test_accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"], "auroc": test["auroc"],
+        "run": files.root.name, "status": info["status"], "model": _describe(cfg, files),
+        "parameters": _parameters(cfg, files),
+        "test_accuracy": test["accuracy"] if test else None,
+        "balanced_accuracy": test["balanced_accuracy"] if test else None, "auroc": test["auroc"] if test else None,
+        "loss": None, "accuracy": None, "val_loss": None, "val_accuracy": None, "train_seconds": None,
     }
-    if run.files.ensemble.is_file():
-        # no training history: loss/accuracy from evaluating the train and valid splits (no augmentation)
-        for split, prefix in (("train", ""), ("valid", "val_")):
-            m = evaluate_run(run_dir, split=split, progress=progress)
-            row[f"{prefix}loss"], row[f"{prefix}accuracy"] = m["loss"], m["accuracy"]
-        spec = json.loads(run.files.ensemble.read_text())
-        row["train_seconds"] = sum(
-            json.loads((Path(p) / "train_summary.json").read_text())["train_seconds"] for p in spec["members"]
-        )
-    else:
-        summary = json.loads(run.files.summary.read_text())
-        with open(run.files.metrics_csv) as f:
-            best = next(r for r in csv.DictReader(f) if int(r["epoch"]) == summary["best_epoch"])
+    if files.ensemble.is_file():
+        spec = json.loads(files.ensemble.read_text())
+        # no training history: loss/accuracy from evaluating the train and valid splits (no augmentation),
+        # when the members' checkpoints are there
+        if files.manifest.is_file() and all(RunFiles(Path(p)).best.is_file() for p in spec["members"]):
+            for split, prefix in (("train", ""), ("valid", "val_")):
+                m = evaluate_run(files.root, split=split, progress=progress)
+                row[f"{prefix}loss"], row[f"{prefix}accuracy"] = m["loss"], m["accuracy"]
+        member_seconds = [describe_run(Path(p))["wall_seconds"] if Path(p).is_dir() else None for p in spec["members"]]
+        row["train_seconds"] = sum(member_seconds) if all(s is not None for s in member_seconds) else None
+        return row
+    summary = json.loads(files.summary.read_text()) if files.summary.is_file() else {}
+    monitor = summary.get("monitor") or (cfg.train.monitor if cfg else "val_accuracy")
+    best = _best_row(files, summary.get("best_epoch"), monitor)
+    if best is not None:
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            row[k] = float(best[k])
-        row["train_seconds"] = summary["train_seconds"]
+            row[k] = float(best[k]) if best.get(k) not in (None, "") else None
+    row["train_seconds"] = summary.get("train_seconds", info["wall_seconds"])
     return row
 
 
 def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Compare runs (trained or ensemble) and write ``comparison.md``, ``comparison.csv`` and
+    """Compare runs (trained or ensemble; any run ``medclass runs`` lists: finished, interrupted or
+    failed, with or without checkpoints) and write ``comparison.md``, ``comparison.csv`` and
     ``comparison.png`` (test accuracy, balanced accuracy and AUROC per run) to ``out_dir``.
 
     Train/validation loss and accuracy are the best epoch's (the checkpoint evaluated); an
@@ -75,8 +127,12 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
     from ``<run>/eval-test/metrics.json`` (evaluated first where missing).
 
     Raises:
-        RunError, CheckpointError: a path is not a run.
+        RunError: a path is not a run folder (:func:`medclass.runs_table.is_run_folder`).
     """
+    for r in runs:
+        if not is_run_folder(Path(r)):
+            raise RunError(f"{r} is not a medclass run folder (no config.yaml, model_spec.json, train_summary.json "
+                           "or ensemble.json); `medclass runs` lists the runs of a folder")
     rows = [_row(Path(r), progress) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,14 +145,16 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
         return "n/a" if v is None else f"{v:.3f}"
 
     lines = [
-        "| run | model | parameters | loss | accuracy | val_loss | val_accuracy | test accuracy | balanced accuracy | AUROC | training time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | status | model | parameters | loss | accuracy | val_loss | val_accuracy | test accuracy | balanced accuracy | AUROC | training time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['run']} | {r['model']} | {r['parameters']:,} | {fmt(r['loss'])} | {fmt(r['accuracy'])} | "
-            f"{fmt(r['val_loss'])} | {fmt(r['val_accuracy'])} | {fmt(r['test_accuracy'])} | "
-            f"{fmt(r['balanced_accuracy'])} | {fmt(r['auroc'])} | {r['train_seconds'] / 60:.1f} min |"
+            f"| {r['run']} | {r['status']} | {r['model']} | "
+            f"{'n/a' if r['parameters'] is None else format(r['parameters'], ',')} | {fmt(r['loss'])} | "
+            f"{fmt(r['accuracy'])} | {fmt(r['val_loss'])} | {fmt(r['val_accuracy'])} | {fmt(r['test_accuracy'])} | "
+            f"{fmt(r['balanced_accuracy'])} | {fmt(r['auroc'])} | "
+            f"{'n/a' if r['train_seconds'] is None else format(r['train_seconds'] / 60, '.1f') + ' min'} |"
         )
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
 

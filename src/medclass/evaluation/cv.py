@@ -36,6 +36,7 @@ import numpy as np
 from ..config import RunConfig, parse_duration
 from ..data import DataError, DataIndex, build_index, cache_dir_for, decode_split, read_manifest, write_manifest
 from ..engine import RunError, RunFiles, load_run, logits_to_probs, predict_logits, train
+from ..progress import Progress
 from .metrics import bootstrap_ci, classification_metrics
 
 __all__ = ["cross_validate", "format_cv", "fold_assignments", "group_ids", "CV_FILE", "DEFAULT_FOLDS"]
@@ -205,18 +206,22 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
         # the fold's own split (pool order), not the run's copy (which --dedupe may have thinned)
         valid = read_manifest(root / "folds" / f"fold-{i + 1}.csv").splits["valid"]
         s, dc = run.spec, run.cfg.data
-        decoded = decode_split(valid, s.channels, s.image_size, dc.skip_corrupt, f"fold {i + 1} valid", progress,
+        decoded = decode_split(valid, s.channels, s.image_size, dc.skip_corrupt, f"cv: decode fold {i + 1} valid", progress,
                                cache_dir=cache_dir_for(dc), dicom_window=s.dicom_window, resize=s.resize)
         if len(decoded) != len(valid):
             raise DataError(f"fold {i + 1}: {len(valid) - len(decoded)} validation images could not be read; "
                             "fix or remove them (out-of-fold predictions need every image)")
-        probs = logits_to_probs(predict_logits(run.model, decoded.images, run.preprocess, run.device)).numpy()
+        with Progress(f"cv: out-of-fold inference, fold {i + 1}/{len(fold_dirs)}", len(decoded), "images",
+                      enabled=progress) as p:
+            logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, on_batch=p.update)
+        probs = logits_to_probs(logits).numpy()
         oof[assign == i] = probs
         m = classification_metrics(decoded.labels.numpy(), probs, index.class_names)
         per_fold.append({"fold": i + 1, "n_valid": len(valid), **{k: m[k] for k in FOLD_METRICS}})
     y = np.asarray(labels)
     oof_metrics = classification_metrics(y, oof, index.class_names)
-    oof_metrics["confidence_intervals"] = bootstrap_ci(y, oof)
+    with Progress("cv: out-of-fold bootstrap", 1000, "resamples", enabled=progress) as p:
+        oof_metrics["confidence_intervals"] = bootstrap_ci(y, oof, on_resample=p.update)
     with open(root / ".oof_predictions.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "group", "fold", "label", "predicted", *[f"p_{c}" for c in index.class_names]])

@@ -15,6 +15,8 @@ from ..data import DataError, build_index, cache_dir_for, decode_split, read_man
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from ..fileio import atomic_write_text, safe_dir
+from ..positive_class import choose_positive_class
+from ..progress import Progress
 from ..spec import calibration_record, update_calibration
 from ..tracking import log_evaluation
 from .calibration import (
@@ -55,21 +57,52 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
     return [dataclasses.replace(x, label=to_run[x.label]) for x in samples]
 
 
+def positive_index(run: LoadedRun) -> tuple[int, str]:
+    """The positive class of a binary run (index into ``run.class_names``) and why: the name the run
+    recorded (``spec.extra["positive_class"]``, else ``config.yaml``'s ``data.positive_class``),
+    else :func:`medclass.positive_class.choose_positive_class`'s default (runs trained before it
+    was recorded). Multi-class runs: ``(1, "")``."""
+    name = run.spec.extra.get("positive_class") or run.cfg.data.positive_class
+    if len(run.class_names) == 2 and name in run.class_names:
+        return run.class_names.index(name), f"positive class {name!r} (recorded in the run)"
+    return choose_positive_class(run.class_names)
+
+
+def _step(what: str, total: Optional[int] = None, unit: str = "", progress: bool = True) -> Progress:
+    """A long step of the evaluation, reported as ``evaluate: WHAT`` (:class:`medclass.progress.Progress`:
+    a bar on a terminal, a start line and a line every log interval in a log; silent without ``progress``)."""
+    return Progress(f"evaluate: {what}", total, unit, enabled=progress)
+
+
+def _logits(run: LoadedRun, images, tta: Sequence[str], what: str, progress: bool):
+    """The model's logits for decoded ``images`` (uint8 ``(N, C, H, W)``), reported as the step ``what``."""
+    with _step(what, len(images), "images", progress) as p:
+        return predict_logits(run.model, images, run.preprocess, run.device, 64, tta=tta, on_batch=p.update)
+
+
+def _bootstrap(y: np.ndarray, probs: np.ndarray, n: int, seed: int, what: str, progress: bool) -> dict[str, Any]:
+    """:func:`bootstrap_ci` with ``n`` resamples, reported as the step ``what``."""
+    with _step(what, n, "resamples", progress) as p:
+        return bootstrap_ci(y, probs, n, seed, on_resample=p.update)
+
+
 def _decode(run: LoadedRun, samples, desc: str, progress: bool):
     """``samples`` decoded as the run's model takes them: the spec's channels, size, DICOM window
     and resize rule (:func:`medclass.data.decode_split`, through the decode cache)."""
     spec, c = run.spec, run.cfg.data
-    return decode_split(samples, spec.channels, spec.image_size, c.skip_corrupt, desc, progress,
+    return decode_split(samples, spec.channels, spec.image_size, c.skip_corrupt, f"evaluate: {desc}", progress,
                         cache_dir=cache_dir_for(c), dicom_window=spec.dicom_window, resize=spec.resize)
 
 
-def _leaked_positions(run: LoadedRun, decoded, split: str) -> Optional[dict[str, Any]]:
+def _leaked_positions(run: LoadedRun, decoded, split: str, progress: bool = False) -> Optional[dict[str, Any]]:
     """Positions in ``decoded`` of images of ``split`` that duplicate (exactly or nearly) an
     image of an earlier split of the run's manifest; None when there are none."""
     if split == "train" or not run.files.manifest.is_file():
         return None
     index = read_manifest(run.files.manifest)
-    _, removed = dedupe(index, near=True, near_threshold=NEAR_THRESHOLD)
+    n = sum(len(v) for v in index.splits.values())
+    with _step(f"duplicate check of {split} against the earlier splits (hashing {n:,} images)", progress=progress):
+        _, removed = dedupe(index, near=True, near_threshold=NEAR_THRESHOLD)
     paths = {r["path"]: r for r in removed if r["split"] == split}
     positions = [i for i, s in enumerate(decoded.samples) if s.path in paths]
     if not positions:
@@ -100,7 +133,8 @@ def _explain(run: LoadedRun, decoded, probs: np.ndarray, y: np.ndarray, idx: np.
 
 
 def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                 how: str, n_bootstrap: int, seed: int) -> Optional[dict[str, Any]]:
+                 how: str, n_bootstrap: int, seed: int, progress: bool = False,
+                 positive: int = 1) -> Optional[dict[str, Any]]:
     """Metrics per group (patient, lesion) of the evaluated images ``idx``, or None when the
     images carry no groups or every group holds one image (then it equals image level)."""
     from .groups import aggregate_groups
@@ -110,12 +144,13 @@ def _group_level(decoded, idx: np.ndarray, y: np.ndarray, probs: np.ndarray, cla
     groups = [decoded.samples[i].group for i in idx]
     if any(g is None or g == "" for g in groups) or len(set(groups)) == len(groups):
         return None
-    g = aggregate_groups(probs[idx], y[idx], groups, how)
+    g = aggregate_groups(probs[idx], y[idx], groups, how, positive_class=positive)
     out: dict[str, Any] = {"aggregation": how, "n_images": int(len(idx)), "n_groups": len(g.groups),
                            "conflicts": g.conflicts}
     if len(g.groups):
         out.update(classification_metrics(g.labels, g.probs, class_names))
-        out["confidence_intervals"] = bootstrap_ci(g.labels, g.probs, n_bootstrap, seed)
+        out["confidence_intervals"] = _bootstrap(g.labels, g.probs, n_bootstrap, seed,
+                                                 f"bootstrap of {len(g.groups)} groups", progress)
     return out
 
 
@@ -207,7 +242,8 @@ def calibrate_run(
 
     Returns the stored dict: ``temperature``, ``n_bins``, validation ``ece_before`` /
     ``ece_after`` and ``loss_before`` / ``loss_after``, and for two classes ``threshold``
-    (see :func:`choose_threshold`) on the positive class ``positive_class`` (class index 1); for
+    (see :func:`choose_threshold`) on the probability of the positive class ``positive_class``
+    (:func:`positive_index`); the spec stores it as the equivalent threshold on ``P(class 1)``. For
     more classes ``logit_adjustment`` (:func:`fit_logit_adjustment`: ``tau`` chosen for validation
     balanced accuracy, the prior from the training split's labels), the multi-class counterpart
     of Youden's J (which maximises balanced accuracy for two classes).
@@ -216,13 +252,16 @@ def calibrate_run(
         DataError: the run has no validation images.
     """
     path = run.files.calibration
+    pos, _ = positive_index(run)
     key = {"checkpoint": checkpoint, "checkpoint_epoch": run.checkpoint_epoch, "tta": list(tta),
            "target_sensitivity": target_sensitivity, "decision_rule": DECISION_RULE_VERSION}
+    if len(run.class_names) == 2:
+        key["positive_class"] = run.class_names[pos]
     stored = calibration_record(run.spec)
     if stored is not None and all(stored.get(k) == v for k, v in key.items()):
         return stored
     val = _decode(run, _samples_for(run, None, "valid"), "decode valid", progress)
-    logits = predict_logits(run.model, val.images, run.preprocess, run.device, 64, tta=tta)
+    logits = _logits(run, val.images, tta, "validation inference for calibration", progress)
     t = fit_temperature(logits, val.labels)
     y = val.labels.numpy()
     before, after = logits_to_probs(logits).numpy(), logits_to_probs(apply_temperature(logits, t)).numpy()
@@ -232,15 +271,16 @@ def calibrate_run(
         "loss_before": classification_metrics(y, before, run.class_names)["loss"],
         "loss_after": classification_metrics(y, after, run.class_names)["loss"],
     }
-    if len(run.class_names) == 2:
-        out["positive_class"] = run.class_names[1]
-        out["threshold"] = choose_threshold(after[:, 1], y, target_sensitivity)
+    if len(run.class_names) == 2:  # the threshold on the positive class's probability
+        out["threshold"] = choose_threshold(after[:, pos], (y == pos).astype(np.int64), target_sensitivity)
     else:
         counts = _training_class_counts(run)
         if counts is not None and all(c > 0 for c in counts):
             out["logit_adjustment"] = fit_logit_adjustment(after, y, counts)
     atomic_write_text(path, json.dumps(out, indent=1))  # for people and the report; the spec is what models read
     threshold = out["threshold"]["threshold"] if "threshold" in out else None
+    if threshold is not None and pos == 0:  # the spec decides on P(class 1): P(0) >= t is P(1) <= 1 - t
+        threshold = min(1.0, float(np.nextafter(1.0 - threshold, 2.0)))
     adjustment = out.get("logit_adjustment")
     offsets = adjustment["offsets"] if adjustment and adjustment["tau"] > 0 else None
     spec = update_calibration(run.files.root, t, threshold, record=out, logit_adjustment=offsets)
@@ -320,11 +360,12 @@ def evaluate_run(
     """
     t0 = time.time()
     run = load_run(Path(run_dir), checkpoint)
+    pos, pos_reason = positive_index(run)
     decoded = _decode(run, _samples_for(run, data, split), f"decode {split}", progress)
-    logits = predict_logits(run.model, decoded.images, run.preprocess, run.device, 64, tta=tta)
+    logits = _logits(run, decoded.images, tta, f"{split} inference", progress)
     probs = logits_to_probs(logits).numpy()
     y = decoded.labels.numpy()
-    leaked = _leaked_positions(run, decoded, split) if data is None else None
+    leaked = _leaked_positions(run, decoded, split, progress) if data is None else None
     keep = np.ones(len(y), dtype=bool)
     if leaked:
         print(f"warning: {len(leaked['positions'])} of {len(y)} {split} images have an exact or near duplicate "
@@ -335,14 +376,15 @@ def evaluate_run(
         raise DataError(f"every {split} image duplicates an earlier split; nothing left to evaluate")
     idx = np.flatnonzero(keep)
     metrics = classification_metrics(y[idx], probs[idx], run.class_names)
-    metrics["confidence_intervals"] = bootstrap_ci(y[idx], probs[idx], n_bootstrap, seed)
+    metrics["confidence_intervals"] = _bootstrap(y[idx], probs[idx], n_bootstrap, seed, "bootstrap", progress)
     if leaked:
         other = np.ones(len(y), dtype=bool)
         other[leaked["positions"]] = False
         other_idx = np.flatnonzero(other) if not dedupe else np.arange(len(y))
         other_metrics = classification_metrics(y[other_idx], probs[other_idx], run.class_names) if len(other_idx) else None
         if other_metrics is not None:
-            other_metrics["confidence_intervals"] = bootstrap_ci(y[other_idx], probs[other_idx], n_bootstrap, seed)
+            other_metrics["confidence_intervals"] = _bootstrap(y[other_idx], probs[other_idx], n_bootstrap, seed,
+                                                               "bootstrap with the duplicates swapped", progress)
         metrics["held_out_duplicates"] = {
             "deduplicated": dedupe, "n": len(leaked["positions"]), "near_threshold": leaked["near_threshold"],
             "removed" if dedupe else "found": leaked["items"],
@@ -350,12 +392,13 @@ def evaluate_run(
         }
     if run.ood is not None:
         metrics["ood"] = _ood_on_split(run, decoded, idx)
-    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed)
+    group_level = _group_level(decoded, idx, y, probs, run.class_names, group_how, n_bootstrap, seed, progress, pos)
     if group_level is not None:
         metrics["group_level"] = group_level
     if subgroups:
-        metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
-                                          n_bootstrap, seed)
+        with _step(f"subgroup metrics by {', '.join(subgroups)} ({n_bootstrap} resamples each)", progress=progress):
+            metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
+                                              n_bootstrap, seed)
     out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
     safe_dir(out)  # refuses a folder that is a symbolic link; every file below is written atomically
     cal_probs = probs
@@ -372,10 +415,11 @@ def evaluate_run(
         }
         if "threshold" in cal:
             chosen = cal["threshold"]
+            is_pos = (y[idx] == pos).astype(np.int64)
             metrics["operating_point"] = {
-                "positive_class": cal["positive_class"], "chosen_on_valid": chosen,
-                "at_chosen": sensitivity_specificity(cal_probs[idx, 1], y[idx], chosen["threshold"]),
-                "at_0.5": sensitivity_specificity(cal_probs[idx, 1], y[idx], 0.5),
+                "positive_class": run.class_names[pos], "positive_reason": pos_reason, "chosen_on_valid": chosen,
+                "at_chosen": sensitivity_specificity(cal_probs[idx, pos], is_pos, chosen["threshold"]),
+                "at_0.5": sensitivity_specificity(cal_probs[idx, pos], is_pos, 0.5),
             }
         if cal.get("logit_adjustment"):
             metrics["logit_adjustment"] = cal["logit_adjustment"]
@@ -405,10 +449,11 @@ def evaluate_run(
     )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     if explain > 0:
-        metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
+        with _step(f"Grad-CAM of up to {explain} right and {explain} wrong images per class", progress=progress):
+            metrics["explanations"] = _explain(run, decoded, cal_probs, y, idx, explain, target_layer, out / "explain")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     plot_confusion_matrix(metrics["confusion_matrix"], run.class_names, out / "confusion_matrix.png")
-    plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png")
+    plot_roc(y[idx], probs[idx], run.class_names, out / "roc.png", positive=pos)
     rows = ["path,label,predicted," + ",".join(f"p_{n}" for n in run.class_names) + "\n"]
     for s_, yt, pr, k in zip([decoded.samples[i] for i in idx], y[idx], cal_probs[idx], decided):
         rows.append(f"\"{s_.path}\",{run.class_names[yt]},{run.class_names[int(k)]},"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -96,6 +96,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    on_resample: Optional[Callable[[int], None]] = None,
 ) -> dict[str, Any]:
     """Percentile bootstrap confidence intervals (Efron & Tibshirani 1993) for accuracy,
     balanced accuracy, macro F1 and AUROC.
@@ -108,6 +109,7 @@ def bootstrap_ci(
 
     Args:
         y_true: ``(N,)`` int labels. probs: ``(N, K)`` probabilities.
+        on_resample: called with 1 after each resample (progress, :meth:`medclass.progress.Progress.update`).
 
     Returns:
         ``{"n_resamples", "seed", "level", "metrics": {name: {"estimate", "low", "high",
@@ -124,6 +126,8 @@ def bootstrap_ci(
         for m, v in _point_metrics(y[idx], p[idx], k).items():
             if v is not None:
                 draws[m].append(v)
+        if on_resample is not None:
+            on_resample(1)
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
     out = {}
     for m in CI_METRICS:

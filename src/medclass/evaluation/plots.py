@@ -30,16 +30,25 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     plt.close(fig)
 
 
-def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path) -> None:
-    """Save ROC curves as PNG: one curve for a binary task (positive = class 1), one-vs-rest
-    curves per class otherwise."""
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path,
+             positive: int = 1) -> None:
+    """Save ROC curves as PNG: for a binary task one curve of the ``positive`` class (index; its
+    probability against the other class, axes naming it), otherwise one-vs-rest curves per class
+    (axes without scikit-learn's "(Positive label: 1)", which means nothing there)."""
+    y_true = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if len(class_names) == 2:
-        RocCurveDisplay.from_predictions(y_true, probs[:, 1], name=f"{class_names[1]} vs {class_names[0]}", ax=ax)
+        other = 1 - positive
+        RocCurveDisplay.from_predictions(y_true == positive, probs[:, positive], pos_label=True,
+                                         name=f"{class_names[positive]} vs {class_names[other]}", ax=ax)
+        ax.set_xlabel(f"False positive rate (1 - specificity; positive: {class_names[positive]})")
+        ax.set_ylabel(f"True positive rate (sensitivity; positive: {class_names[positive]})")
     else:
         for i, name in enumerate(class_names):
             if 0 < (y_true == i).sum() < len(y_true):
-                RocCurveDisplay.from_predictions(y_true == i, probs[:, i], name=name, ax=ax)
+                RocCurveDisplay.from_predictions(y_true == i, probs[:, i], pos_label=True, name=name, ax=ax)
+        ax.set_xlabel("False positive rate (one class against the rest)")
+        ax.set_ylabel("True positive rate (one class against the rest)")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     ax.set_title("ROC")
     fig.tight_layout()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import pipeline
+from ..progress import Progress
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -300,6 +301,7 @@ def export_run(
     out: Optional[Union[str, os.PathLike]] = None,
     opset: int = 18,
     verify: bool = True,
+    progress: bool = False,
 ) -> ExportResult:
     """Export a loaded run with its preprocessing and calibration baked in and its spec stored inside.
 
@@ -324,6 +326,8 @@ def export_run(
         out: destination file; default :func:`default_export_path` of the run folder. Written
             atomically (temporary file + ``os.replace``), parent folders created.
         opset: ONNX opset version.
+        progress: say each step (tracing and writing, checking) as it starts
+            (:class:`medclass.progress.Progress`: a line in a log).
         verify: load the written file back and compare its probabilities with eager PyTorch on
             :data:`VERIFY_BATCH` random images (``ExportResult.max_prob_diff``); a difference above
             :data:`VERIFY_TOLERANCE` raises a ``RuntimeWarning``.
@@ -359,6 +363,7 @@ def export_run(
     gen = torch.Generator().manual_seed(0)
     shape = (_EXAMPLE_BATCH, spec.channels, spec.image_size, spec.image_size)
     example = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    step = Progress(f"export: tracing the model and writing {fmt} to {path}", enabled=progress)
     if fmt == "onnx":
         try:
             import onnx
@@ -380,9 +385,11 @@ def export_run(
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(graph, (example,), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
+    step.close()
     seconds = time.perf_counter() - t0
     diff = ood_diff = None
     if verify:
+        Progress(f"export: checking the file against PyTorch on {VERIFY_BATCH} random images", enabled=progress).close()
         images = torch.randint(0, 256, (VERIFY_BATCH, *shape[1:]), generator=gen, dtype=torch.uint8)
         with torch.inference_mode():
             expected = spec.probabilities(graph(images)[0].numpy())

@@ -30,7 +30,7 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
     - ``table``: a header and one line per file (predicted class, probability per class to four
       decimals, and when the model has an OOD detector the ``ood_score`` and ``ood_flag``:
       ``UNLIKE TRAINING`` or ``ok``), or ``ERROR: <reason>`` for a file that could not be
-      predicted; columns are as wide as the longest path;
+      predicted; columns are as wide as the longest path and the class names (never cut);
     - ``csv``: columns ``path, predicted, p_<class>..., ood_score, ood_flag, error``
       (probabilities to six decimals; the OOD score to six significant digits and the flag
       ``true``/``false``, both empty without an OOD detector);
@@ -55,7 +55,10 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
     elif fmt == "table":
         width = max([len(p.path) for p in preds], default=len("path"))
         with_ood = any(_ood_of(p)[0] is not None for p in preds)
-        buf.write(f"{'path':{width}s}  {'predicted':>14s}  " + "  ".join(f"{n[:12]:>12s}" for n in class_names)
+        # columns as wide as the class names: never cut (``squamous.cell.carcinoma`` stays whole)
+        pw = max([len("predicted"), *(len(n) for n in class_names)])
+        cw = [max(6, len(n)) for n in class_names]
+        buf.write(f"{'path':{width}s}  {'predicted':>{pw}s}  " + "  ".join(f"{n:>{w}s}" for n, w in zip(class_names, cw))
                   + (f"  {'ood_score':>12s}  ood_flag" if with_ood else "") + "\n")
         for p in preds:
             if p.error:
@@ -66,8 +69,8 @@ def format_predictions(preds: Sequence[Any], class_names: Sequence[str], fmt: st
                 if with_ood:
                     ood = (f"  {score:12.4g}  {'UNLIKE TRAINING' if flag else 'ok'}" if score is not None
                            else f"  {'':>12s}  ")
-                buf.write(f"{p.path:{width}s}  {p.predicted[:14]:>14s}  "
-                          + "  ".join(f"{p.probabilities[n]:12.4f}" for n in class_names) + ood + "\n")
+                buf.write(f"{p.path:{width}s}  {p.predicted:>{pw}s}  "
+                          + "  ".join(f"{p.probabilities[n]:{w}.4f}" for n, w in zip(class_names, cw)) + ood + "\n")
     else:
         raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
     return buf.getvalue()
