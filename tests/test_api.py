@@ -54,7 +54,7 @@ def test_configure_errors_name_the_key_and_what_to_do(tmp_path):
         medclass.configure(time_budget="soon")
     with pytest.raises(ConfigError, match=r"unknown preset 'fast'"):
         medclass.configure(preset="fast")
-    with pytest.raises(ConfigError, match=r"cannot read config .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"config file .*nope.yaml does not exist"):
         medclass.configure(file=tmp_path / "nope.yaml")
 
 

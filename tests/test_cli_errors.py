@@ -56,7 +56,7 @@ def test_argument_path_and_config_errors_come_before_heavy_imports(tmp_path):
         "bad --set key": (["train", "--set", "train.epoch=3"], "train.epoch"),
         "bad --set value": (["train", "--set", "train.epochs=many"], "train.epochs must be of type int"),
         "missing config": (["train", "--config", str(tmp_path / "none.yaml")], "none.yaml does not exist"),
-        "broken config": (["train", "--config", str(tmp_path / "broken.yaml")], "not valid YAML"),
+        "broken config": (["train", "--config", str(tmp_path / "broken.yaml")], "not plain YAML"),
         "bad budget": (["train", "--time-budget", "soon"], "train.time_budget"),
         "resume nothing": (["train", "--name", "gone", "--runs-dir", str(tmp_path), "--resume"], "cannot resume"),
         "evaluate": (["evaluate", str(tmp_path / "no-run")], "not a medclass run folder"),

@@ -128,8 +128,8 @@ def train(
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the best checkpoint on the test split."),
     mlflow: Optional[bool] = typer.Option(
-        None, "--mlflow/--no-mlflow", help="Track the run with MLflow (train.mlflow; also MEDCLASS_MLFLOW=1): its "
-        "default local store or $MLFLOW_TRACKING_URI. Needs pip install 'medclass[mlflow]'."
+        None, "--mlflow/--no-mlflow", help="Track the run with MLflow (train.mlflow, or MEDCLASS_MLFLOW=1): "
+        "its local store, or the server of MLFLOW_TRACKING_URI; needs the mlflow extra."
     ),
     ood: bool = typer.Option(True, "--ood/--no-ood", help="Fit the out-of-distribution detector (RUN/ood.json) "
                              "on the best checkpoint after training."),

@@ -292,6 +292,8 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
         arch=str(cfg.model.arch),
         resize=str(d.resize),
         medclass_version=__version__,
+        # binary tasks: the class sensitivity/specificity are about (medclass.positive_class), when chosen
+        extra={"positive_class": str(d.positive_class)} if getattr(d, "positive_class", None) is not None else {},
     )
 
 

@@ -929,8 +929,6 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
     spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
-    if not resume and cfg.data.positive_class is not None:
-        spec.extra["positive_class"] = cfg.data.positive_class
     if main:
         removed = remove_stale_temp_files(files)
         if removed:

@@ -49,7 +49,7 @@ def _describe(cfg: Optional[RunConfig], files: RunFiles) -> str:
 
 def _parameters(cfg: Optional[RunConfig], files: RunFiles) -> Optional[int]:
     """Parameters of the run's network, built on the ``meta`` device from its config and classes
-    (no weights read); None for an ensemble or a folder without them."""
+    (no weights read); None for an ensemble (:func:`_row` sums its members') or a folder without them."""
     if cfg is None or files.ensemble.is_file():
         return None
     try:
@@ -104,6 +104,9 @@ def _row(run_dir: Path, progress: bool) -> dict[str, Any]:
             for split, prefix in (("train", ""), ("valid", "val_")):
                 m = evaluate_run(files.root, split=split, progress=progress)
                 row[f"{prefix}loss"], row[f"{prefix}accuracy"] = m["loss"], m["accuracy"]
+        member_params = [_parameters(RunConfig.load(RunFiles(Path(p)).config), RunFiles(Path(p)))
+                         if RunFiles(Path(p)).config.is_file() else None for p in spec["members"]]
+        row["parameters"] = sum(member_params) if all(n is not None for n in member_params) else None
         member_seconds = [describe_run(Path(p))["wall_seconds"] if Path(p).is_dir() else None for p in spec["members"]]
         row["train_seconds"] = sum(member_seconds) if all(s is not None for s in member_seconds) else None
         return row
