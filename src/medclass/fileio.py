@@ -11,12 +11,13 @@ one. A folder that is itself a symbolic link is refused (:func:`safe_dir`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "safe_dir", "UnsafePathError"]
+__all__ = ["atomic_write", "atomic_write_text", "safe_dir", "sha256_of_file", "UnsafePathError"]
 
 
 class UnsafePathError(OSError):
@@ -66,3 +67,16 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None], m
 def atomic_write_text(path: Union[str, os.PathLike], text: str, encoding: str = "utf-8") -> Path:
     """:func:`atomic_write` of ``text``."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+def sha256_of_file(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 of a file's bytes as 64 hex digits, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

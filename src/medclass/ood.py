@@ -32,7 +32,6 @@ ONNX Runtime backend uses it in a process without PyTorch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .fileio import sha256_of_file
 from .pipeline import _torch, is_torch
 from .runs import RunError, RunFiles
 
@@ -358,13 +358,6 @@ def _atomic_write(path: Path, write) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def write_ood(detector: OODDetector, run_dir: Union[str, os.PathLike]) -> Path:
     """Store ``detector`` in the run folder: ``ood.npz`` (``means`` float64 ``(K, F)``,
@@ -385,7 +378,7 @@ def write_ood(detector: OODDetector, run_dir: Union[str, os.PathLike]) -> Path:
                          precision=np.asarray(detector.precision, np.float64))
 
         _atomic_write(files.ood_params, save_npz)
-        record["parameters"] = {"file": files.ood_params.name, "sha256": _sha256(files.ood_params)}
+        record["parameters"] = {"file": files.ood_params.name, "sha256": sha256_of_file(files.ood_params)}
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     _atomic_write(files.ood, lambda tmp: tmp.write_text(text))
     return files.ood
@@ -413,7 +406,7 @@ def read_ood(run_dir: Union[str, os.PathLike]) -> Optional[OODDetector]:
             npz = files.root / str(params.get("file", files.ood_params.name))
             if not npz.is_file():
                 raise ValueError(f"its matrices {npz} are missing")
-            if params.get("sha256") and _sha256(npz) != params["sha256"]:
+            if params.get("sha256") and sha256_of_file(npz) != params["sha256"]:
                 raise ValueError(f"{npz} is not the file it was written with (SHA-256 differs)")
             with np.load(npz, allow_pickle=False) as z:
                 means, precision = np.asarray(z["means"], np.float64), np.asarray(z["precision"], np.float64)

@@ -24,7 +24,6 @@ Nothing here is imported by ``medclass.models``; import this module explicitly.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..fileio import sha256_of_file
 from .base import ClassifierModel
 from .resnet import RESNET_DEPTHS, Bottleneck, ResNet
 
@@ -135,13 +135,6 @@ def hash_prefix_of(filename: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _fetch_instructions(filename: str, url: str, folder: Path) -> str:
     return (
@@ -187,7 +180,7 @@ def cached_checkpoint_path(
     prefix = hash_prefix_of(filename)
     if path.is_file():
         if prefix:
-            digest = _sha256(path)
+            digest = sha256_of_file(path)
             if not digest.startswith(prefix):
                 raise PretrainedError(
                     f"{path} fails its hash check: its name says the SHA-256 starts with "
