@@ -50,6 +50,12 @@ def test_int8_export_reports_accuracy_beside_fp32_and_writes_a_qdq_model(run_dir
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)  # int8 weights
+    # activations in uint8 (ONNX Runtime's U8S8, its fast x86 kernels): the zero points of the
+    # activation QuantizeLinear nodes are uint8
+    inits = {i.name: i for i in proto.graph.initializer}
+    act_zero_points = [inits[n.input[2]].data_type for n in proto.graph.node
+                       if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    assert act_zero_points and set(act_zero_points) == {onnx.TensorProto.UINT8}
 
     from medclass.serving.onnx_backend import load_onnx_classifier
 
@@ -87,3 +93,23 @@ def test_quantize_needs_onnx_and_int8(run_dir):
     assert r.exit_code == 2 and "needs --format onnx" in r.output
     r = export(str(run_dir), "--quantize", "int4")
     assert r.exit_code == 2 and "--quantize must be int8" in r.output
+
+
+def test_calibration_reader_serves_equal_batches_and_strided_ranges():
+    """ONNX Runtime's histogram (Percentile) calibration stacks a batch's outputs, so a short last
+    batch failed ("inhomogeneous shape"); the reader trims to whole batches and serves ranges of
+    batches for the strided, memory-bounded calibration."""
+    images = np.arange(37 * 3 * 2 * 2, dtype=np.uint8).reshape(37, 3, 2, 2)
+    reader = quantize_module.ValidationImages(images, batch=16)
+    assert len(reader) == 2 and len(reader.images) == 32
+    shapes = []
+    while (b := reader.get_next()) is not None:
+        shapes.append(b["image"].shape)
+    assert shapes == [(16, 3, 2, 2)] * 2
+    reader.set_range(1, 2)
+    first = reader.get_next()["image"]
+    assert np.array_equal(first, images[16:32]) and reader.get_next() is None
+    small = quantize_module.ValidationImages(images[:5], batch=16)
+    assert len(small) == 1 and small.get_next()["image"].shape == (5, 3, 2, 2)
+    with pytest.raises(ValueError, match="no images"):
+        quantize_module.ValidationImages(images[:0])

@@ -405,3 +405,32 @@ def test_serve_cli_errors_are_clear(run_dir, tmp_path):
     assert r.exit_code == 2 and "--backend" in r.output
     r = runner.invoke(app, ["serve", str(run_dir), "--max-upload-mb", "0"])
     assert r.exit_code == 2 and "max_bytes" in r.output
+
+
+def test_serve_cli_takes_an_exported_onnx_file(run_dir, tmp_path, monkeypatch):
+    """README says `medclass serve RUN/export/model.int8.onnx --backend onnx`; the CLI used to
+    refuse any file as "not a medclass run folder"."""
+    pytest.importorskip("onnxruntime")
+    from typer.testing import CliRunner
+
+    from medclass.cli import app
+    from medclass.serving import service
+
+    served = {}
+    monkeypatch.setattr(service, "serve", lambda application, **kw: served.update(app=application, **kw))
+    runner = CliRunner()
+    model = tmp_path / "model.onnx"
+    r = runner.invoke(app, ["export", str(run_dir), "--format", "onnx", "--out", str(model)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["serve", str(model), "--backend", "onnx", "--port", "8123"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert served["port"] == 8123
+    with TestClient(served["app"]) as c:
+        answer = upload(c, chest_ct_images("test", per_class=1)[0])
+        assert answer.status_code == 200 and len(answer.json()["probabilities"]) == 4
+    r = runner.invoke(app, ["serve", str(model)])  # torch backend: a run folder is needed
+    assert r.exit_code == 2 and "--backend onnx" in r.output
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    r = runner.invoke(app, ["serve", str(bad), "--backend", "onnx"])
+    assert r.exit_code == 2 and "broken.onnx" in r.output and "Traceback" not in r.output

@@ -571,10 +571,12 @@ def audit(
 
 @app.command()
 def serve(
-    run: Path = typer.Argument(..., help="Run folder to serve."),
+    run: Path = typer.Argument(..., help="Run folder to serve, or (with --backend onnx) an exported .onnx file "
+                               "such as RUN/export/model.int8.onnx."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    backend: str = typer.Option("torch", "--backend", help="torch (Grad-CAM on the page) or onnx (RUN/export/model.onnx, ONNX Runtime)."),
+    backend: str = typer.Option("torch", "--backend", help="torch (Grad-CAM on the page) or onnx (RUN/export/model.onnx, "
+                                "or the .onnx file given; ONNX Runtime)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (torch backend)."),
     max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Largest upload in MiB (default 20, or $MEDCLASS_MAX_UPLOAD_BYTES)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest width x height (default 40,000,000, or $MEDCLASS_MAX_UPLOAD_PIXELS)."),
@@ -602,8 +604,12 @@ def serve(
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     if not 0 < port < 65536:
         _fail(f"--port must be 1..65535, got {port}")
-    with _user_errors():
-        check_run_folder(run, checkpoint if backend == "torch" else None)
+    if run.is_file() and backend != "onnx":
+        _fail(f"{run} is a file: an exported model is served with --backend onnx "
+              f"(`medclass serve {run} --backend onnx`); the torch backend takes a run folder")
+    if not run.is_file():  # an exported .onnx file (e.g. RUN/export/model.int8.onnx) carries its spec
+        with _user_errors():
+            check_run_folder(run, checkpoint if backend == "torch" else None)
     from .serving.app import ServeOptions
 
     with _user_errors(FileNotFoundError):
