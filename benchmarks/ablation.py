@@ -63,6 +63,13 @@ CONFIGS: dict[str, list[str]] = {
     # intensity robustness: brightness/contrast jitter at timm's ImageNet default strength (0.4) against 0.1
     "jitter04": ["data.brightness=0.4", "data.contrast=0.4"],
     "pad": ["data.resize=pad"],
+    # one recipe technique at a time on top of today's default (ResNet-18, ImageNet stem)
+    "ema": ["train.ema=true"],
+    "mix": ["train.mixup_alpha=0.2", "train.cutmix_alpha=1.0"],
+    "ta": ["data.auto_augment=trivialaugment"],
+    "erasing": ["data.random_erasing=0.25"],
+    "ls": ["train.label_smoothing=0.1"],
+    "dp": ["model.drop_path_rate=0.05"],
 }
 
 
