@@ -197,6 +197,7 @@ def per_image_run(tmp_path_factory):
     data = make_folder_dataset(root / "data", per_class=10)
     cfg = tiny_config(data, epochs=1, max_steps_per_epoch=2)
     cfg.data.channels = 1
+    cfg.model.arch, cfg.model.cnn_widths = "custom_cnn", [8, 16]  # small: quick to train and to export
     cfg.set("data.intensity", "per_image")
     calls = []
     original = pipeline.normalize_intensity

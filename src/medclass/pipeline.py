@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .config import INTENSITY_RULES  # fixed | per_image (data.intensity); config imports no torch
+
 __all__ = ["is_torch", "hwc_to_nchw", "nchw_to_hwc", "to_unit", "normalize", "normalize_intensity", "INTENSITY_EPS",
            "INTENSITY_RULES", "preprocess", "probabilities", "decide"]
 
