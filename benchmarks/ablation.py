@@ -63,6 +63,8 @@ CONFIGS: dict[str, list[str]] = {
     # intensity robustness: brightness/contrast jitter at timm's ImageNet default strength (0.4) against 0.1
     "jitter04": ["data.brightness=0.4", "data.contrast=0.4"],
     "pad": ["data.resize=pad"],
+    # each image standardised by its own mean/std (MONAI NormalizeIntensity; chest-ct's darker test split)
+    "per-image": ["data.intensity=per_image"],
     # one recipe technique at a time on top of today's default (ResNet-18, ImageNet stem)
     "ema": ["train.ema=true"],
     "mix": ["train.mixup_alpha=0.2", "train.cutmix_alpha=1.0"],

@@ -41,7 +41,7 @@ def _spec(**kw) -> ModelSpec:
 
 def test_round_trip_through_json_and_the_run_folder(tmp_path):
     spec = _spec()
-    assert spec.version == SPEC_VERSION == 3 and spec.task == "single_logit" and spec.num_outputs == 1
+    assert spec.version == SPEC_VERSION == 4 and spec.task == "single_logit" and spec.num_outputs == 1
     assert ModelSpec.from_json(spec.to_json()) == spec
     path = write_spec(spec, tmp_path)
     assert path == RunFiles(tmp_path).spec and read_spec(tmp_path) == spec
@@ -56,8 +56,9 @@ def test_version_1_spec_reads_with_defaults_and_newer_is_refused():
     assert (spec.arch, spec.resize, spec.medclass_version, spec.version) == ("", "squash", "", SPEC_VERSION)
     assert spec.class_names == ["a", "b", "c"] and spec.temperature == 1.6 and spec.task == "softmax"
     assert spec.logit_adjustment is None  # a spec before version 3: the arg-max
-    with pytest.raises(ValueError, match="version 4; this medclass reads up to 3"):
-        ModelSpec.from_json(json.dumps({**v1, "version": 4}))
+    assert spec.intensity == "fixed"  # a spec before version 4: the fixed mean/std
+    with pytest.raises(ValueError, match="version 5; this medclass reads up to 4"):
+        ModelSpec.from_json(json.dumps({**v1, "version": 5}))
     with pytest.raises(ValueError, match="not JSON"):
         ModelSpec.from_json("{")
 

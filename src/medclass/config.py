@@ -14,7 +14,8 @@ from typing import Any, Optional
 import yaml
 
 __all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "parse_duration",
+    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "INTENSITY_RULES",
+    "parse_duration",
     "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
 ]
 
@@ -28,6 +29,13 @@ BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "
 #: ratio (the default, medclass's only rule before), ``pad`` keeps the aspect ratio and pads with black.
 RESIZE_RULES = ("squash", "pad")
 
+#: How the [0, 1] image is standardised before the network (``DataConfig.intensity``; the code is
+#: :func:`medclass.pipeline.normalize`): ``fixed`` by the same mean/std for every image
+#: (``data.normalize``/``mean``/``std``, or ImageNet's for ImageNet weights; the default, medclass's
+#: only rule before), ``per_image`` by each image's own per-channel mean and standard deviation
+#: (:func:`medclass.pipeline.normalize_intensity`, MONAI ``NormalizeIntensity``).
+INTENSITY_RULES = ("fixed", "per_image")
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
@@ -36,6 +44,11 @@ class ConfigError(ValueError):
 def _check_resize(value: Any) -> None:
     if value not in RESIZE_RULES:
         raise ConfigError(f"data.resize must be one of {' | '.join(RESIZE_RULES)}, got {value!r}")
+
+
+def _check_intensity(value: Any) -> None:
+    if value not in INTENSITY_RULES:
+        raise ConfigError(f"data.intensity must be one of {' | '.join(INTENSITY_RULES)}, got {value!r}")
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -127,7 +140,8 @@ _RECIPE_RULES: dict[str, tuple[Any, str]] = {
 
 def check_recipe(cfg: "RunConfig") -> None:
     """The training-recipe keys of ``cfg`` (EMA, mixup/CutMix, auto-augment, random erasing, drop
-    path, gradient clipping, progressive resizing) have values they accept.
+    path, gradient clipping, progressive resizing, ``data.intensity``) have values they accept, and
+    ``data.intensity: per_image`` is not combined with ``data.normalize`` (which it replaces).
 
     Raises:
         ConfigError: the first bad value, naming its key and what it accepts.
@@ -135,6 +149,11 @@ def check_recipe(cfg: "RunConfig") -> None:
     for dotted in _RECIPE_RULES:
         section, _, key = dotted.partition(".")
         _check_recipe_value(dotted, getattr(getattr(cfg, section), key))
+    _check_intensity(cfg.data.intensity)
+    if cfg.data.intensity == "per_image" and cfg.data.normalize:
+        raise ConfigError("data.intensity: per_image standardises each image by its own mean and standard deviation, "
+                          "which replaces data.normalize (a fixed mean/std); set data.normalize: false, or "
+                          "data.intensity: fixed")
 
 
 def _check_recipe_value(dotted: str, value: Any) -> None:
@@ -165,10 +184,12 @@ class DataConfig:
     before training (:func:`medclass.engine.budget.choose_resolution`), without one
     :data:`DEFAULT_IMAGE_SIZE`; the run records the size used.
     ``channels``: 3 (RGB) or 1 (greyscale). Split fractions apply only where the data has no split.
-    ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`).
+    ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`). ``intensity``: ``fixed`` | ``per_image``
+    (:data:`INTENSITY_RULES`).
 
     Raises:
-        ConfigError: ``resize`` is not a rule of :data:`RESIZE_RULES`.
+        ConfigError: ``resize`` is not a rule of :data:`RESIZE_RULES`, or ``intensity`` not one of
+            :data:`INTENSITY_RULES`.
     """
 
     source: Optional[str] = None
@@ -205,6 +226,11 @@ class DataConfig:
     normalize: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
+    # fixed | per_image: after scaling to [0, 1] (and after augmentation and resizing), standardise
+    # every image by the fixed mean/std above (fixed: only with normalize, or ImageNet weights' own), or
+    # each image and channel by its own mean and standard deviation over H x W (per_image: MONAI
+    # NormalizeIntensity, nnU-Net's z-score; replaces normalize, ImageNet's too; medclass.pipeline)
+    intensity: str = "fixed"
     # augmentation (applied batched on the training device, kornia)
     augment: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
@@ -226,6 +252,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_resize(self.resize)
+        _check_intensity(self.intensity)
 
 
 @dataclass
@@ -427,6 +454,8 @@ class RunConfig:
             value = str(value)
         if dotted == "data.resize":
             _check_resize(value)
+        if dotted == "data.intensity":
+            _check_intensity(value)
         _check_recipe_value(dotted, value)
         setattr(obj, key, value)
 

@@ -24,7 +24,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["is_torch", "hwc_to_nchw", "nchw_to_hwc", "to_unit", "normalize", "preprocess", "probabilities", "decide"]
+from .config import INTENSITY_RULES  # fixed | per_image (data.intensity); config imports no torch
+
+__all__ = ["is_torch", "hwc_to_nchw", "nchw_to_hwc", "to_unit", "normalize", "normalize_intensity", "INTENSITY_EPS",
+           "INTENSITY_RULES", "preprocess", "probabilities", "decide"]
 
 Array = Any  # a numpy array or a torch tensor
 
@@ -84,22 +87,74 @@ def _channel_stats(values: Union[Sequence[float], Array], like: Array) -> Array:
     return np.asarray(values, dtype=np.float32).reshape(1, -1, 1, 1)
 
 
-def normalize(x: Array, mean: Optional[Union[Sequence[float], Array]],
-              std: Optional[Union[Sequence[float], Array]]) -> Array:
-    """``(x - mean) / std`` per channel on ``x`` float ``(N, C, H, W)`` in [0, 1]; ``x`` itself when
-    ``mean`` or ``std`` is None (a model that takes [0, 1] input).
+#: Floor of the per-image standard deviation in [0, 1] units (:func:`normalize_intensity`): an
+#: image flatter than this (a blank one: std 0) is divided by it instead, so it gives finite
+#: values (zeros for a blank image), never NaN or huge ones from noise in a near-constant image.
+INTENSITY_EPS = 1e-3
 
-    ``mean``/``std``: one value per channel or one for all (sequences, or tensors already shaped
-    ``(1, C, 1, 1)`` as :class:`medclass.data.Preprocess` keeps them).
+
+def normalize_intensity(x: Array, eps: float = INTENSITY_EPS) -> Array:
+    """Per-image, per-channel standardisation: each channel of each image of float ``(N, C, H, W)``
+    minus its own mean, divided by its own standard deviation over ``H x W`` (population std, floored
+    at ``eps``), so every channel has mean 0 and standard deviation 1 whatever the image's
+    brightness and contrast (an image and ``a * image + b``, ``a > 0``, give the same result while
+    no pixel saturates). ``data.intensity: per_image`` applies it to the [0, 1] image after
+    augmentation and resizing (:func:`normalize`).
+
+    The z-score intensity normalisation of medical imaging toolkits: MONAI's
+    ``monai.transforms.NormalizeIntensity`` with ``subtrahend``/``divisor`` None and
+    ``channel_wise=True`` (each channel by its own statistics), and nnU-Net's z-score normalisation
+    of non-CT images (Isensee, Jaeger, Kohl, Petersen, Maier-Hein, "nnU-Net: a self-configuring
+    method for deep learning-based biomedical image segmentation", Nature Methods 18, 2021).
+    MONAI leaves a constant channel unscaled (divisor 1); here the std is floored at ``eps``
+    (:data:`INTENSITY_EPS`, [0, 1] units), so a blank image gives zeros as well and a
+    near-constant one is not blown up.
+
+    numpy input: the statistics in float64, the result float32. torch input: float32 on its
+    device, traceable (no data-dependent control flow), so exported graphs compute it in-graph.
     """
+    if is_torch(x):
+        x = x.float()
+        centred = x - x.mean(dim=(2, 3), keepdim=True)
+        std = (centred * centred).mean(dim=(2, 3), keepdim=True).sqrt().clamp_min(eps)
+        return centred / std
+    x64 = np.asarray(x, dtype=np.float64)
+    centred = x64 - x64.mean(axis=(2, 3), keepdims=True)
+    std = np.maximum(np.sqrt((centred * centred).mean(axis=(2, 3), keepdims=True)), eps)
+    return (centred / std).astype(np.float32)
+
+
+def normalize(x: Array, mean: Optional[Union[Sequence[float], Array]],
+              std: Optional[Union[Sequence[float], Array]], intensity: str = "fixed") -> Array:
+    """The network's input from float ``x`` ``(N, C, H, W)`` in [0, 1], by the ``intensity`` rule
+    (:data:`INTENSITY_RULES`, ``data.intensity``):
+
+    - ``"fixed"``: ``(x - mean) / std`` per channel; ``x`` itself when ``mean`` or ``std`` is None
+      (a model that takes [0, 1] input). ``mean``/``std``: one value per channel or one for all
+      (sequences, or tensors already shaped ``(1, C, 1, 1)`` as :class:`medclass.data.Preprocess`
+      keeps them).
+    - ``"per_image"``: :func:`normalize_intensity` (each image and channel by its own mean and
+      standard deviation); ``mean``/``std`` must be None (it replaces them).
+
+    Raises:
+        ValueError: an unknown ``intensity``, or ``per_image`` with a mean/std.
+    """
+    if intensity == "per_image":
+        if mean is not None or std is not None:
+            raise ValueError("per_image intensity standardisation replaces a fixed mean/std; give mean=std=None")
+        return normalize_intensity(x)
+    if intensity != "fixed":
+        raise ValueError(f"intensity must be one of {' | '.join(INTENSITY_RULES)}, got {intensity!r}")
     if mean is None or std is None:
         return x
     return (x - _channel_stats(mean, x)) / _channel_stats(std, x)
 
 
-def preprocess(images: Array, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Array:
-    """uint8 ``(N, C, H, W)`` -> the network's float32 input: :func:`to_unit`, then :func:`normalize`."""
-    return normalize(to_unit(images), mean, std)
+def preprocess(images: Array, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+               intensity: str = "fixed") -> Array:
+    """uint8 ``(N, C, H, W)`` -> the network's float32 input: :func:`to_unit`, then :func:`normalize`
+    (fixed ``mean``/``std``, or ``intensity="per_image"``)."""
+    return normalize(to_unit(images), mean, std, intensity)
 
 
 def probabilities(logits: Array, temperature: float = 1.0) -> Array:

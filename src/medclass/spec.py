@@ -31,11 +31,13 @@ import numpy as np
 
 from . import __version__
 from . import pipeline
-from .config import DEFAULT_IMAGE_SIZE, RESIZE_RULES, ConfigError, RunConfig  # RESIZE_RULES: squash | pad (data.resize)
+from .config import (  # RESIZE_RULES: squash | pad (data.resize); INTENSITY_RULES: fixed | per_image (data.intensity)
+    DEFAULT_IMAGE_SIZE, INTENSITY_RULES, RESIZE_RULES, ConfigError, RunConfig,
+)
 from .runs import RunError, RunFiles
 
 __all__ = [
-    "ModelSpec", "SPEC_VERSION", "RESIZE_RULES", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_WEIGHT_NAMES",
+    "ModelSpec", "SPEC_VERSION", "RESIZE_RULES", "INTENSITY_RULES", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_WEIGHT_NAMES",
     "ENSEMBLE_ARCH", "normalization_of", "spec_from_config", "recorded_config", "legacy_spec", "write_spec", "read_spec",
     "update_calibration", "calibration_record",
     "probabilities_from_logits",
@@ -43,7 +45,10 @@ __all__ = [
 
 #: Version of the stored :class:`ModelSpec` layout; readers refuse a newer one. Version 1 (medclass
 #: 0.1 exports) lacked ``arch``, ``resize`` and ``medclass_version``; it reads with their defaults.
-SPEC_VERSION = 3
+#: Version 4 added ``intensity`` (``data.intensity``); an older spec reads as ``"fixed"``, what it
+#: meant. (A version-3 reader would ignore the field and feed a per-image model the wrong input, so
+#: the version is bumped: such a reader refuses the spec.)
+SPEC_VERSION = 4
 
 
 #: Per-channel mean of RGB ImageNet images in [0, 1] (torchvision's normalisation for its weights).
@@ -68,7 +73,12 @@ class ModelSpec:
         image_size: square input side in pixels.
         mean, std: per-channel normalisation applied after scaling uint8 to [0, 1]
             (:func:`medclass.pipeline.preprocess`); ``None`` when the model takes [0, 1] input
-            (also an ensemble, whose members normalise inside the model).
+            (also an ensemble, whose members normalise inside the model) or when :attr:`intensity`
+            is ``"per_image"``.
+        intensity: ``"fixed"`` (:attr:`mean`/:attr:`std`, or none) or ``"per_image"`` (each
+            image and channel standardised by its own mean and standard deviation,
+            :func:`medclass.pipeline.normalize_intensity`), :data:`INTENSITY_RULES`
+            (``data.intensity``); ``"fixed"`` for specs stored before version 4 and for an ensemble.
         dicom_window: ``[center, width]`` in modality units (HU for CT) for DICOM input, or
             ``None`` (the file's own window, else its min..max).
         temperature: logits are divided by it before softmax/sigmoid (temperature scaling, Guo et
@@ -101,6 +111,7 @@ class ModelSpec:
     image_size: int
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    intensity: str = "fixed"
     dicom_window: Optional[list[float]] = None
     temperature: float = 1.0
     threshold: Optional[float] = None
@@ -155,6 +166,11 @@ class ModelSpec:
                 raise ValueError(f"ModelSpec.std must be > 0, got {self.std!r}")
         if self.resize not in RESIZE_RULES:
             raise ValueError(f"ModelSpec.resize must be one of {RESIZE_RULES}, got {self.resize!r}")
+        if self.intensity not in INTENSITY_RULES:
+            raise ValueError(f"ModelSpec.intensity must be one of {INTENSITY_RULES}, got {_short(self.intensity)}")
+        if self.intensity == "per_image" and self.mean is not None:
+            raise ValueError("ModelSpec.mean and ModelSpec.std must be None with intensity 'per_image' (each image "
+                             "is standardised by its own statistics instead)")
 
     @property
     def task(self) -> str:
@@ -172,7 +188,8 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
-        """Parse a stored spec (version 1 or 2; fields a version-1 spec lacks get their defaults).
+        """Parse a stored spec (versions 1 to :data:`SPEC_VERSION`; fields an older spec lacks get
+        their defaults: ``intensity`` ``"fixed"`` before version 4).
 
         Raises:
             ValueError: not JSON, a field is missing or invalid, or the spec was written by a newer
@@ -237,10 +254,14 @@ def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> n
 
 
 def normalization_of(cfg: RunConfig) -> tuple[Optional[list[float]], Optional[list[float]]]:
-    """The mean/std a run's model takes, the one rule: ``data.mean``/``data.std`` when
+    """The fixed mean/std a run's model takes, the one rule: ``(None, None)`` with
+    ``data.intensity: per_image`` (each image is standardised by its own statistics instead,
+    :func:`medclass.pipeline.normalize_intensity`); else ``data.mean``/``data.std`` when
     ``data.normalize`` is on; else ImageNet's (:data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`) when
     ``model.pretrained`` names ImageNet weights (:data:`IMAGENET_WEIGHT_NAMES`), which expect
     that input; else ``(None, None)`` (the model takes [0, 1] input)."""
+    if cfg.data.intensity == "per_image":
+        return None, None
     if cfg.data.normalize:
         return [float(v) for v in cfg.data.mean], [float(v) for v in cfg.data.std]
     pretrained = cfg.model.pretrained
@@ -262,7 +283,7 @@ def recorded_config(cfg: RunConfig, spec: ModelSpec) -> RunConfig:
 
 def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, epoch: int = -1) -> ModelSpec:
     """The spec of a run trained with ``cfg`` on ``class_names``: input size, channels, DICOM
-    window from ``cfg.data``; mean/std from :func:`normalization_of`; task kind and architecture
+    window, intensity rule from ``cfg.data``; mean/std from :func:`normalization_of`; task kind and architecture
     from ``cfg.model``; uncalibrated (temperature 1.0, no threshold); provenance ``run_name``,
     ``epoch`` and this medclass's version. ``cfg`` is not changed. ``data.image_size: auto``
     without a time budget is :data:`~medclass.config.DEFAULT_IMAGE_SIZE`.
@@ -285,6 +306,7 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
         image_size=int(size),
         mean=mean,
         std=std,
+        intensity=str(d.intensity),
         dicom_window=[float(v) for v in d.dicom_window] if d.dicom_window is not None else None,
         single_logit=bool(cfg.model.single_logit),
         run=str(run_name),
@@ -389,7 +411,7 @@ def legacy_spec(cfg: RunConfig, class_names: Sequence[str], run_dir: Union[str, 
     """The spec of a run folder that has no ``model_spec.json`` (written before it existed, or a
     run assembled in memory): :func:`spec_from_config` of ``cfg`` and ``class_names``, calibrated
     from the folder's ``calibration.json`` when there is one. An ensemble has no mean/std (its
-    members normalise inside the model), arch ``"ensemble"`` and soft-voted (softmax) output.
+    members normalise inside the model: intensity ``"fixed"``), arch ``"ensemble"`` and soft-voted (softmax) output.
     ``medclass_version`` is "" (unknown).
 
     Raises:
@@ -402,7 +424,7 @@ def legacy_spec(cfg: RunConfig, class_names: Sequence[str], run_dir: Union[str, 
         spec = _with_calibration(spec, float(record.get("temperature") or 1.0), _threshold_of(record), record,
                                  _logit_adjustment_of(record))
     if ensemble:
-        spec = dataclasses.replace(spec, mean=None, std=None, single_logit=False, arch=ENSEMBLE_ARCH)
+        spec = dataclasses.replace(spec, mean=None, std=None, intensity="fixed", single_logit=False, arch=ENSEMBLE_ARCH)
     return spec
 
 

@@ -1,7 +1,7 @@
 """Batched preprocessing and augmentation on the training device.
 
 Images travel as uint8 ``(N, C, H, W)``; :class:`Preprocess` makes float32 in [0, 1] (optionally
-mean/std normalised), :func:`build_augmentation` returns a kornia ``AugmentationSequential`` applied
+mean/std normalised, or standardised per image), :func:`build_augmentation` returns a kornia ``AugmentationSequential`` applied
 to the [0, 1] batch before normalisation (kornia: Riba et al., "Kornia: an Open Source
 Differentiable Computer Vision Library for PyTorch", WACV 2020), with RandAugment / TrivialAugment
 and random erasing after it when configured. :func:`progressive_size` and :func:`resize_batch`
@@ -31,12 +31,26 @@ AUTO_AUGMENT = ("none", "randaugment", "trivialaugment")
 
 
 class Preprocess(nn.Module):
-    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C, H, W)``: scale to [0, 1], then ``(x - mean) / std``
-    when ``mean``/``std`` are given (one value per channel, or one for all)."""
+    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C, H, W)``: scale to [0, 1], then
+    :func:`medclass.pipeline.normalize`: ``(x - mean) / std`` when ``mean``/``std`` are given (one
+    value per channel, or one for all), or with ``intensity="per_image"`` each image and channel
+    by its own mean and standard deviation (:func:`medclass.pipeline.normalize_intensity`; no
+    mean/std then).
 
-    def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> None:
+    Raises:
+        ValueError: an ``intensity`` not in :data:`medclass.pipeline.INTENSITY_RULES`, or
+            ``per_image`` with a mean/std.
+    """
+
+    def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 intensity: str = "fixed") -> None:
         super().__init__()
+        if intensity not in pipeline.INTENSITY_RULES:
+            raise ValueError(f"intensity must be one of {' | '.join(pipeline.INTENSITY_RULES)}, got {intensity!r}")
         self.normalize = mean is not None and std is not None
+        if intensity == "per_image" and self.normalize:
+            raise ValueError("per_image intensity standardisation replaces a fixed mean/std; give mean=std=None")
+        self.intensity = intensity
         m = torch.tensor(list(mean) if mean is not None else [0.0], dtype=torch.float32)
         s = torch.tensor(list(std) if std is not None else [1.0], dtype=torch.float32)
         self.register_buffer("mean", m.view(1, -1, 1, 1), persistent=False)
@@ -47,23 +61,30 @@ class Preprocess(nn.Module):
         return pipeline.to_unit(x)
 
     def normalize_(self, x: Tensor) -> Tensor:
-        """float ``(N, C, H, W)`` in [0, 1] -> ``(x - mean) / std`` (:func:`medclass.pipeline.normalize`);
-        ``x`` unchanged when this preprocessing does not normalise."""
-        return pipeline.normalize(x, self.mean, self.std) if self.normalize else x
+        """float ``(N, C, H, W)`` in [0, 1] -> the network's input (:func:`medclass.pipeline.normalize`):
+        ``(x - mean) / std``, per-image standardisation, or ``x`` unchanged when this preprocessing
+        does neither. Training calls it after augmentation (and mixing and resizing)."""
+        if self.normalize:
+            return pipeline.normalize(x, self.mean, self.std, self.intensity)
+        return pipeline.normalize(x, None, None, self.intensity)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize_(self.to_unit(x))
 
     @classmethod
     def from_spec(cls, spec: "ModelSpec") -> "Preprocess":
-        """The preprocessing a :class:`medclass.spec.ModelSpec` prescribes (its mean/std, or none)."""
-        return cls(spec.mean, spec.std)
+        """The preprocessing a :class:`medclass.spec.ModelSpec` prescribes (its mean/std or none, and
+        its intensity rule)."""
+        return cls(spec.mean, spec.std, spec.intensity)
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> "Preprocess":
-        """``data.mean``/``data.std`` when ``data.normalize`` is on, else none. Only the config's own
-        switch: the whole rule (ImageNet weights bring ImageNet normalisation) is
+        """``data.mean``/``data.std`` when ``data.normalize`` is on, else none; per-image with
+        ``data.intensity: per_image`` (which replaces them). Only the config's own switches: the
+        whole rule (ImageNet weights bring ImageNet normalisation) is
         :func:`medclass.spec.normalization_of`; use :meth:`from_spec` for a run's model."""
+        if cfg.intensity == "per_image":
+            return cls(intensity="per_image")
         return cls(cfg.mean, cfg.std) if cfg.normalize else cls()
 
 

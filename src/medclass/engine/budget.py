@@ -400,7 +400,10 @@ def measure_candidate_speeds(
             model.train()
             criterion = make_loss(c, split.labels, num_classes).to(device)
             optimizer = make_optimizer(c, model)
-            preprocess, augment = Preprocess(c.data.mean, c.data.std).to(device), build_augmentation(c.data)
+            # the per-step cost of the run's input rule (fixed: always a mean/std, the same cost with or without one)
+            per_image = c.data.intensity == "per_image"
+            preprocess = (Preprocess(intensity="per_image") if per_image else Preprocess(c.data.mean, c.data.std)).to(device)
+            augment = build_augmentation(c.data)
 
             def step() -> None:
                 x = preprocess(images) if augment is None else preprocess.normalize_(augment(preprocess.to_unit(images)))

@@ -390,7 +390,7 @@ def lr_find(
     if len(train_split) == 0:
         raise RunError("lr-find: no training images")
     spec = spec_from_config(cfg, index.class_names, "lr-find")
-    preprocess = Preprocess(spec.mean, spec.std).to(device)
+    preprocess = Preprocess.from_spec(spec).to(device)
     augment = build_augmentation(cfg.data)
     channels_last = channels_last_wanted(device, cfg.data.image_size)
     model, net = _setup_model(cfg, index, False, ctx, device, channels_last, log)

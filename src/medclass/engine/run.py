@@ -100,7 +100,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood:
              _within: tuple[Path, ...] = ()) -> LoadedRun:
     """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
     ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
-    classes and channels; the preprocessing is the spec's mean/std. With ``ood`` the run's
+    classes and channels; the preprocessing is the spec's (mean/std, intensity rule). With ``ood`` the run's
     out-of-distribution detector is read too (``RUN/ood.json``, :func:`medclass.ood.read_ood`;
     ``LoadedRun.ood``, None when there is none or it was fitted on another epoch); ``ood=False``
     leaves it unread (refitting it).
@@ -226,7 +226,7 @@ def _load_ensemble(files: RunFiles, device: str, within: tuple[Path, ...] = ()) 
 
 
 class _Normalise(nn.Module):
-    """A member's mean/std normalisation (:func:`medclass.pipeline.normalize`) applied to a batch
+    """A member's normalisation (mean/std or per-image, :func:`medclass.pipeline.normalize`) applied to a batch
     already scaled to [0, 1] ``(N, C, H, W)``."""
 
     def __init__(self, preprocess: Preprocess) -> None:

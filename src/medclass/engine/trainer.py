@@ -940,7 +940,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     if main:
         _record_run(cfg, index, spec, files, resume)
     train_split, val_split = _decode_splits(cfg, index, ctx, log)
-    preprocess = Preprocess(spec.mean, spec.std).to(device)
+    preprocess = Preprocess.from_spec(spec).to(device)
     augment = build_augmentation(cfg.data)
 
     # ---- model, loss, optimizer, schedule; the resume point

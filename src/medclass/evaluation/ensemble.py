@@ -120,7 +120,7 @@ def make_ensemble(
     # its own run contract: the members' input, soft-voted probabilities, no normalisation outside
     # the model (each member normalises inside it), uncalibrated until `medclass evaluate`
     write_spec(dataclasses.replace(
-        first.spec, mean=None, std=None, single_logit=False, arch=ENSEMBLE_ARCH, run=out.root.resolve().name,
+        first.spec, mean=None, std=None, intensity="fixed", single_logit=False, arch=ENSEMBLE_ARCH, run=out.root.resolve().name,
         checkpoint_epoch=-1, temperature=1.0, threshold=None, medclass_version=__version__,
         extra={"members": ensemble["members"]},
     ), out.root)

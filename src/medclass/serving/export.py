@@ -212,7 +212,9 @@ class _ClassifierGraph(nn.Module):
     ``ood_score`` third when the run has an OOD detector.
 
     The functions of :mod:`medclass.pipeline`, traced into the graph: scales to [0, 1] and
-    normalises with the spec's mean/std (when it has them), runs ``model``, and returns its float32
+    normalises with the spec's mean/std (when it has them) or, with ``spec.intensity ==
+    "per_image"``, standardises each image by its own statistics
+    (:func:`medclass.pipeline.normalize_intensity`), runs ``model``, and returns its float32
     logits ``(N, K)`` (``(N, 1)`` single-logit) and the temperature-scaled probabilities ``(N, K)``
     (softmax, or ``[1 - sigmoid, sigmoid]``). With ``ood`` (a :class:`medclass.ood.OODDetector`)
     the model's head is split off (the rest of ``model`` then returns the penultimate features
@@ -229,6 +231,7 @@ class _ClassifierGraph(nn.Module):
         std = torch.tensor(spec.std if self.normalize else [1.0], dtype=torch.float32)
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
+        self.intensity = str(spec.intensity)
         self.temperature = float(spec.temperature)
         self.ood_method = ood.method if ood is not None else None
         if ood is not None:
@@ -244,7 +247,9 @@ class _ClassifierGraph(nn.Module):
 
         x = pipeline.to_unit(image)
         if self.normalize:
-            x = pipeline.normalize(x, self.mean, self.std)
+            x = pipeline.normalize(x, self.mean, self.std, self.intensity)
+        else:
+            x = pipeline.normalize(x, None, None, self.intensity)
         if self.ood_method is None:
             logits = self.model(x).float()
             return logits, pipeline.probabilities(logits, self.temperature)
@@ -308,7 +313,7 @@ def export_run(
     The exported model takes what a consumer gets by decoding and resizing an image file
     (:func:`medclass.data.io.read_image`, transposed): input ``"image"`` uint8 ``(N, C, H, W)``,
     ``N`` dynamic, ``C = spec.channels``, ``H = W = spec.image_size``; it scales to [0, 1],
-    normalises with the run's mean/std, runs the network (on the CPU, float32, contiguous NCHW)
+    normalises with the run's mean/std or per image (``spec.intensity``), runs the network (on the CPU, float32, contiguous NCHW)
     and outputs ``"logits"`` float32 ``(N, K)`` (``(N, 1)`` single-logit) and ``"probabilities"``
     float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. When the run has an
     OOD detector (``run.ood``, from ``RUN/ood.json``) the graph also outputs ``"ood_score"``

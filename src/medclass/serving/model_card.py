@@ -127,6 +127,9 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
     image_size = spec.image_size if spec is not None else data_cfg.get("image_size")
     how = "padded (aspect ratio kept) to" if spec is not None and spec.resize == "pad" else "squashed to"
     caveats.append(f"Images are {how} {image_size} x {image_size} px; fine detail below that scale is not seen.")
+    if spec is not None and spec.intensity == "per_image":
+        caveats.append("Each image is standardised by its own mean and standard deviation (data.intensity: per_image): "
+                       "the model does not see an image's overall brightness or contrast.")
 
     return {
         "name": root.name,

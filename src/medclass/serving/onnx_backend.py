@@ -3,9 +3,9 @@
 An ONNX file written by ``medclass export RUN --format onnx``
 (:func:`medclass.serving.export.export_run`) holds the whole pipeline after decoding: graph input
 ``"image"``, uint8 ``(N, C, H, W)`` with a dynamic batch ``N``; the graph scales to [0, 1],
-normalises with the run's mean/std, runs the network and outputs ``"logits"`` float32 ``(N, K)``
-(``(N, 1)`` for a single-logit binary model) and ``"probabilities"`` float32 ``(N, K)``
-(temperature-scaled); a run exported with its out-of-distribution detector (``RUN/ood.json``) also
+normalises with the run's mean/std (or per image: ``spec.intensity``), runs the network and outputs
+``"logits"`` float32 ``(N, K)`` (``(N, 1)`` for a single-logit binary model) and ``"probabilities"``
+float32 ``(N, K)`` (temperature-scaled); a run exported with its out-of-distribution detector (``RUN/ood.json``) also
 outputs ``"ood_score"`` float32 ``(N,)`` (:mod:`medclass.ood`'s score, computed in the graph). The
 :class:`~medclass.spec.ModelSpec` (class names, image size, channels, DICOM window, temperature,
 threshold; the OOD method and threshold in ``extra["ood"]``) is stored as JSON in the model's
