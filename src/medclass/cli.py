@@ -270,8 +270,10 @@ def ood_fit(
     method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
                                          "medclass.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    layers: str = typer.Option("stages", "--layers", help="stages (every stage of the model, Lee et al.'s feature "
-                               "ensemble) or penultimate (the head's input only)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="stages (every stage of the model, Lee et al.'s "
+                                         "feature ensemble), stages+std (and each stage's spatial standard deviation) "
+                                         "or penultimate (the head's input only); default: "
+                                         "medclass.ood.DEFAULT_OOD_LAYERS."),
     combine: Optional[str] = typer.Option(None, "--combine", help="max or sum of the layers' standardised scores "
                                           "(default: medclass.ood.DEFAULT_OOD_COMBINE)."),
     threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="quantile or conformal (default: "
@@ -281,13 +283,13 @@ def ood_fit(
     features on its training images, each stage's score standardised on its validation images,
     thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
     from .evaluation.ood import fit_run_ood
-    from .ood import DEFAULT_OOD_COMBINE, DEFAULT_THRESHOLD_RULE
+    from .ood import DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_THRESHOLD_RULE
 
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     with _user_errors():
         fit_run_ood(run, method=method, checkpoint=checkpoint, progress=sys.stderr.isatty(), log=typer.echo,
-                    layers=layers, combine=combine or DEFAULT_OOD_COMBINE,
+                    layers=layers or DEFAULT_OOD_LAYERS, combine=combine or DEFAULT_OOD_COMBINE,
                     threshold_rule=threshold_rule or DEFAULT_THRESHOLD_RULE)
 
 

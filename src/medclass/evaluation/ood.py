@@ -136,7 +136,8 @@ def fit_run_ood(
     detector.extra["seconds"] = seconds
     write_ood(detector, files.root)
     _record_seconds(files, detector, seconds)
-    what = f"{len(names)} layers, {combine}" if method == "mahalanobis" and len(names) > 1 else names[0]
+    kept = detector.layers
+    what = f"{len(kept)} layers, {combine}" if method == "mahalanobis" and len(kept) > 1 else kept[0]
     log(f"OOD detector ({method}; {what}): threshold {detector.threshold:.4g} at {quantile:.0%} of {len(valid)} "
         f"validation images, means and covariances from {len(train)} training images ({seconds:.1f} s); in {files.ood}")
     return detector
