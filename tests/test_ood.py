@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from medclass.evaluation.ood import energy_score, fit_mahalanobis, fit_threshold, ood_auroc
+from medclass.ood import combine_layer_scores, fit_detector, layered_mahalanobis_score, robust_scale
 
 
 def test_energy_is_minus_logsumexp_and_single_logits_are_two():
@@ -37,7 +38,13 @@ def test_mahalanobis_flags_features_far_from_every_class():
 
 
 def test_threshold_and_auroc_edges():
-    assert fit_threshold(np.arange(101.0)) == pytest.approx(95.0)
+    assert fit_threshold(np.arange(101.0), rule="quantile") == pytest.approx(95.0)
+    # conformal (the default): the ceil((n + 1) * 0.95)-th smallest; with 38 validation scores (brain MRI's) the largest
+    assert fit_threshold(np.arange(101.0)) == 96.0  # ceil(96.9) = 97th smallest
+    assert fit_threshold(np.arange(38.0), rule="conformal") == 37.0
+    assert fit_threshold(np.arange(38.0), rule="quantile") == pytest.approx(35.15)
+    with pytest.raises(ValueError, match="quantile, conformal"):
+        fit_threshold(np.arange(3.0), rule="max")
     with pytest.raises(ValueError):
         fit_threshold(np.array([]))
     with pytest.raises(ValueError):
@@ -58,6 +65,92 @@ def test_features_are_the_heads_input_in_one_pass():
     assert logits.shape == (5, 3) and feats.shape == (5, model.get_classifier().in_features)
     torch.testing.assert_close(model.get_classifier()(feats), logits)
     assert not model.get_classifier()._forward_pre_hooks  # the hook is removed
+
+
+@pytest.mark.parametrize("arch,options", [("resnet18", {"stem": "small"}), ("custom_cnn", {}),
+                                          ("chained", {"chain_stage": 2, "cnn_widths": (8, 8)})])
+def test_layer_features_are_each_stage_pooled_in_the_same_pass(arch, options):
+    from medclass.data import Preprocess
+    from medclass.engine.inference import logits_and_features, logits_and_layer_features, model_feature_layers
+    from medclass.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=3, in_channels=1, **options).eval()
+    stages = model.feature_stages()
+    assert {"resnet18": ("layer1", "layer2", "layer3", "layer4"), "custom_cnn": tuple(f"features.{i}" for i in range(4)),
+            "chained": ("resnet.layer1", "resnet.layer2", "cnn.0", "cnn.1")}[arch] == stages
+    names = model_feature_layers(model, "stages+std")
+    assert names == stages + tuple(f"{n}:std" for n in stages) and model_feature_layers(model, "penultimate") == (
+        "penultimate",)
+    size = 32 if arch == "chained" else 16
+    images = torch.randint(0, 255, (5, 1, size, size), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    logits, feats = logits_and_layer_features(model, images, Preprocess(None, None), cpu, (*names, "penultimate"), 2)
+    plain, penultimate = logits_and_features(model, images, Preprocess(None, None), cpu, batch_size=2)
+    torch.testing.assert_close(logits, plain)
+    torch.testing.assert_close(feats[-1], penultimate)  # "penultimate": the head's input
+    torch.testing.assert_close(feats[len(stages) - 1], penultimate)  # = the last stage, average-pooled
+    # each stage's map, captured by a hook on its module: mean and (population) std over h, w
+    maps = {}
+    hooks = [dict(model.named_modules())[n].register_forward_hook(lambda m, a, out, n=n: maps.__setitem__(n, out))
+             for n in stages]
+    with torch.no_grad():
+        model(Preprocess(None, None)(images[:2]))
+    for h in hooks:
+        h.remove()
+    for i, n in enumerate(stages):
+        assert feats[i].shape == (5, maps[n].shape[1])
+        torch.testing.assert_close(feats[i][:2], maps[n].mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(feats[len(stages) + i][:2], maps[n].std(dim=(2, 3), correction=0), rtol=1e-4,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="no feature stage 'layer9'"):
+        model.stage_indices(["layer9"])
+
+
+def test_layers_are_standardised_by_their_validation_median_and_iqr_then_combined():
+    rng = np.random.default_rng(0)
+    assert robust_scale(np.arange(9.0)) == (4.0, 4.0) and robust_scale(np.zeros(5)) == (0.0, 1e-12)
+    scores = [np.array([1.0, 5.0, 9.0]), np.array([100.0, 200.0, 700.0])]
+    np.testing.assert_allclose(combine_layer_scores(scores, [5.0, 200.0], [4.0, 100.0], "max"), [-1.0, 0.0, 5.0])
+    np.testing.assert_allclose(combine_layer_scores(scores, [5.0, 200.0], [4.0, 100.0], "sum"), [-2.0, 0.0, 6.0])
+    with pytest.raises(ValueError, match="max, sum"):
+        combine_layer_scores(scores, [0, 0], [1, 1], "mean")
+    # two layers: in-distribution images are ordinary in both; a foreign image is far out in one layer only,
+    # on a scale (layer 2's distances are 100x layer 1's) that an unstandardised sum would drown
+    y = rng.integers(0, 2, 400)
+    train = [rng.normal(0, 1, (400, 4)) + y[:, None], 10 * rng.normal(0, 1, (400, 6)) + 10 * y[:, None]]
+    yv = rng.integers(0, 2, 100)
+    valid = [rng.normal(0, 1, (100, 4)) + yv[:, None], 10 * rng.normal(0, 1, (100, 6)) + 10 * yv[:, None]]
+    logits = rng.normal(0, 1, (100, 2))
+    d = fit_detector(train, y, valid, logits, 2, ("a", "b"), combine="max", threshold_rule="quantile")
+    assert d.layers == ("a", "b") and d.feature_dims == [4, 6] and len(d.centre) == len(d.scale) == 2
+    assert d.valid_flagged["mahalanobis"] == pytest.approx(0.05) and d.n_train == 400 and d.n_valid == 100
+    odd = [np.full((1, 4), 9.0), valid[1][:1]]  # far out in layer "a", ordinary in "b"
+    assert d.flag(d.score(None, odd))[0]
+    z = [(s - c) / w for s, c, w in zip(d.layer_scores(odd), d.centre, d.scale)]
+    assert d.score(None, odd)[0] == pytest.approx(max(z[0][0], z[1][0]))
+    with pytest.raises(ValueError, match="refit"):
+        d.score(None, odd[:1])
+    # a constant layer (the ':std' of a 1 x 1 map) is left out; the conformal rule keeps more below it
+    c = fit_detector([*train, np.zeros((400, 3))], y, [*valid, np.zeros((100, 3))], logits, 2, ("a", "b", "c"))
+    assert c.layers == ("a", "b") and c.threshold_rule == "conformal" and c.valid_flagged["mahalanobis"] == 0.04
+
+
+def test_the_graphs_score_function_is_the_detectors_on_tensors():
+    """The exported graphs call layered_mahalanobis_score on float32 buffers (OODDetector.tensors):
+    the same numbers as the float64 numpy path, for both combine rules."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    train = [rng.normal(size=(60, 3)) + y[:, None], rng.normal(size=(60, 5))]
+    valid = [rng.normal(size=(20, 3)), rng.normal(size=(20, 5))]
+    test = [rng.normal(size=(7, 3)) * 3, rng.normal(size=(7, 5)) * 3]
+    for rule in ("max", "sum"):
+        d = fit_detector(train, y, valid, rng.normal(size=(20, 2)), 2, ("l1", "l2"), combine=rule)
+        t = d.tensors()
+        got = layered_mahalanobis_score([torch.tensor(f, dtype=torch.float32) for f in test], t["means"],
+                                        t["precisions"], t["centre"], t["scale"], rule)
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), d.score(None, test), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -81,12 +174,14 @@ def test_ood_benchmark_scores_a_run_against_foreign_sets_and_corruptions(tmp_pat
                        "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     (r,) = record["runs"]
-    assert set(r["methods"]) == {"energy", "mahalanobis"} and r["n_valid"] == 12
-    for m in r["methods"].values():
+    assert set(r["variants"]) == {"energy/quantile", *bench.VARIANTS} and r["n_valid"] == 12
+    assert {"penultimate/quantile", "stages-max/quantile", "stages-sum/quantile"} <= set(r["variants"])
+    for m in r["variants"].values():
         assert set(m["foreign"]) == {"blank", "noise", "inverted", "other"}  # its own set is not foreign
         assert m["foreign"]["other"]["n"] == 6 and 0 <= m["foreign"]["noise"]["flagged"] <= 1
-        assert 0 <= m["own_test_flagged"] <= 1
-    assert record["hardware"]["cpu_model"]
+        assert 0 <= m["own_test_flagged"] <= 1 and m["min_modality_flagged"] == m["foreign"]["other"]["flagged"]
+    assert set(r["layer_auroc"]) == set(r["layers"]) and "layer1:std" in r["layers"]
+    assert set(record["summary"]) == set(r["variants"]) and record["hardware"]["cpu_model"]
 
 
 # ---- the detector a run stores, and every prediction path that returns it -----------------------
@@ -101,7 +196,10 @@ from typer.testing import CliRunner  # noqa: E402
 from helpers import make_folder_dataset, png_bytes  # noqa: E402
 
 from medclass.cli import app  # noqa: E402
-from medclass.ood import DEFAULT_OOD_METHOD, OOD_WARNING, OODDetector, read_ood, write_ood  # noqa: E402
+from medclass.ood import (  # noqa: E402
+    DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_OOD_METHOD, OOD_VERSION, OOD_WARNING, OODDetector, read_ood,
+    write_ood,
+)
 from medclass.runs import RunError, RunFiles  # noqa: E402
 
 SIZE = 16
@@ -133,7 +231,7 @@ def ood_run(tmp_path_factory):
     r = _invoke("train", data, "--name", "run", "--runs-dir", root, "--epochs", 2, "--image-size", SIZE,
                 "--arch", "resnet18", "--batch-size", 4, "--set", "model.stem=small", "--no-eval")
     assert r.exit_code == 0, r.output
-    assert "OOD detector (mahalanobis)" in r.output
+    assert "OOD detector (mahalanobis;" in r.output
     return root / "run", data, _foreign_images(root / "foreign")
 
 
@@ -144,14 +242,23 @@ def test_train_stores_the_detector_with_the_run(ood_run):
     assert record["method"] == DEFAULT_OOD_METHOD == "mahalanobis" and record["quantile"] == 0.95
     assert record["threshold"] == record["thresholds"]["mahalanobis"] and set(record["thresholds"]) == {"energy",
                                                                                                        "mahalanobis"}
-    assert (record["n_train"], record["n_valid"], record["feature_dim"], record["num_classes"]) == (40, 20, 512, 2)
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    layers = stages + [f"{n}:std" for n in stages] if DEFAULT_OOD_LAYERS == "stages+std" else stages
+    assert record["version"] == OOD_VERSION == 2 and record["layers"] == layers
+    assert record["combine"] == DEFAULT_OOD_COMBINE and len(record["centre"]) == len(record["scale"]) == len(layers)
+    assert record["feature_dims"] == [64, 128, 256, 512] * (len(layers) // 4)
+    assert (record["n_train"], record["n_valid"], record["num_classes"]) == (40, 20, 2)
     assert record["parameters"]["file"] == "ood.npz" and files.ood_params.is_file()
-    # 95 % of the validation images are at or below the threshold: 1 of 20 above
-    assert record["valid_flagged"]["mahalanobis"] == pytest.approx(0.05)
+    with np.load(files.ood_params) as z:
+        assert sorted(z.files) == sorted([f"means_{i}" for i in range(len(layers))]
+                                         + [f"precision_{i}" for i in range(len(layers))])
+    # the conformal rank ceil((20 + 1) * 0.95) = 20 of 20 validation images: none above
+    assert record["threshold_rule"] == "conformal" and record["valid_flagged"]["mahalanobis"] == 0.0
     summary = json.loads(files.summary.read_text())
     assert summary["ood"]["method"] == "mahalanobis" and 0 < summary["ood"]["seconds"] < 60
     detector = read_ood(run_dir)
-    assert detector.means.shape == (2, 512) and detector.precision.shape == (512, 512)
+    assert [m.shape for m in detector.means] == [(2, f) for f in record["feature_dims"]]
+    assert [p.shape for p in detector.precisions] == [(f, f) for f in record["feature_dims"]]
     assert detector.checkpoint_epoch == summary["best_epoch"]
     assert not list(run_dir.glob(".ood*.tmp"))
 
@@ -182,7 +289,8 @@ def test_predict_cli_has_ood_columns_in_every_format(ood_run):
     assert lines[0] == "path,predicted,p_bright,p_dark,ood_score,ood_flag,error"
     flags = [line.split(",")[5] for line in lines[1:]]
     assert flags[:2] == ["true", "true"] and all(f in ("true", "false") for f in flags)
-    assert all(float(line.split(",")[4]) > 0 for line in lines[1:])
+    scores = [float(line.split(",")[4]) for line in lines[1:]]  # standardised sums: may be below 0
+    assert all(np.isfinite(scores)) and min(scores[:2]) > max(scores[2:])
     rows = json.loads(_invoke("predict", run_dir, foreign[0], "--format", "json").stdout)
     assert rows[0]["ood_flag"] is True and rows[0]["ood_score"] > read_ood(run_dir).threshold
     table = _invoke("predict", run_dir, foreign[0], own[0]).stdout.splitlines()
@@ -314,11 +422,14 @@ def test_ensembles_have_no_detector(tmp_path):
 
 
 def test_detector_round_trips_and_rejects_bad_records():
-    d = OODDetector("mahalanobis", 3.5, thresholds={"energy": -1.0, "mahalanobis": 3.5}, feature_dim=2,
-                    num_classes=2, means=np.zeros((2, 2)), precision=np.eye(2))
-    back = OODDetector.from_summary(json.loads(json.dumps(d.summary())), d.means, d.precision)
-    assert back.threshold == 3.5 and back.thresholds == d.thresholds
-    np.testing.assert_allclose(back.score(None, np.array([[0.0, 0.0], [3.0, 4.0]])), [0.0, 25.0])
+    d = OODDetector("mahalanobis", 3.5, thresholds={"energy": -1.0, "mahalanobis": 3.5}, layers=("a", "b"),
+                    combine="sum", centre=[1.0, 0.0], scale=[2.0, 1.0], means=[np.zeros((2, 2)), np.ones((2, 1))],
+                    precisions=[np.eye(2), np.eye(1)])
+    back = OODDetector.from_summary(json.loads(json.dumps(d.summary())), d.means, d.precisions)
+    assert back.threshold == 3.5 and back.thresholds == d.thresholds and back.feature_dims == [2, 1]
+    assert (back.layers, back.combine, back.centre, back.scale) == (("a", "b"), "sum", [1.0, 0.0], [2.0, 1.0])
+    # layer a: (25 - 1) / 2 = 12; layer b: (1 - 1)^2 = 0 -> sum 12
+    np.testing.assert_allclose(back.score(None, [np.array([[0.0, 0.0], [3.0, 4.0]]), np.ones((2, 1))]), [-0.5, 12.0])
     assert [r.flag for r in back.results(np.array([3.5, 3.6]))] == [False, True]
     with pytest.raises(ValueError, match="knn"):
         OODDetector("knn", 1.0)
@@ -328,6 +439,66 @@ def test_detector_round_trips_and_rejects_bad_records():
         OODDetector("energy", float("nan"))
     with pytest.raises(ValueError, match="features"):
         back.score(None, None)
+    with pytest.raises(ValueError, match="one of each per layer"):
+        OODDetector("mahalanobis", 1.0, layers=("a", "b"))
+    with pytest.raises(ValueError, match="scales > 0"):
+        OODDetector("mahalanobis", 1.0, scale=[0.0])
+    with pytest.raises(ValueError, match="do not match"):
+        OODDetector("mahalanobis", 1.0, means=[np.zeros((2, 3))], precisions=[np.eye(2)])
+    with pytest.raises(ValueError, match="version 3"):
+        OODDetector.from_summary({**d.summary(), "version": 3})
+
+
+def _as_version_1(run_dir: Path) -> OODDetector:
+    """Refit ``run_dir``'s detector on the penultimate features, and store it as medclass wrote
+    version 1 of ood.json: ``feature_dim``, no layers, ``means`` and ``precision`` in ood.npz."""
+    from medclass.evaluation.ood import fit_run_ood
+    from medclass.fileio import sha256_of_file
+
+    new = fit_run_ood(run_dir, layers="penultimate")
+    files = RunFiles(run_dir)
+    record = {k: v for k, v in new.summary().items()
+              if k not in ("layers", "combine", "centre", "scale", "feature_dims", "threshold_rule")}
+    np.savez(files.ood_params, means=new.means[0], precision=new.precisions[0])
+    record.update(version=1, feature_dim=512,
+                  parameters={"file": "ood.npz", "sha256": sha256_of_file(files.ood_params)})
+    files.ood.write_text(json.dumps(record))
+    return new
+
+
+def test_a_version_1_detector_still_reads_and_scores_as_before(ood_run, tmp_path):
+    from medclass.engine import load_run
+    from medclass.serving.export import export_run
+    from medclass.serving.onnx_backend import load_onnx_classifier
+
+    run_dir, data, foreign = ood_run
+    old = tmp_path / "v1"
+    shutil.copytree(run_dir, old)
+    fitted = _as_version_1(old)
+    detector = read_ood(old)
+    assert detector.layers == ("penultimate",) and detector.centre == [0.0] and detector.scale == [1.0]
+    assert detector.feature_dims == [512] and detector.extra["read_from_version"] == 1
+    assert detector.threshold == fitted.threshold
+    run = load_run(old, device="cpu")
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in foreign])
+    _, scores = run.predict_proba_ood(images)
+    # the raw penultimate Mahalanobis distances, as version 1 scored them (centre 0, scale 1)
+    from medclass.engine.inference import logits_and_features
+    from medclass.ood import mahalanobis_score
+
+    _, f = logits_and_features(run.model, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), run.preprocess,
+                               run.device)
+    np.testing.assert_allclose(scores, mahalanobis_score(f.numpy(), fitted.means[0], fitted.precisions[0]), rtol=1e-6)
+    rows = json.loads(_invoke("predict", old, *foreign, "--format", "json").stdout)
+    assert [r["ood_score"] for r in rows] == pytest.approx(list(scores), rel=1e-5)
+    result = export_run(run, "onnx", tmp_path / "v1.onnx")  # the graph reads the penultimate layer alone
+    assert result.max_ood_rel_diff < 1e-3 and result.spec.extra["ood"]["layers"] == ["penultimate"]
+    # a record naming a layer the model does not have: refused, the file and the fix named
+    record = json.loads(RunFiles(old).ood.read_text())
+    RunFiles(old).ood.write_text(json.dumps({**record, "version": 2, "layers": ["layer9"], "combine": "max",
+                                             "centre": [0.0], "scale": [1.0], "feature_dims": [512]}))
+    r = _invoke("predict", old, foreign[0])
+    assert r.exit_code == 2 and "layer9" in r.output and "ood.json" in r.output and "ood-fit" in r.output
 
 
 def test_scores_are_the_same_on_numpy_and_torch():

@@ -270,15 +270,27 @@ def ood_fit(
     method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
                                          "medclass.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="stages (every stage of the model, Lee et al.'s "
+                                         "feature ensemble), stages+std (and each stage's spatial standard deviation) "
+                                         "or penultimate (the head's input only); default: "
+                                         "medclass.ood.DEFAULT_OOD_LAYERS."),
+    combine: Optional[str] = typer.Option(None, "--combine", help="max or sum of the layers' standardised scores "
+                                          "(default: medclass.ood.DEFAULT_OOD_COMBINE)."),
+    threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="quantile or conformal (default: "
+                                                 "medclass.ood.DEFAULT_THRESHOLD_RULE)."),
 ) -> None:
-    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance on its training
-    images, thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
+    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance of each stage's
+    features on its training images, each stage's score standardised on its validation images,
+    thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
     from .evaluation.ood import fit_run_ood
+    from .ood import DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_THRESHOLD_RULE
 
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
     with _user_errors():
-        fit_run_ood(run, method=method, checkpoint=checkpoint, progress=sys.stderr.isatty(), log=typer.echo)
+        fit_run_ood(run, method=method, checkpoint=checkpoint, progress=sys.stderr.isatty(), log=typer.echo,
+                    layers=layers or DEFAULT_OOD_LAYERS, combine=combine or DEFAULT_OOD_COMBINE,
+                    threshold_rule=threshold_rule or DEFAULT_THRESHOLD_RULE)
 
 
 @app.command()

@@ -75,7 +75,8 @@ def collect_sections(run_dir: Path, metrics: Optional[dict[str, Any]]) -> dict[s
     ood = ood_record_of(run_dir)
     if ood is not None:
         ood = {k: ood.get(k) for k in ("method", "threshold", "quantile", "thresholds", "n_train", "n_valid",
-                                        "feature_dim", "valid_flagged", "checkpoint_epoch")}
+                                        "layers", "combine", "valid_flagged", "checkpoint_epoch")}
+        ood["layers"] = ood["layers"] or ["penultimate"]  # version 1 of ood.json: the penultimate features only
         on_split = metrics.get("ood")
         if isinstance(on_split, dict) and on_split.get("method") == ood["method"]:
             ood["evaluated"] = {"split": metrics.get("split"), **{k: on_split.get(k) for k in
@@ -137,7 +138,7 @@ fold sizes {{ c.fold_sizes|join(", ") }}. This model is the soft-voting ensemble
 <p>Out of fold: every image predicted by the one fold model that did not train on it.</p></section>{% endif %}
 <section id="ood"><h{{ h }}>Out-of-distribution warning</h{{ h }}>
 {% if s.ood %}{% set o = s.ood %}<p>Images whose {{ o.method }} score
-({% if o.method == "energy" %}energy of the logits, Liu et al. 2020{% else %}Mahalanobis distance of the penultimate features to the nearest class mean, Lee et al. 2018, Ledoit-Wolf covariance{% endif %})
+({% if o.method == "energy" %}energy of the logits, Liu et al. 2020{% elif o.layers|length > 1 %}Mahalanobis distance to the nearest class mean of the pooled features of each of the layers {{ o.layers|join(", ") }}, each standardised by its validation median and IQR, their {{ o.combine }}; Lee et al. 2018, Ledoit-Wolf covariance{% else %}Mahalanobis distance of the penultimate features to the nearest class mean, Lee et al. 2018, Ledoit-Wolf covariance{% endif %})
 is above <b>{{ "%.4g"|format(o.threshold) }}</b> are flagged "this image is unlike the training images". The threshold lets
 {{ "%.0f"|format(100 * o.quantile) }}% of the {{ o.n_valid }} validation images pass; the class means and covariance come from
 the {{ o.n_train }} training images.{% if o.evaluated and o.evaluated.n %} On the {{ o.evaluated.n }} {{ o.evaluated.split }} images,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..models import logits_to_probs
 
-__all__ = ["select_device", "logits_to_probs", "predict_logits", "logits_and_features", "TTA_VIEWS", "channels_last_wanted"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["select_device", "logits_to_probs", "predict_logits", "logits_and_features", "logits_and_layer_features",
+           "model_feature_layers", "ood_scores", "TTA_VIEWS", "channels_last_wanted"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -110,3 +114,80 @@ def logits_and_features(
         handle.remove()
     feats = torch.cat([t.flatten(1).cpu() for t in seen]) if seen else torch.empty((0, 0))
     return logits, feats
+
+
+def model_feature_layers(model: nn.Module, which: str = "stages") -> tuple[str, ...]:
+    """The feature names an OOD detector of ``model`` reads (one of
+    :data:`medclass.ood.OOD_LAYER_CHOICES`): ``"stages"``: the average-pooled map of every stage
+    of :meth:`medclass.models.ClassifierModel.feature_stages` (Lee et al. 2018's feature
+    ensemble); ``"stages+std"``: those, then each stage's spatial standard deviation
+    (``"<stage>:std"``); ``"penultimate"``: the head's input only. A model without
+    ``feature_stages`` falls back to the penultimate features.
+
+    Raises:
+        ValueError: another ``which``.
+    """
+    if which not in ("stages", "stages+std", "penultimate"):
+        raise ValueError(f"OOD layers must be 'stages', 'stages+std' or 'penultimate', got {which!r}")
+    if which == "penultimate" or not hasattr(model, "feature_stages"):
+        return ("penultimate",)
+    stages = tuple(model.feature_stages())
+    return stages + (tuple(f"{n}:std" for n in stages) if which == "stages+std" else ())
+
+
+@torch.no_grad()
+def logits_and_layer_features(
+    model: nn.Module,
+    images: Tensor,
+    preprocess: nn.Module,
+    device: torch.device,
+    layers: Sequence[str],
+    batch_size: int = 64,
+) -> tuple[Tensor, list[Tensor]]:
+    """Logits ``(N, K)`` and the global-average-pooled features of ``layers`` (``L`` tensors
+    ``(N, F_l)``), float32 on the CPU, for uint8 images ``(N, C, H, W)``, in batches, eval mode,
+    one forward pass per batch (:meth:`medclass.models.ClassifierModel.forward_with_features`,
+    the function the exported graphs trace). A model without it (not a
+    :class:`~medclass.models.ClassifierModel`) gives ``("penultimate",)`` through
+    :func:`logits_and_features`.
+
+    Raises:
+        TypeError: other layers of a model without ``forward_with_features``.
+        ValueError: a layer the model does not have.
+    """
+    layers = tuple(layers)
+    if not hasattr(model, "forward_with_features"):
+        if layers != ("penultimate",):
+            raise TypeError(f"{type(model).__name__} has no feature stages; only the penultimate features are read")
+        logits, feats = logits_and_features(model, images, preprocess, device, batch_size)
+        return logits, [feats]
+    model.stage_indices(layers)  # unknown names fail before any pass
+    model.eval()
+    zs: list[Tensor] = []
+    fs: list[list[Tensor]] = [[] for _ in layers]
+    for i in range(0, len(images), batch_size):
+        x = preprocess(images[i : i + batch_size].to(device, non_blocking=True))
+        if channels_last_wanted(device, x.shape[-1]):
+            x = x.contiguous(memory_format=torch.channels_last)
+        z, feats = model.forward_with_features(x, layers)
+        zs.append(z.float().cpu())
+        for out, f in zip(fs, feats):
+            out.append(f.float().cpu())
+    if not zs:
+        return torch.empty((0, 0)), [torch.empty((0, 0)) for _ in layers]
+    return torch.cat(zs), [torch.cat(f) for f in fs]
+
+
+def ood_scores(detector, model: nn.Module, images: Tensor, preprocess: nn.Module, device: torch.device,
+               batch_size: int = 64) -> tuple[Tensor, "np.ndarray"]:
+    """Logits ``(N, K)`` float32 and ``detector``'s scores float64 ``(N,)``
+    (:meth:`medclass.ood.OODDetector.score` of the features of its layers) of uint8 images
+    ``(N, C, H, W)``, in one pass per batch: what ``predict``, ``evaluate``, the service and the
+    export check all call.
+
+    Raises:
+        ValueError: the detector's layers or feature sizes do not fit the model (refit it).
+    """
+    layers = detector.layers if detector.needs_features else ("penultimate",)
+    logits, feats = logits_and_layer_features(model, images, preprocess, device, layers, batch_size)
+    return logits, detector.score(logits.numpy(), [f.numpy() for f in feats])

@@ -21,7 +21,7 @@ from ..ood import OODDetector, read_ood
 from ..runs import RunError, RunFiles
 from ..spec import ModelSpec, legacy_spec, read_spec
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import channels_last_wanted, logits_and_features, predict_logits, select_device
+from .inference import channels_last_wanted, ood_scores, predict_logits, select_device
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -89,8 +89,7 @@ class LoadedRun:
         x = torch.from_numpy(pipeline.hwc_to_nchw(images))
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0)
-        logits, feats = logits_and_features(self.model, x, self.preprocess, self.device, batch_size)
-        scores = self.ood.score(logits.numpy(), feats.numpy())
+        logits, scores = ood_scores(self.ood, self.model, x, self.preprocess, self.device, batch_size)
         if tta:
             logits = predict_logits(self.model, x, self.preprocess, self.device, batch_size, tta=tta)
         return self.spec.probabilities(logits.numpy().astype(np.float32, copy=False)), scores
@@ -147,17 +146,24 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood:
     epoch = int(state["epoch"])
     spec = dataclasses.replace(spec, checkpoint_epoch=epoch)
     return LoadedRun(files, cfg, list(spec.class_names), model, Preprocess.from_spec(spec).to(dev), dev, epoch, spec,
-                     _ood_for(files, epoch) if ood else None)
+                     _ood_for(files, epoch, model) if ood else None)
 
 
-def _ood_for(files: RunFiles, epoch: int) -> Optional[OODDetector]:
+def _ood_for(files: RunFiles, epoch: int, model: Optional[nn.Module] = None) -> Optional[OODDetector]:
     """The run's OOD detector (:func:`medclass.ood.read_ood`) when it was fitted on the loaded
     checkpoint's ``epoch``; otherwise None and a warning that says how to refit it.
 
     Raises:
-        ValueError: an invalid ``ood.json`` / ``ood.npz`` (names the file).
+        ValueError: an invalid ``ood.json`` / ``ood.npz``, or one naming feature layers ``model``
+            does not have (the message names the file and says to refit it).
     """
     detector = read_ood(files.root)
+    if detector is not None and detector.needs_features and model is not None and hasattr(model, "stage_indices"):
+        try:
+            model.stage_indices(detector.layers)
+        except ValueError as e:
+            raise ValueError(f"{files.ood}: invalid OOD detector ({e}); refit it with `medclass ood-fit "
+                             f"{files.root}` (or delete it)") from None
     if detector is not None and detector.checkpoint_epoch not in (-1, epoch):
         warnings.warn(f"{files.ood} was fitted on the checkpoint of epoch {detector.checkpoint_epoch}, not the loaded "
                       f"one (epoch {epoch}); predictions carry no OOD score: refit it with `medclass ood-fit "

@@ -178,10 +178,9 @@ def _ood_on_split(run: LoadedRun, decoded, idx: np.ndarray) -> dict[str, Any]:
     """The run's OOD detector on the evaluated images ``idx``: its method and threshold, and how
     many of these (in-distribution) images it flags; about 5 % is what the 95 % threshold on
     validation promises (Liu et al. 2020 and Lee et al. 2018 report the same false-alarm rate)."""
-    from ..engine.inference import logits_and_features
+    from ..engine.inference import ood_scores
 
-    logits, feats = logits_and_features(run.model, decoded.images[torch.as_tensor(idx)], run.preprocess, run.device, 64)
-    scores = run.ood.score(logits.numpy(), feats.numpy())
+    _, scores = ood_scores(run.ood, run.model, decoded.images[torch.as_tensor(idx)], run.preprocess, run.device, 64)
     flagged = run.ood.flag(scores)
     return {"method": run.ood.method, "threshold": run.ood.threshold, "quantile": run.ood.quantile,
             "n": int(len(scores)), "n_flagged": int(flagged.sum()),

@@ -4,7 +4,8 @@ The scores, the threshold rule and the stored :class:`~medclass.ood.OODDetector`
 torch-free :mod:`medclass.ood` (so the ONNX Runtime backend uses them without PyTorch) and
 re-exported here under their old names: :func:`energy_score` (Liu et al. 2020, arXiv:2010.03759),
 :func:`fit_mahalanobis` / :class:`MahalanobisModel` (Lee et al. 2018, arXiv:1807.03888, with the
-Ledoit-Wolf covariance), :func:`fit_threshold` and :func:`ood_auroc`.
+Ledoit-Wolf covariance), :func:`fit_detector` (their feature ensemble over the model's stages),
+:func:`fit_threshold` and :func:`ood_auroc`.
 
 This module adds :func:`fit_run_ood`: the detector of one run, fitted on its own images and
 written to ``RUN/ood.json`` + ``RUN/ood.npz``. ``medclass train`` calls it after training, and
@@ -19,20 +20,19 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from .. import __version__
 from ..engine import RunFiles, load_run
-from ..engine.inference import logits_and_features
+from ..engine.inference import logits_and_layer_features, model_feature_layers
 from ..ood import (
-    DEFAULT_OOD_METHOD, IN_DISTRIBUTION_QUANTILE, OOD_METHODS, MahalanobisModel, OODDetector, energy_score,
-    fit_mahalanobis, fit_threshold, ood_auroc, read_ood, write_ood,
+    DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_OOD_METHOD, DEFAULT_THRESHOLD_RULE, IN_DISTRIBUTION_QUANTILE,
+    OOD_COMBINE_RULES, OOD_LAYER_CHOICES, OOD_METHODS, THRESHOLD_RULES, MahalanobisModel, OODDetector, energy_score,
+    fit_detector, fit_mahalanobis, fit_threshold, ood_auroc, read_ood, write_ood,
 )
 from ..runs import RunError
 
 __all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "DEFAULT_OOD_METHOD", "energy_score", "MahalanobisModel",
-           "fit_mahalanobis", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn", "read_ood",
-           "write_ood"]
+           "fit_mahalanobis", "fit_detector", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn",
+           "read_ood", "write_ood"]
 
 
 def fit_run_ood(
@@ -43,21 +43,29 @@ def fit_run_ood(
     batch_size: int = 64,
     progress: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    layers: str = DEFAULT_OOD_LAYERS,
+    combine: str = DEFAULT_OOD_COMBINE,
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE,
 ) -> OODDetector:
     """Fit the out-of-distribution detector of a trained run and store it in the run folder.
 
-    1. The run's ``checkpoint`` (best by default) computes logits ``(N, K)`` and penultimate
-       features ``(N, F)`` (:func:`medclass.engine.inference.logits_and_features`, eval mode) of
-       its **training** images, un-augmented, decoded as the model takes them (the spec's size,
+    1. The run's ``checkpoint`` (best by default) computes logits ``(N, K)`` and the pooled
+       features of each of its stages (``(N, F_l)``; ``layer1`` .. ``layer4`` of a ResNet:
+       :func:`medclass.engine.inference.logits_and_layer_features`, eval mode) of its
+       **training** images, un-augmented, decoded as the model takes them (the spec's size,
        channels, DICOM window and resize rule, through the decode cache training filled);
-    2. the Mahalanobis class means and shared Ledoit-Wolf precision are fitted on them (Lee et al.
-       2018 fit on the training set; :func:`fit_mahalanobis`);
-    3. both scores (energy, Liu et al. 2020, temperature 1; Mahalanobis) of the **validation**
-       images set each method's threshold at ``quantile`` (95 %: :func:`fit_threshold`);
+    2. per layer, the Mahalanobis class means and shared Ledoit-Wolf precision are fitted on them
+       (Lee et al. 2018 fit on the training set), and the **validation** images' scores give
+       the layer's median and IQR; the layers' standardised scores are combined by ``combine``
+       (:func:`medclass.ood.fit_detector`);
+    3. both scores (energy, Liu et al. 2020, temperature 1; the combined Mahalanobis) of the
+       validation images set each method's threshold at ``quantile`` (95 %:
+       :func:`fit_threshold` by ``threshold_rule``);
     4. :func:`medclass.ood.write_ood` writes ``RUN/ood.json`` (method, threshold, quantile, both
-       thresholds, feature dim, split sizes, checkpoint epoch) and ``RUN/ood.npz`` (means float64
-       ``(K, F)``, precision float64 ``(F, F)``) atomically; the seconds it took go to
-       ``train_summary.json`` under ``ood`` when the run has one.
+       thresholds, layers, their medians/IQRs and feature sizes, split sizes, checkpoint epoch)
+       and ``RUN/ood.npz`` (per layer: means float64 ``(K, F_l)``, precision float64
+       ``(F_l, F_l)``) atomically; the seconds it took go to ``train_summary.json`` under ``ood``
+       when the run has one.
 
     Args:
         run_dir: a run folder trained by ``medclass train`` (not an ensemble).
@@ -65,6 +73,10 @@ def fit_run_ood(
             :data:`DEFAULT_OOD_METHOD`.
         checkpoint: ``"best"`` or ``"last"``.
         quantile: share of validation images below the threshold, in (0, 1).
+        layers: ``"stages"`` (every stage of the model, the default) or ``"penultimate"`` (the
+            head's input only, as version 1 of ``ood.json``).
+        combine: one of :data:`medclass.ood.OOD_COMBINE_RULES`.
+        threshold_rule: one of :data:`medclass.ood.THRESHOLD_RULES`.
         batch_size: images per forward pass.
         progress: progress bars while decoding.
         log: where a one-line summary goes.
@@ -77,8 +89,8 @@ def fit_run_ood(
             a run folder, or files that cannot be written.
         CheckpointError: no such checkpoint.
         DataError: the manifest has no training or validation images.
-        ValueError: an unknown method, a quantile outside (0, 1), or a class without training
-            images (the message says which).
+        ValueError: an unknown method, layers choice, combine or threshold rule, a quantile
+            outside (0, 1), or a class without training images (the message says which).
     """
     from ..data import DataError, read_manifest
     from .evaluate import _decode
@@ -89,6 +101,10 @@ def fit_run_ood(
         raise ValueError(f"OOD method must be one of {', '.join(OOD_METHODS)}, got {method!r}")
     if not 0 < quantile < 1:
         raise ValueError(f"the OOD quantile must be in (0, 1), got {quantile}")
+    for name, value, choices in (("layers", layers, OOD_LAYER_CHOICES), ("combine rule", combine, OOD_COMBINE_RULES),
+                                 ("threshold rule", threshold_rule, THRESHOLD_RULES)):
+        if value not in choices:
+            raise ValueError(f"OOD {name} must be one of {', '.join(choices)}, got {value!r}")
     files = RunFiles(Path(run_dir))
     if files.ensemble.is_file():
         raise RunError(f"{files.root} is an ensemble: it has no OOD detector of its own (its members' features "
@@ -105,26 +121,25 @@ def fit_run_ood(
     if len(train) < 2 or len(valid) == 0:
         raise DataError(f"{files.root}: the OOD detector needs readable training (>= 2) and validation images; "
                         f"got {len(train)} and {len(valid)}")
-    _, train_feats = logits_and_features(run.model, train.images, run.preprocess, run.device, batch_size)
-    maha = fit_mahalanobis(train_feats.numpy(), train.labels.numpy(), len(run.class_names))
-    valid_logits, valid_feats = logits_and_features(run.model, valid.images, run.preprocess, run.device, batch_size)
-    scores = {"energy": energy_score(valid_logits.numpy()), "mahalanobis": maha.score(valid_feats.numpy())}
-    thresholds = {m: fit_threshold(s, quantile) for m, s in scores.items()}
-    detector = OODDetector(
-        method=method, threshold=thresholds[method], quantile=quantile, thresholds=thresholds, temperature=1.0,
-        means=maha.means, precision=maha.precision, feature_dim=int(train_feats.shape[1]),
-        num_classes=len(run.class_names), n_train=len(train), n_valid=len(valid),
+    names = model_feature_layers(run.model, layers)
+    _, train_feats = logits_and_layer_features(run.model, train.images, run.preprocess, run.device, names, batch_size)
+    valid_logits, valid_feats = logits_and_layer_features(run.model, valid.images, run.preprocess, run.device, names,
+                                                          batch_size)
+    detector = fit_detector(
+        [f.numpy() for f in train_feats], train.labels.numpy(), [f.numpy() for f in valid_feats], valid_logits.numpy(),
+        len(run.class_names), names, method=method, combine=combine, quantile=quantile, threshold_rule=threshold_rule,
         checkpoint_epoch=run.checkpoint_epoch,
-        valid_flagged={m: float(np.mean(s > thresholds[m])) for m, s in scores.items()},
-        extra={"medclass_version": __version__, "checkpoint": checkpoint, "fitted_on": {"means": "train",
-                                                                                         "threshold": "valid"}},
+        extra={"medclass_version": __version__, "checkpoint": checkpoint,
+               "fitted_on": {"means": "train", "standardisation": "valid", "threshold": "valid"}},
     )
     seconds = time.time() - t0
     detector.extra["seconds"] = seconds
     write_ood(detector, files.root)
     _record_seconds(files, detector, seconds)
-    log(f"OOD detector ({method}): threshold {detector.threshold:.4g} at {quantile:.0%} of {len(valid)} validation "
-        f"images, means and covariance from {len(train)} training images ({seconds:.1f} s); in {files.ood}")
+    kept = detector.layers
+    what = f"{len(kept)} layers, {combine}" if method == "mahalanobis" and len(kept) > 1 else kept[0]
+    log(f"OOD detector ({method}; {what}): threshold {detector.threshold:.4g} at {quantile:.0%} of {len(valid)} "
+        f"validation images, means and covariances from {len(train)} training images ({seconds:.1f} s); in {files.ood}")
     return detector
 
 

@@ -79,6 +79,19 @@ class CustomCNN(ClassifierModel):
         """The conv blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], H / 2**len(widths), W / 2**len(widths))``."""
         return self.features(x)
 
+    def feature_stages(self) -> tuple[str, ...]:
+        """The conv blocks, ``("features.0", ..., "features.<n - 1>")``."""
+        return tuple(f"features.{i}" for i in range(len(self.features)))
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Each conv block's map (``(N, widths[i], H / 2**(i+1), W / 2**(i+1))``); the last is
+        :meth:`forward_features`'s."""
+        out = []
+        for block in self.features:
+            x = block(x)
+            out.append(x)
+        return out
+
     def default_gradcam_layer(self) -> str:
         """The last conv block, ``"features.<len(features) - 1>"`` (it ends with its max-pool, so
         its map is the one pooling sees)."""
@@ -132,6 +145,21 @@ class ChainedModel(ClassifierModel):
     def forward_features(self, x: Tensor) -> Tensor:
         """ResNet stages 1..``stage`` then the CNN's blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], h, w)``."""
         return self.cnn(self.resnet.forward_features(x))
+
+    def feature_stages(self) -> tuple[str, ...]:
+        """The ResNet stages kept (``"resnet.layer1"`` .. ``"resnet.layer<stage>"``), then the CNN's
+        blocks (``"cnn.0"`` ..)."""
+        return (tuple(f"resnet.layer{k}" for k in range(1, self.stage + 1))
+                + tuple(f"cnn.{i}" for i in range(len(self.cnn))))
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The maps of :meth:`feature_stages`; the last is :meth:`forward_features`'s."""
+        out = self.resnet.forward_stages(x)[: self.stage]
+        x = out[-1]
+        for block in self.cnn:
+            x = block(x)
+            out.append(x)
+        return out
 
     def default_gradcam_layer(self) -> str:
         """The custom CNN's last conv block, ``"cnn.<len(cnn) - 1>"``."""

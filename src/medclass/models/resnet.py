@@ -315,6 +315,22 @@ class ResNet(ClassifierModel):
         x = self.layer3(x)
         return self.layer4(x)
 
+    def feature_stages(self) -> tuple[str, ...]:
+        """``("layer1", "layer2", "layer3", "layer4")``: the four residual stages (the
+        out-of-distribution detector's feature ensemble, Lee et al. 2018)."""
+        return ("layer1", "layer2", "layer3", "layer4")
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The four stages' maps for ``(N, C, H, W)``: ``(N, 64 e, H/s, W/s)`` .. ``(N, 512 e, H/8s,
+        W/8s)`` (``e`` the block expansion, ``s`` 4 with the ImageNet stem, 1 with the small one);
+        the last is :meth:`forward_features`'s."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            out.append(x)
+        return out
+
     def default_gradcam_layer(self) -> str:
         """``"layer4"``: the last stage (1/32 of the input size with the ImageNet stem, 1/8 with
         the small stem)."""

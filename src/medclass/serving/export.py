@@ -217,10 +217,12 @@ class _ClassifierGraph(nn.Module):
     (:func:`medclass.pipeline.normalize_intensity`), runs ``model``, and returns its float32
     logits ``(N, K)`` (``(N, 1)`` single-logit) and the temperature-scaled probabilities ``(N, K)``
     (softmax, or ``[1 - sigmoid, sigmoid]``). With ``ood`` (a :class:`medclass.ood.OODDetector`)
-    the model's head is split off (the rest of ``model`` then returns the penultimate features
-    ``(N, F)``, the head's input) and :func:`medclass.ood.energy_score` of the logits or
-    :func:`medclass.ood.mahalanobis_score` of the features (means and precision as float32
-    buffers) is traced in too: float32 ``(N,)``. ``model`` is changed (pass a copy).
+    the score is traced in too, float32 ``(N,)``: :func:`medclass.ood.energy_score` of the logits,
+    or :func:`medclass.ood.layered_mahalanobis_score` of the pooled features of the detector's
+    layers (:meth:`medclass.models.ClassifierModel.forward_with_features`, which also gives the
+    logits, in the same pass) with the detector's means, precisions, medians and IQRs as float32
+    buffers (:meth:`medclass.ood.OODDetector.tensors`): the function the detector scores numpy
+    features with.
     """
 
     def __init__(self, model: nn.Module, spec, ood=None) -> None:
@@ -235,15 +237,23 @@ class _ClassifierGraph(nn.Module):
         self.temperature = float(spec.temperature)
         self.ood_method = ood.method if ood is not None else None
         if ood is not None:
-            self.head = model.get_classifier()
-            setattr(model, model.head_name, nn.Identity())  # model(x): the head's input, the features
             self.ood_temperature = float(ood.temperature)
             if ood.needs_features:
-                self.register_buffer("ood_means", torch.as_tensor(ood.means, dtype=torch.float32))
-                self.register_buffer("ood_precision", torch.as_tensor(ood.precision, dtype=torch.float32))
+                if not hasattr(model, "forward_with_features"):
+                    raise ValueError(f"{type(model).__name__} has no forward_with_features: its OOD score cannot be "
+                                     "exported")
+                model.stage_indices(ood.layers)  # fails here, with the model's stage names, on a mismatch
+                self.ood_layers = tuple(ood.layers)
+                self.ood_combine = ood.combine
+                t = ood.tensors()
+                for i, (m, p) in enumerate(zip(t["means"], t["precisions"])):
+                    self.register_buffer(f"ood_means_{i}", m)
+                    self.register_buffer(f"ood_precision_{i}", p)
+                self.register_buffer("ood_centre", t["centre"])
+                self.register_buffer("ood_scale", t["scale"])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from ..ood import energy_score, mahalanobis_score
+        from ..ood import energy_score, layered_mahalanobis_score
 
         x = pipeline.to_unit(image)
         if self.normalize:
@@ -253,12 +263,17 @@ class _ClassifierGraph(nn.Module):
         if self.ood_method is None:
             logits = self.model(x).float()
             return logits, pipeline.probabilities(logits, self.temperature)
-        features = self.model(x).float().flatten(1)
-        logits = self.head(features).float()
         if self.ood_method == "energy":
+            logits = self.model(x).float()
             score = energy_score(logits, self.ood_temperature)
         else:
-            score = mahalanobis_score(features, self.ood_means, self.ood_precision)
+            logits, features = self.model.forward_with_features(x, self.ood_layers)
+            logits = logits.float()
+            n = len(self.ood_layers)
+            score = layered_mahalanobis_score(
+                features, [getattr(self, f"ood_means_{i}") for i in range(n)],
+                [getattr(self, f"ood_precision_{i}") for i in range(n)], self.ood_centre, self.ood_scale,
+                self.ood_combine)
         return logits, pipeline.probabilities(logits, self.temperature), score
 
 
@@ -269,7 +284,8 @@ class ExportResult:
     difference between the exported model's probabilities (loaded back from ``path``) and eager
     PyTorch's on :data:`VERIFY_BATCH` random images (None when not verified);
     ``max_ood_rel_diff``: the largest relative difference between the exported OOD score and the
-    run's detector (float64 numpy) on them (None without a detector or when not verified)."""
+    run's detector (float64 numpy, :func:`medclass.engine.inference.ood_scores`) on them (None
+    without a detector or when not verified)."""
 
     path: Path
     format: str
@@ -405,10 +421,9 @@ def export_run(
             warnings.warn(f"the exported model {path} differs from PyTorch by up to {diff:.2e} in probability "
                           f"(tolerance {VERIFY_TOLERANCE:.0e})", RuntimeWarning, stacklevel=2)
         if ood is not None:
-            from ..engine.inference import logits_and_features
+            from ..engine.inference import ood_scores
 
-            z, f = logits_and_features(run.model, images, run.preprocess, run.device)
-            want = ood.score(z.numpy(), f.numpy())
+            _, want = ood_scores(ood, run.model, images, run.preprocess, run.device)
             ood_diff = float(np.max(np.abs(scores - want) / np.maximum(np.abs(want), 1.0)))
             if not ood_diff <= VERIFY_OOD_TOLERANCE:
                 warnings.warn(f"the exported model {path}'s OOD score differs from the run's detector by up to "
