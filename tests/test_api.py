@@ -150,3 +150,27 @@ def test_export_and_report_write_their_files(tiny_run):
     assert report._repr_html_().startswith("<iframe srcdoc=")
     rows = list(csv.DictReader(open(run.path / "eval-test" / "predictions.csv")))
     assert len(rows) == 8
+
+
+@pytest.mark.slow
+def test_cv_and_subgroup_evaluation_from_the_python_api(tmp_path):
+    """Issue 13's cross-validation and subgroup results are reachable from `import medclass`, not only
+    from the CLI: medclass.cv(...) and Run.evaluate(subgroups=..., group_aggregation=...)."""
+    from test_groups import _csv_with_patients
+
+    csv_path, rows = _csv_with_patients(tmp_path / "data")
+    record = medclass.cv(csv_path, folds=2, name="cv", runs_dir=tmp_path / "runs", epochs=1, image_size=16,
+                         batch_size=8, progress=False)
+    root = tmp_path / "runs" / "cv"
+    assert record["run_dir"] == str(root) and (root / "cv.json").is_file()
+    assert len(record["folds"]) == 2 and record["out_of_fold"]["n"] == sum(record["fold_sizes"])
+    ensemble = medclass.load(root / "ensemble")
+    assert ensemble.class_names == sorted({r["label"] for r in rows})
+    with pytest.raises(medclass.RunError, match="exists|already"):
+        medclass.cv(csv_path, folds=2, name="cv", runs_dir=tmp_path / "runs", epochs=1, image_size=16)
+
+    run = medclass.load(root / "fold-1")
+    ev = run.evaluate(data=csv_path, subgroups=["sex"], group_aggregation="max", bootstrap=20,
+                      out=tmp_path / "eval-sub")
+    assert set(ev["subgroups"]["sex"]["subgroups"]) == {"male", "female", "unknown"}
+    assert ev["group_level"]["aggregation"] == "max" and ev["group_level"]["n_groups"] < ev["n"]

@@ -19,7 +19,7 @@ that builds a configuration is :func:`medclass.configure`.)
 __version__ = "0.1.0"
 
 #: The API's names (medclass.api), resolved lazily by __getattr__ below.
-_API = ("configure", "train", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report")
+_API = ("configure", "train", "cv", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report")
 _CONFIG = ("RunConfig", "ConfigError")
 _RUNS = ("RunError",)
 

@@ -462,6 +462,7 @@ class Run:
     def evaluate(self, split: str = "test", data: Optional[PathLike] = None, *, checkpoint: str = "best",
                  tta: bool = False, bootstrap: int = 1000, seed: int = 0, dedupe: bool = False, explain: int = 0,
                  target_sensitivity: Optional[float] = None, out: Optional[PathLike] = None,
+                 group_aggregation: str = "mean", subgroups: Sequence[str] = (),
                  progress: bool = False) -> Evaluation:
         """``medclass evaluate``: metrics with bootstrap 95 % intervals, temperature calibration
         fitted on the validation split, the binary operating point, confusion matrix, ROC and
@@ -478,17 +479,23 @@ class Run:
             explain: Grad-CAM figures of the N most confident right and wrong per class.
             target_sensitivity: binary: the threshold reaching this sensitivity on validation
                 (default Youden's J).
+            group_aggregation: where images share a group (the CSV group column: patient,
+                lesion), the group's probabilities are aggregated by ``mean`` or ``max`` (any image
+                positive) for the group-level results (``metrics["groups"]``).
+            subgroups: CSV columns (e.g. ``["sex", "age"]``; numeric ones binned): results per
+                subgroup with 95 % intervals and the best-worst gap (``metrics["subgroups"]``).
 
         Raises:
-            DataError: no such split, or classes the run does not know. RunError, CheckpointError:
-                not a run, no checkpoint.
+            DataError: no such split, or classes the run does not know, or a subgroup column the
+                data lacks. RunError, CheckpointError: not a run, no checkpoint.
         """
         _heavy_imports()
         from .evaluation import evaluate_run
 
         metrics = evaluate_run(self.path, None if data is None else str(data), split, None if out is None else Path(out),
                                checkpoint, progress=progress, tta=("hflip",) if tta else (), n_bootstrap=bootstrap,
-                               seed=seed, dedupe=dedupe, explain=explain, target_sensitivity=target_sensitivity)
+                               seed=seed, dedupe=dedupe, explain=explain, target_sensitivity=target_sensitivity,
+                               group_how=group_aggregation, subgroups=tuple(subgroups))
         self._loaded.clear()  # calibration went into the spec: predict with it from now on
         self.last_evaluation = Evaluation(metrics)
         return self.last_evaluation
@@ -652,6 +659,22 @@ def _as_model_images(images: Any, spec) -> Any:
 # --------------------------------------------------------------------------- train and load
 
 
+def _config_of(data: Optional[PathLike], config: Union[RunConfig, PathLike, None], options: Mapping[str, Any]) -> RunConfig:
+    """The configuration :func:`train` and :func:`cv` run: a copy of ``config`` (a RunConfig) with
+    ``data`` and ``options`` applied, else :func:`configure` of them (``config`` a YAML file)."""
+    if not isinstance(config, RunConfig):
+        return configure(data, file=config, **options)
+    import copy
+
+    cfg = copy.deepcopy(config)
+    if data is not None:
+        cfg.data.source = str(data)
+    for key, value in _dotted(options).items():
+        cfg.set(key, value)
+    check_budget_config(cfg)
+    return cfg
+
+
 def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike, None] = None,
           name: Optional[str] = None, runs_dir: PathLike = "runs", evaluate: bool = False,
           mlflow: Optional[bool] = None, progress: Optional[bool] = None, **options: Any) -> Run:
@@ -677,17 +700,7 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
     """
     from .tracking import check_tracking
 
-    if isinstance(config, RunConfig):
-        import copy
-
-        cfg = copy.deepcopy(config)
-        if data is not None:
-            cfg.data.source = str(data)
-        for key, value in _dotted(options).items():
-            cfg.set(key, value)
-        check_budget_config(cfg)
-    else:
-        cfg = configure(data, file=config, **options)
+    cfg = _config_of(data, config, options)
     if mlflow is not None:
         cfg.train.mlflow = bool(mlflow)
     if progress is not None:
@@ -704,6 +717,60 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
     if evaluate:
         run.evaluate(progress=cfg.train.progress)
     return run
+
+
+def cv(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike, None] = None, folds: int = 5,
+       group_pattern: Optional[str] = None, name: Optional[str] = None, runs_dir: PathLike = "runs",
+       resume: bool = False, progress: Optional[bool] = None, **options: Any) -> dict[str, Any]:
+    """``medclass cv``: K-fold cross-validation that keeps each group (patient, lesion) inside one
+    fold (scikit-learn ``StratifiedGroupKFold``), out-of-fold metrics, and the K fold models as one
+    soft-voting ensemble evaluated on the untouched test split
+    (:func:`medclass.evaluation.cv.cross_validate`).
+
+    Args:
+        data, config, **options: as for :func:`train` (``time_budget`` is the budget of all folds
+            together).
+        folds: K, at least 2.
+        group_pattern: a regular expression whose first group, searched in each file name, names
+            its group (default: the CSV group column, else no grouping).
+        name: the folder under ``runs_dir`` (needed with ``resume``).
+        resume: continue an interrupted cross-validation ``runs_dir/name``.
+        progress: tqdm bars; None: only when stderr is a terminal.
+
+    Returns:
+        The record written to ``RUN/cv.json``: fold sizes, per-fold validation metrics with mean
+        and standard deviation, out-of-fold metrics with intervals, the ensemble's test metrics;
+        ``record["run_dir"]`` is the folder (its ``ensemble`` subfolder opens with :func:`load`).
+    Raises:
+        ConfigError: a bad key or value. RunError: the folder exists (without ``resume``), or
+            ``resume`` with other settings or nothing to resume. DataError: bad data, groups or
+            pattern.
+    """
+    if resume:
+        if not name:
+            raise RunError("resume needs the name of the cross-validation to continue")
+        root = Path(runs_dir) / name
+        if not (root / "config.yaml").is_file():
+            raise RunError(f"{root} holds no interrupted cross-validation (config.yaml)")
+        cfg = RunConfig.load(root / "config.yaml")
+        import json
+
+        settings = json.loads((root / "cv.json").read_text())["settings"] if (root / "cv.json").is_file() else {}
+        folds, group_pattern = settings.get("folds", folds), settings.get("group_pattern", group_pattern)
+    else:
+        cfg = _config_of(data, config, options)
+    if progress is not None:
+        cfg.train.progress = bool(progress)
+    elif not sys.stderr.isatty():
+        cfg.train.progress = False
+    _heavy_imports()
+    from .engine import new_run_dir
+    from .evaluation.cv import cross_validate
+
+    root = Path(runs_dir) / name if resume else new_run_dir(Path(runs_dir), name, cfg)
+    record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
+                            log=print)
+    return {**record, "run_dir": str(root)}
 
 
 def load(path: PathLike) -> Run:
