@@ -174,3 +174,19 @@ def test_cv_and_subgroup_evaluation_from_the_python_api(tmp_path):
                       out=tmp_path / "eval-sub")
     assert set(ev["subgroups"]["sex"]["subgroups"]) == {"male", "female", "unknown"}
     assert ev["group_level"]["aggregation"] == "max" and ev["group_level"]["n_groups"] < ev["n"]
+
+
+def test_cv_resume_errors_are_the_same_from_the_cli_and_the_api(tmp_path):
+    """One definition (medclass.runs.resume_cv_dir) of the interrupted cross-validation to continue."""
+    from typer.testing import CliRunner
+
+    from medclass.cli import app
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("{}\n")  # a folder without cv.json
+    for name, message in ((None, "needs the --name"), ("nothing", "holds no interrupted cross-validation"),
+                          ("half", "holds no interrupted cross-validation")):
+        with pytest.raises(medclass.RunError, match=message):
+            medclass.cv(name=name, runs_dir=tmp_path, resume=True)
+        r = CliRunner().invoke(app, ["cv", "--resume", "--runs-dir", str(tmp_path)] + (["--name", name] if name else []))
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output

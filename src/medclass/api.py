@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from .config import PRESETS, ConfigError, RunConfig, check_budget_config
-from .runs import RunError, RunFiles
+from .runs import RunError, RunFiles, resume_cv_dir
 
 __all__ = ["configure", "train", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report"]
 
@@ -747,16 +747,7 @@ def cv(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike, No
             pattern.
     """
     if resume:
-        if not name:
-            raise RunError("resume needs the name of the cross-validation to continue")
-        root = Path(runs_dir) / name
-        if not (root / "config.yaml").is_file():
-            raise RunError(f"{root} holds no interrupted cross-validation (config.yaml)")
-        cfg = RunConfig.load(root / "config.yaml")
-        import json
-
-        settings = json.loads((root / "cv.json").read_text())["settings"] if (root / "cv.json").is_file() else {}
-        folds, group_pattern = settings.get("folds", folds), settings.get("group_pattern", group_pattern)
+        root, cfg, folds, group_pattern = resume_cv_dir(runs_dir, name)
     else:
         cfg = _config_of(data, config, options)
     if progress is not None:
@@ -767,7 +758,8 @@ def cv(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike, No
     from .engine import new_run_dir
     from .evaluation.cv import cross_validate
 
-    root = Path(runs_dir) / name if resume else new_run_dir(Path(runs_dir), name, cfg)
+    if not resume:
+        root = new_run_dir(Path(runs_dir), name, cfg)
     record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
                             log=print)
     return {**record, "run_dir": str(root)}

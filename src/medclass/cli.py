@@ -197,19 +197,11 @@ def cv(
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
 ) -> None:
     """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
-    import json
+    from .runs import CV_FILE, resume_cv_dir
 
-    cv_file = "cv.json"  # medclass.evaluation.cv.CV_FILE, named here to check it before importing PyTorch
     with _user_errors():
         if resume:
-            if not name:
-                _fail("--resume needs the --name of the cross-validation to continue")
-            root = runs_dir / name
-            if not (root / cv_file).is_file() or not (root / "config.yaml").is_file():
-                _fail(f"{root} holds no interrupted cross-validation ({cv_file}, config.yaml)")
-            cfg = RunConfig.load(root / "config.yaml")
-            settings = json.loads((root / cv_file).read_text())["settings"]
-            folds, group_pattern = settings["folds"], settings["group_pattern"]
+            root, cfg, folds, group_pattern = resume_cv_dir(runs_dir, name)
         else:
             cfg = _build_config(data, config, sets, **{"train.epochs": epochs, "data.image_size": image_size,
                                                         "train.time_budget": time_budget, "model.arch": arch})
@@ -220,7 +212,7 @@ def cv(
         record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
                                 log=typer.echo)
         typer.echo(format_cv(record))
-        typer.echo(f"written to {root / cv_file}")
+        typer.echo(f"written to {root / CV_FILE}")
 
 
 @app.command()

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from .config import RunConfig
 
-__all__ = ["RunError", "RunFiles", "new_run_dir", "resume_run_dir"]
+__all__ = ["RunError", "RunFiles", "new_run_dir", "resume_run_dir", "resume_cv_dir", "CV_FILE"]
+
+#: A cross-validation's record, ``RUN/cv.json`` (:mod:`medclass.evaluation.cv`).
+CV_FILE = "cv.json"
 
 
 class RunError(RuntimeError):
@@ -90,3 +93,25 @@ def resume_run_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfi
     if not files.config.exists():
         raise RunError(f"cannot resume: {files.root}/config.yaml not found")
     return files.root, RunConfig.load(files.config)
+
+
+def resume_cv_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfig, int, Optional[str]]":
+    """The folder, saved configuration, number of folds and group pattern of an interrupted
+    cross-validation to continue: ``runs_dir / name``, its ``config.yaml`` and the settings in its
+    :data:`CV_FILE` (read without importing PyTorch, so the CLI fails fast).
+
+    Raises:
+        RunError: no ``name``; the folder holds no ``cv.json`` or ``config.yaml``.
+        medclass.config.ConfigError: the ``config.yaml`` is not a valid configuration.
+    """
+    import json
+
+    from .config import RunConfig
+
+    if not name:
+        raise RunError("--resume needs the --name of the cross-validation to continue")
+    root = Path(runs_dir) / name
+    if not (root / CV_FILE).is_file() or not (root / "config.yaml").is_file():
+        raise RunError(f"{root} holds no interrupted cross-validation ({CV_FILE}, config.yaml)")
+    settings = json.loads((root / CV_FILE).read_text())["settings"]
+    return root, RunConfig.load(root / "config.yaml"), settings["folds"], settings["group_pattern"]

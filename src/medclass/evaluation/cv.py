@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..config import RunConfig, parse_duration
+from ..runs import CV_FILE
 from ..data import DataError, DataIndex, build_index, cache_dir_for, decode_split, read_manifest, write_manifest
 from ..engine import RunError, RunFiles, load_run, logits_to_probs, predict_logits, train
 from ..progress import Progress
@@ -42,7 +43,6 @@ from .metrics import bootstrap_ci, classification_metrics
 __all__ = ["cross_validate", "format_cv", "fold_assignments", "group_ids", "CV_FILE", "DEFAULT_FOLDS"]
 
 #: The record of a cross-validation in its folder.
-CV_FILE = "cv.json"
 
 #: Folds of ``medclass cv`` unless ``--folds`` says otherwise.
 DEFAULT_FOLDS = 5
