@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import INTENSITY_RULES  # fixed | per_image (data.intensity); config imports no torch
 
-__all__ = ["is_torch", "hwc_to_nchw", "nchw_to_hwc", "to_unit", "normalize", "normalize_intensity", "INTENSITY_EPS",
+__all__ = ["is_torch", "hwc_to_nchw", "nchw_to_hwc", "to_unit", "normalize", "normalize_intensity", "check_intensity", "INTENSITY_EPS",
            "INTENSITY_RULES", "preprocess", "probabilities", "decide"]
 
 Array = Any  # a numpy array or a torch tensor
@@ -93,6 +93,19 @@ def _channel_stats(values: Union[Sequence[float], Array], like: Array) -> Array:
 INTENSITY_EPS = 1e-3
 
 
+def check_intensity(intensity: str, fixed_stats: bool) -> None:
+    """Check an ``intensity`` rule (:data:`INTENSITY_RULES`) and that ``per_image`` comes without a
+    fixed mean/std (``fixed_stats``), which it replaces.
+
+    Raises:
+        ValueError: an unknown rule, or ``per_image`` with a mean/std.
+    """
+    if intensity not in INTENSITY_RULES:
+        raise ValueError(f"intensity must be one of {' | '.join(INTENSITY_RULES)}, got {intensity!r}")
+    if intensity == "per_image" and fixed_stats:
+        raise ValueError("per_image intensity standardisation replaces a fixed mean/std; give mean=std=None")
+
+
 def normalize_intensity(x: Array, eps: float = INTENSITY_EPS) -> Array:
     """Per-image, per-channel standardisation: each channel of each image of float ``(N, C, H, W)``
     minus its own mean, divided by its own standard deviation over ``H x W`` (population std, floored
@@ -139,12 +152,9 @@ def normalize(x: Array, mean: Optional[Union[Sequence[float], Array]],
     Raises:
         ValueError: an unknown ``intensity``, or ``per_image`` with a mean/std.
     """
+    check_intensity(intensity, mean is not None or std is not None)
     if intensity == "per_image":
-        if mean is not None or std is not None:
-            raise ValueError("per_image intensity standardisation replaces a fixed mean/std; give mean=std=None")
         return normalize_intensity(x)
-    if intensity != "fixed":
-        raise ValueError(f"intensity must be one of {' | '.join(INTENSITY_RULES)}, got {intensity!r}")
     if mean is None or std is None:
         return x
     return (x - _channel_stats(mean, x)) / _channel_stats(std, x)

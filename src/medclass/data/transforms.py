@@ -45,11 +45,8 @@ class Preprocess(nn.Module):
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  intensity: str = "fixed") -> None:
         super().__init__()
-        if intensity not in pipeline.INTENSITY_RULES:
-            raise ValueError(f"intensity must be one of {' | '.join(pipeline.INTENSITY_RULES)}, got {intensity!r}")
         self.normalize = mean is not None and std is not None
-        if intensity == "per_image" and self.normalize:
-            raise ValueError("per_image intensity standardisation replaces a fixed mean/std; give mean=std=None")
+        pipeline.check_intensity(intensity, self.normalize)
         self.intensity = intensity
         m = torch.tensor(list(mean) if mean is not None else [0.0], dtype=torch.float32)
         s = torch.tensor(list(std) if std is not None else [1.0], dtype=torch.float32)
@@ -64,9 +61,8 @@ class Preprocess(nn.Module):
         """float ``(N, C, H, W)`` in [0, 1] -> the network's input (:func:`medclass.pipeline.normalize`):
         ``(x - mean) / std``, per-image standardisation, or ``x`` unchanged when this preprocessing
         does neither. Training calls it after augmentation (and mixing and resizing)."""
-        if self.normalize:
-            return pipeline.normalize(x, self.mean, self.std, self.intensity)
-        return pipeline.normalize(x, None, None, self.intensity)
+        fixed = (self.mean, self.std) if self.normalize else (None, None)
+        return pipeline.normalize(x, *fixed, self.intensity)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize_(self.to_unit(x))

@@ -256,10 +256,8 @@ class _ClassifierGraph(nn.Module):
         from ..ood import energy_score, layered_mahalanobis_score
 
         x = pipeline.to_unit(image)
-        if self.normalize:
-            x = pipeline.normalize(x, self.mean, self.std, self.intensity)
-        else:
-            x = pipeline.normalize(x, None, None, self.intensity)
+        fixed = (self.mean, self.std) if self.normalize else (None, None)
+        x = pipeline.normalize(x, *fixed, self.intensity)
         if self.ood_method is None:
             logits = self.model(x).float()
             return logits, pipeline.probabilities(logits, self.temperature)
