@@ -47,14 +47,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .fileio import sha256_of_file
+from .fileio import atomic_write, sha256_of_file
 from .pipeline import _torch, is_torch
 from .runs import RunError, RunFiles
 
@@ -623,27 +622,18 @@ def fit_detector(
 
 
 def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` on a temporary file in ``path``'s folder, then ``os.replace`` it into place.
+    """:func:`medclass.fileio.atomic_write` of ``write(tmp)`` onto ``path``, with the OOD files' errors.
 
     Raises:
-        RunError: a symbolic link sits at ``path`` (nothing is written through it), or the file
-            cannot be written (the message names it).
+        RunError: a symbolic link sits at ``path`` (nothing is written through it, nor is the link
+            replaced), or the file cannot be written (the message names it).
     """
     if path.is_symlink():
         raise RunError(f"{path} is a symbolic link; refusing to write the OOD detector through it (remove the link)")
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as e:
         raise RunError(f"cannot write the OOD detector {path}: {e}") from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
 
 
 def write_ood(detector: OODDetector, run_dir: Union[str, os.PathLike]) -> Path:
