@@ -39,7 +39,7 @@ def _brighter(images: np.ndarray) -> np.ndarray:
 
 def test_rules_and_the_default():
     assert INTENSITY_RULES == pipeline.INTENSITY_RULES == ("fixed", "per_image")
-    assert DataConfig().intensity == "fixed" and Preprocess().intensity == "fixed"
+    assert DataConfig().intensity == "auto" and Preprocess().intensity == "fixed"  # auto: resolved when training starts
 
 
 def test_numpy_and_torch_agree():
@@ -111,13 +111,13 @@ def test_config_value_is_checked(tmp_path):
     cfg = RunConfig()
     cfg.set("data.intensity", "per_image")
     assert cfg.data.intensity == "per_image"
-    with pytest.raises(ConfigError, match=r"data.intensity must be one of fixed \| per_image, got 'zscore'"):
+    with pytest.raises(ConfigError, match=r"data.intensity must be one of auto \| fixed \| per_image, got 'zscore'"):
         cfg.set("data.intensity", "zscore")
     with pytest.raises(ConfigError, match="data.intensity must be one of"):
         DataConfig(intensity="per-image")
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  intensity: perimage\n")
-    with pytest.raises(ConfigError, match=re.escape("data.intensity must be one of fixed | per_image, got 'perimage'")):
+    with pytest.raises(ConfigError, match=re.escape("data.intensity must be one of auto | fixed | per_image, got 'perimage'")):
         RunConfig.load(path)
     path.write_text("data:\n  intensity: per_image\n")
     assert RunConfig.load(path).data.intensity == "per_image"
@@ -171,7 +171,9 @@ def test_spec_from_config():
     assert spec_from_config(saved, ["a", "b"], "r") == spec
     cfg.data.intensity = "fixed"
     assert spec_from_config(cfg, ["a", "b"], "r").mean == list(IMAGENET_MEAN)  # unchanged default behaviour
-    assert spec_from_config(RunConfig(), ["a", "b"], "r").intensity == "fixed"
+    cfg.model.pretrained, cfg.data.intensity = None, "auto"  # the default: resolved from the images first
+    with pytest.raises(ValueError, match="chosen from the training images"):
+        spec_from_config(cfg, ["a", "b"], "r")
 
 
 def test_legacy_and_ensemble_specs(tmp_path):

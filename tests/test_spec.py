@@ -160,6 +160,7 @@ def test_imagenet_weights_mean_imagenet_normalisation_in_one_place():
     assert IMAGENET_WEIGHT_NAMES == {*P.IMAGENET_CHECKPOINTS, *P.IMAGENET_ALIASES}
     assert P.IMAGENET_MEAN is IMAGENET_MEAN and P.IMAGENET_STD is IMAGENET_STD
     cfg = RunConfig()
+    cfg.data.intensity = "fixed"  # what data.intensity: auto resolves to with pretrained weights
     before = cfg.to_dict()
     for name, expect in (("imagenet-v2", list(IMAGENET_MEAN)), ("ImageNet", list(IMAGENET_MEAN)), (None, None),
                          ("runs/other", None)):

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import yaml
 
 __all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "INTENSITY_RULES",
+    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "INTENSITY_RULES", "INTENSITY_CHOICES",
     "parse_duration",
     "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
 ]
@@ -36,6 +36,12 @@ RESIZE_RULES = ("squash", "pad")
 #: (:func:`medclass.pipeline.normalize_intensity`, MONAI ``NormalizeIntensity``).
 INTENSITY_RULES = ("fixed", "per_image")
 
+#: What ``data.intensity`` accepts: a rule of :data:`INTENSITY_RULES`, or ``auto`` (the default):
+#: ``per_image`` for greyscale images, ``fixed`` for colour ones and with a fixed mean/std
+#: (``data.normalize``, pretrained weights), chosen when training starts
+#: (:func:`medclass.engine.intensity.resolve_intensity`); a run records the rule chosen.
+INTENSITY_CHOICES = ("auto",) + INTENSITY_RULES
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
@@ -47,8 +53,8 @@ def _check_resize(value: Any) -> None:
 
 
 def _check_intensity(value: Any) -> None:
-    if value not in INTENSITY_RULES:
-        raise ConfigError(f"data.intensity must be one of {' | '.join(INTENSITY_RULES)}, got {value!r}")
+    if value not in INTENSITY_CHOICES:
+        raise ConfigError(f"data.intensity must be one of {' | '.join(INTENSITY_CHOICES)}, got {value!r}")
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -184,12 +190,12 @@ class DataConfig:
     before training (:func:`medclass.engine.budget.choose_resolution`), without one
     :data:`DEFAULT_IMAGE_SIZE`; the run records the size used.
     ``channels``: 3 (RGB) or 1 (greyscale). Split fractions apply only where the data has no split.
-    ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`). ``intensity``: ``fixed`` | ``per_image``
-    (:data:`INTENSITY_RULES`).
+    ``resize``: ``squash`` | ``pad`` (:data:`RESIZE_RULES`). ``intensity``: ``auto`` | ``fixed`` |
+    ``per_image`` (:data:`INTENSITY_CHOICES`; ``auto`` is resolved when training starts).
 
     Raises:
         ConfigError: ``resize`` is not a rule of :data:`RESIZE_RULES`, or ``intensity`` not one of
-            :data:`INTENSITY_RULES`.
+            :data:`INTENSITY_CHOICES`.
     """
 
     source: Optional[str] = None
@@ -226,11 +232,13 @@ class DataConfig:
     normalize: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
-    # fixed | per_image: after scaling to [0, 1] (and after augmentation and resizing), standardise
+    # auto | fixed | per_image: after scaling to [0, 1] (and after augmentation and resizing), standardise
     # every image by the fixed mean/std above (fixed: only with normalize, or ImageNet weights' own), or
     # each image and channel by its own mean and standard deviation over H x W (per_image: MONAI
-    # NormalizeIntensity, nnU-Net's z-score; replaces normalize, ImageNet's too; medclass.pipeline)
-    intensity: str = "fixed"
+    # NormalizeIntensity, nnU-Net's z-score; replaces normalize, ImageNet's too; medclass.pipeline);
+    # auto: per_image for greyscale images, fixed for colour ones or with normalize/pretrained
+    # (medclass.engine.intensity); config.yaml of a run records the rule chosen
+    intensity: str = "auto"
     # augmentation (applied batched on the training device, kornia)
     augment: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])

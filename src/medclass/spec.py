@@ -300,6 +300,9 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
             raise ValueError("data.image_size 'auto' with a time budget is chosen when training starts; "
                              "a spec needs the size in pixels")
         size = DEFAULT_IMAGE_SIZE
+    if d.intensity == "auto":
+        raise ValueError("data.intensity 'auto' is chosen from the training images when training starts "
+                         "(medclass.engine.intensity.resolve_intensity); a spec needs the rule")
     return ModelSpec(
         class_names=[str(c) for c in class_names],
         channels=int(d.channels),
@@ -418,6 +421,8 @@ def legacy_spec(cfg: RunConfig, class_names: Sequence[str], run_dir: Union[str, 
         ValueError: a ``calibration.json`` that is not JSON (names the file), or a field out of range.
     """
     root = Path(run_dir)
+    if cfg.data.intensity == "auto":  # a config.yaml from before data.intensity: such runs were fixed
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity="fixed"))
     spec = dataclasses.replace(spec_from_config(cfg, class_names, root.resolve().name, epoch), medclass_version="")
     record = _calibration_of(RunFiles(root).calibration)
     if record is not None:

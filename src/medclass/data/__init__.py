@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "NEAR_THRESHOLD": "audit", "cross_split_duplicates": "audit", "dedupe": "audit", "write_audit": "audit",
     "DecodedSplit": "dataset", "cache_dir_for": "dataset", "decode_split": "dataset",
-    "default_cache_dir": "dataset", "load_sample": "dataset", "native_side": "dataset",
+    "default_cache_dir": "dataset", "load_sample": "dataset", "native_side": "dataset", "greyscale_content": "dataset",
     "read_dicom": "dicom",
     "IMAGE_EXTENSIONS": "io", "ImageReadError": "io", "expand_image_paths": "io", "is_image_file": "io", "read_image": "io",
     "SPLITS": "sources", "DataError": "sources", "DataIndex": "sources", "Sample": "sources",
@@ -33,7 +33,7 @@ _SUBMODULES = frozenset({"audit", "dataset", "dicom", "io", "sources", "splits",
 __all__ = [
     "SPLITS", "DataError", "DataIndex", "Sample", "DecodedSplit", "ImageReadError", "IMAGE_EXTENSIONS",
     "build_index", "bundled_breastmnist", "index_csv", "index_folder", "index_npz", "match_class_names",
-    "read_manifest", "write_manifest", "csv_columns", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "native_side", "read_image",
+    "read_manifest", "write_manifest", "csv_columns", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "native_side", "greyscale_content", "read_image",
     "is_image_file", "expand_image_paths", "Preprocess", "build_augmentation", "read_dicom", "cross_split_duplicates", "dedupe",
     "write_audit", "NEAR_THRESHOLD",
 ]
@@ -64,7 +64,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .audit import NEAR_THRESHOLD, cross_split_duplicates, dedupe, write_audit
-    from .dataset import DecodedSplit, cache_dir_for, decode_split, default_cache_dir, load_sample, native_side
+    from .dataset import DecodedSplit, cache_dir_for, decode_split, default_cache_dir, greyscale_content, load_sample, native_side
     from .dicom import read_dicom
     from .io import IMAGE_EXTENSIONS, ImageReadError, expand_image_paths, is_image_file, read_image
     from .sources import (

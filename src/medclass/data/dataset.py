@@ -31,7 +31,7 @@ from .io import ImageReadError, read_image, to_model_input, validate_resize
 from .sources import NPZ_SEP, Sample
 
 __all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "cache_dir_for", "file_digest", "cache_key",
-           "CACHE_VERSION", "native_side"]
+           "CACHE_VERSION", "native_side", "greyscale_content", "GREYSCALE_TOLERANCE"]
 
 #: Bump when decoding changes (resize filter, channel conversion): old cache entries are then unused.
 CACHE_VERSION = 1
@@ -94,6 +94,38 @@ def native_side(samples: Sequence[Sample], channels: int, n: int = 32,
             continue
         sides.append(min(arr.shape[0], arr.shape[1]))
     return int(np.median(sides)) if sides else None
+
+
+#: Mean absolute difference between an image's colour channels, in uint8 levels, under which
+#: :func:`greyscale_content` counts it as grey: lossy JPEG's chroma noise on a grey image stays
+#: well under it, a photograph's colour (dermoscopy, stained smears) is tens of levels.
+GREYSCALE_TOLERANCE = 2.0
+
+
+def greyscale_content(samples: Sequence[Sample], channels: int, n: int = 32,
+                      dicom_window: Optional[Sequence[float]] = None) -> Optional[bool]:
+    """Whether the images are grey whatever their file format says: True when at least 90 % of up
+    to ``n`` samples spread evenly over ``samples`` (decoded at 64 x 64 px) have equal colour
+    channels (mean absolute channel difference under :data:`GREYSCALE_TOLERANCE` levels), as CT,
+    MRI, X-ray and ultrasound exported to RGB(A) PNG or JPEG are; False for colour content
+    (dermoscopy, stained blood smears); None when none of them can be read. With ``channels`` 1
+    the model sees grey images whatever the files hold: True without reading any.
+    ``data.intensity: auto`` uses it (:func:`medclass.engine.intensity.resolve_intensity`)."""
+    if channels == 1:
+        return True
+    picked = list(samples)[:: max(1, len(samples) // max(1, n))][:n]
+    grey = read = 0
+    for s in picked:
+        try:
+            arr = load_sample(s.path, 3, 64, dicom_window).astype(np.int16)
+        except (OSError, ValueError):
+            continue
+        read += 1
+        diff = (np.abs(arr[..., 0] - arr[..., 1]).mean() + np.abs(arr[..., 1] - arr[..., 2]).mean()) / 2
+        grey += bool(diff < GREYSCALE_TOLERANCE)
+    if read == 0:
+        return None
+    return grey >= 0.9 * read
 
 
 @lru_cache(maxsize=65536)

@@ -368,6 +368,7 @@ def lr_find(
     from ..spec import spec_from_config
     from .distributed import DistContext
     from .inference import channels_last_wanted, select_device
+    from .intensity import resolve_intensity
     from .mixup import build_mixup
     from .trainer import _decode, _setup_model, backbone_frozen, make_loader, make_loss, make_optimizer
 
@@ -389,6 +390,7 @@ def lr_find(
     train_split = _decode(cfg, index.splits["train"], "train", ctx)
     if len(train_split) == 0:
         raise RunError("lr-find: no training images")
+    resolve_intensity(cfg, index.splits["train"], log)
     spec = spec_from_config(cfg, index.class_names, "lr-find")
     preprocess = Preprocess.from_spec(spec).to(device)
     augment = build_augmentation(cfg.data)

@@ -65,6 +65,7 @@ from .inference import channels_last_wanted, predict_logits, select_device
 from .run_folder import (  # noqa: F401  (DISK_MARGIN_BYTES, checkpoint_bytes_needed: importable from here too)
     DISK_MARGIN_BYTES, check_disk_space, checkpoint_bytes_needed, prepare_run_dir, remove_stale_temp_files, write_failed,
 )
+from .intensity import resolve_intensity
 from .budget import (
     BUDGET_FILE, MAX_WARMUP_FRACTION, Budget, RunClock, auto_candidates, choose_resolution, estimate_save_seconds,
     format_duration, measure_affordable_speeds, measure_throughput, plan_message, preserved_state,
@@ -591,11 +592,14 @@ def _log_scalars(writer, row: dict[str, float]) -> None:
 
 def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: EarlyStopping, stopped_early: bool,
                   seconds: float, splits: tuple[DecodedSplit, DecodedSplit], device: torch.device,
-                  ctx: DistContext, cfg: RunConfig, budget: Optional[dict[str, Any]] = None) -> None:
+                  ctx: DistContext, cfg: RunConfig, budget: Optional[dict[str, Any]] = None,
+                  intensity_reason: str = "") -> None:
     """After the last epoch (rank 0): ``curves.png`` and ``train_summary.json`` (best epoch,
     epochs run, training seconds across resumes, wall seconds of this invocation, image counts,
-    device, world size, global batch, the skipped unreadable files; with a time budget its plan
-    and actual time, :meth:`medclass.engine.budget.Budget.summary`, under ``budget``)."""
+    device, world size, global batch, the skipped unreadable files, the intensity rule used and,
+    when ``data.intensity: auto`` chose it in this invocation, why (``intensity_reason``); with a
+    time budget its plan and actual time, :meth:`medclass.engine.budget.Budget.summary`, under
+    ``budget``)."""
     if history:
         plot_curves(history, files.curves)
     skipped = splits[0].skipped + splits[1].skipped
@@ -607,7 +611,10 @@ def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: Ear
         "train_images": len(splits[0]), "valid_images": len(splits[1]), "device": str(device),
         "world_size": ctx.world_size, "global_batch": cfg.train.batch_size,
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
+        "intensity": cfg.data.intensity,
     }
+    if intensity_reason:
+        summary["intensity_reason"] = intensity_reason
     if budget is not None:
         summary["budget"] = budget
     resumes = _read_resumes(files)
@@ -924,6 +931,9 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
         raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
                           f"{index.num_classes} classes")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
+    if resume and cfg.data.intensity == "auto":  # a config.yaml from before data.intensity: the spec's rule
+        cfg.data.intensity = read_spec(files.root).intensity
+    intensity_reason = resolve_intensity(cfg, index.splits["train"], log)  # auto: greyscale -> per_image
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
     # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
@@ -1041,7 +1051,8 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     seconds = time.time() - t_start
     if main:
         write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg,
-                      budget=None if budget is None else budget.summary(budget.elapsed()))
+                      budget=None if budget is None else budget.summary(budget.elapsed()),
+                      intensity_reason=intensity_reason)
         mlflow_run.end_training()  # curves, metrics.csv, summary and config as artifacts; FINISHED
     if ctx.enabled:
         barrier(ctx)
