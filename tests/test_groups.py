@@ -246,3 +246,16 @@ def test_report_of_a_run_with_patients_subgroups_and_ood(tmp_path):
     html = build_report(tmp_path / "run", n_bootstrap=50, explain=0, audit=False).read_text()
     assert "Results per patient, lesion or study" in html and "By sex" in html
     assert "Out-of-distribution warning" in html and f"{detector.threshold:.4g}" in html
+
+
+def test_subgroups_are_listed_in_numeric_order_unknown_last():
+    rng = np.random.default_rng(0)
+    ages = [5, 8, 12, 30, 35, 44, 60, 75, None, 90] * 3
+    bins, _ = numeric_bins(ages)
+    y = rng.integers(0, 2, len(ages))
+    p = rng.dirichlet([1, 1], len(ages))
+    names = list(subgroup_metrics(p, y, bins, n_resamples=10)["subgroups"])
+    lows = [float(n.split("-")[0]) for n in names[:-1]]
+    assert lows == sorted(lows) and len(lows) >= 3 and names[-1] == "unknown"
+    assert list(subgroup_metrics(p, y, ["b", "a", "10", "9"] * 7 + ["b", "a"], n_resamples=10)["subgroups"]) == \
+        ["9", "10", "a", "b"]

@@ -12,6 +12,8 @@ Torch-free: numpy and scikit-learn (through :mod:`medclass.evaluation.metrics`).
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -125,6 +127,19 @@ def numeric_bins(values: Sequence[Any], n_bins: int = 4) -> tuple[list[Optional[
     return [(labels[int(np.searchsorted(inner, x, side="right"))] if x is not None else None) for x in nums], edges
 
 
+_LEADING_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def _subgroup_order(name: str) -> tuple:
+    """Sort key of subgroup names: those that start with a number (the ``"lo-hi"`` bins of
+    :func:`numeric_bins`, ages) in numeric order first, then the others by name, ``"unknown"`` last;
+    so ``"5-30"`` comes before ``"30-45"``, which a string sort puts the other way round."""
+    m = _LEADING_NUMBER.match(name)
+    if name == "unknown":
+        return (2, 0.0, name)
+    return (0, float(m.group()), name) if m else (1, 0.0, name)
+
+
 def subgroup_metrics(probs: np.ndarray, labels: Sequence[int], values: Sequence[Any], *, n_resamples: int = 1000,
                      seed: int = 0, min_n: int = MIN_SUBGROUP_N) -> dict[str, Any]:
     """Accuracy, balanced accuracy and AUROC per subgroup, with percentile bootstrap 95 % intervals
@@ -144,7 +159,7 @@ def subgroup_metrics(probs: np.ndarray, labels: Sequence[int], values: Sequence[
     y = np.asarray(labels, dtype=np.int64)
     names = np.asarray(["unknown" if v is None or str(v).strip() == "" else str(v) for v in values])
     table: dict[str, Any] = {}
-    for name in sorted(set(names.tolist())):
+    for name in sorted(set(names.tolist()), key=_subgroup_order):
         idx = np.flatnonzero(names == name)
         point = _point_metrics(y[idx], p[idx], p.shape[1])
         ci = bootstrap_ci(y[idx], p[idx], n_resamples=n_resamples, seed=seed)["metrics"]
