@@ -39,7 +39,7 @@ def _brighter(images: np.ndarray) -> np.ndarray:
 
 def test_rules_and_the_default():
     assert INTENSITY_RULES == pipeline.INTENSITY_RULES == ("fixed", "per_image")
-    assert DataConfig().intensity == "auto" and Preprocess().intensity == "fixed"  # auto: resolved when training starts
+    assert DataConfig().intensity == "fixed" and Preprocess().intensity == "fixed"
 
 
 def test_numpy_and_torch_agree():

@@ -421,8 +421,6 @@ def legacy_spec(cfg: RunConfig, class_names: Sequence[str], run_dir: Union[str, 
         ValueError: a ``calibration.json`` that is not JSON (names the file), or a field out of range.
     """
     root = Path(run_dir)
-    if cfg.data.intensity == "auto":  # a config.yaml from before data.intensity: such runs were fixed
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity="fixed"))
     spec = dataclasses.replace(spec_from_config(cfg, class_names, root.resolve().name, epoch), medclass_version="")
     record = _calibration_of(RunFiles(root).calibration)
     if record is not None:

@@ -931,8 +931,6 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
         raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
                           f"{index.num_classes} classes")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
-    if resume and cfg.data.intensity == "auto":  # a config.yaml from before data.intensity: the spec's rule
-        cfg.data.intensity = read_spec(files.root).intensity
     intensity_reason = resolve_intensity(cfg, index.splits["train"], log)  # auto: greyscale -> per_image
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
