@@ -50,7 +50,9 @@ TRAIN_OPTIONS = [
     "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
     "--set", "train.log_interval=0.001",  # a progress line after every step (the kill's trigger; no effect on the numbers)
 ]
-TIMEOUT = 120  # seconds for any one subprocess run
+#: seconds any one subprocess run may take: a guard against a hang, not a timing (every wait ends as soon as
+#: what it waits for happens), generous for a loaded machine where starting torch alone can take minutes
+TIMEOUT = 600
 #: (epoch, step) from whose progress line on the run is frozen and killed: after epoch 1's checkpoint, mid-epoch
 KILL_AT = (2, 4)
 #: runs tried for the kill before the test fails (each try that is caught too late is discarded)
