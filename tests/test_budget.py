@@ -3,7 +3,9 @@ re-sized to the epochs actually run, ``--image-size auto``, the long-run note, a
 real images that ends on time."""
 
 import json
+import random
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +18,8 @@ from medclass.config import (
 )
 from medclass.engine import LRSchedule, train
 from medclass.engine import budget as budget_module
+from medclass.engine import trainer as trainer_module
+from medclass.engine.distributed import DistContext
 from medclass.engine.budget import (
     END_SECONDS, Budget, RunClock, Throughput, TimedLoader, choose_resolution, epochs_that_fit, preserved_state,
 )
@@ -176,8 +180,6 @@ def test_resumed_budget_counts_the_time_already_spent(tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_budget_run_counts_the_time_already_spent(tmp_path, monkeypatch):
-    import medclass.engine.trainer as trainer_module
-
     data = make_folder_dataset(tmp_path / "data", per_class=12)
     cfg = tiny_config(data, epochs=50)
     cfg.train.time_budget = "15s"
@@ -283,6 +285,154 @@ def test_re_planned_schedule_resumes_exactly():
     assert again[-1] == pytest.approx(0.01)
 
 
+# --------------------------------------------------------------------------- the plan ends at the epochs run
+# The trainer's own re-planning helpers (trainer._replan after each epoch, trainer._replan_during_epoch
+# after each step) driven by a fake clock: no wall time, so these cannot flake.
+
+
+def budget_fit(clock, *, seconds=100.0, step_seconds=1.0, tail_seconds=0.0, steps=10):
+    """A budget planned as ``_plan_budget`` plans it (epochs of ``steps`` steps of ``step_seconds``
+    plus ``tail_seconds`` of validation and checkpoints) and the cosine schedule sized to it."""
+    b = Budget(seconds=seconds, start=0.0, clock=clock)
+    b.plan(Throughput(step_seconds, tail_seconds, 0.0, steps, 8))
+    tc = TrainConfig(schedule="cosine", lr=1.0, epochs=b.planned_epochs, min_lr_ratio=0.01,
+                     warmup_epochs=min(1.0, budget_module.MAX_WARMUP_FRACTION * b.planned_epochs))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return b, tc, SimpleNamespace(schedule=LRSchedule(tc, opt, steps), device=torch.device("cpu"), opt=opt)
+
+
+def simulate_budget_run(step_seconds, *, seconds=100.0, tail_seconds=0.5, steps=10, planned_step_seconds=1.0):
+    """The budget part of the trainer's epoch loop on a fake clock: re-plan after each epoch
+    (``trainer._replan``; stop when it says so), run the epoch's ``steps`` steps, each taking
+    ``step_seconds(epoch, step)`` s and followed by ``trainer._replan_during_epoch``, then
+    ``tail_seconds`` of validation and checkpoints, and note the epoch. Returns the budget, the
+    schedule, the LR after each epoch (``metrics.csv``'s ``lr``) and the epochs run."""
+    clock = FakeClock(0.0)
+    b, tc, fit = budget_fit(clock, seconds=seconds, step_seconds=planned_step_seconds, tail_seconds=tail_seconds,
+                            steps=steps)
+    ctx, lrs, epoch = DistContext(), [], 0
+    while True:
+        if epoch > 0 and not trainer_module._replan(b, fit, tc, epoch, steps, ctx, lambda *a: None):
+            break
+        if epoch >= tc.epochs:
+            break
+        epoch += 1
+        t0 = clock.t
+        for step in range(steps):
+            clock.t += step_seconds(epoch, step)
+            fit.opt.step()
+            fit.schedule.step_batch()
+            trainer_module._replan_during_epoch(b, fit, tc, epoch, clock.t - t0, step + 1, steps, ctx,
+                                                lambda *a: None)
+        lrs.append(fit.schedule.lr)
+        train_seconds = clock.t - t0
+        clock.t += tail_seconds
+        b.note_epoch(clock.t - t0, tail_seconds=clock.t - t0 - train_seconds)
+    return b, fit.schedule, tc, lrs, epoch
+
+
+def test_a_stop_the_plan_did_not_foresee_ends_the_plan_and_the_schedule_at_the_epochs_run():
+    # the CI failure: planned for one epoch more than ran (total_steps 188 vs 93 epochs x 2)
+    clock = FakeClock(0.0)
+    b, tc, fit = budget_fit(clock)  # epochs of 10 s: 9 fit in 100 s
+    assert b.planned_epochs == tc.epochs == 9 and fit.schedule.total_steps == 90
+    ctx, log = DistContext(), []
+    for done in range(1, 8):  # epochs 1-7 take 10 s, as planned
+        clock.t += 10.0
+        b.note_epoch(10.0)
+        assert trainer_module._replan(b, fit, tc, done, 10, ctx, log.append)
+    assert b.planned_epochs == 9  # 28.5 s left after epoch 7: two epochs of 10 s with room to spare
+    clock.t += 20.0  # epoch 8 takes twice as long: 8.5 s left, not one more epoch of 20 s
+    b.note_epoch(20.0)
+    assert not trainer_module._replan(b, fit, tc, 8, 10, ctx, log.append)
+    assert b.planned_epochs == tc.epochs == 8  # the plan is the epochs run
+    assert fit.schedule.total_steps == 8 * 10  # and so is the schedule
+    assert "stopping after epoch 8" in b.stop_reason and "stopping after epoch 8" in log[-1]
+    summary = b.summary(90.0)
+    assert summary["planned_epochs"] == 8 and summary["replans"][-1]["to"] == 8
+    assert not trainer_module._replan(b, fit, tc, 8, 10, ctx, log.append)  # asked again: the same answer
+    assert b.planned_epochs == tc.epochs == 8 and fit.schedule.total_steps == 80
+
+
+def test_the_next_epoch_is_planned_as_the_last_when_no_epoch_would_fit_after_it_with_the_margin():
+    clock = FakeClock(0.0)
+    b = Budget(seconds=100.0, start=0.0, clock=clock)
+    b.plan(Throughput(1.0, 0.0, 0.0, 10, 8))  # 9 epochs of 10 s
+    clock.t = 78.0  # after 7 epochs of about 11 s: 20.5 s left, two epochs of 10 s fit only just
+    assert b.replan(7, 10.0) == 8  # epoch 8 is the last: after it 10.5 s < 10 s x 1.1 is left
+    assert b.replans[-1]["to"] == 8 and "epoch 8 is the last" in b.replans[-1]["reason"]
+    clock.t = 88.0  # epoch 8 took 10 s as planned: 10.5 s left; the plan holds (no flip-flop, no stop reason)
+    assert b.replan(8, 10.0) == 8 and b.stop_reason is None
+    # with room for the margin the plan is not cut
+    roomy = Budget(seconds=100.0, start=0.0, clock=FakeClock(0.0))
+    roomy.plan(Throughput(1.0, 0.0, 0.0, 10, 8))
+    roomy.clock.t = 77.0  # 21.5 s left: 11.5 s after epoch 8, more than 11 s
+    assert roomy.replan(7, 10.0) == 9 and roomy.replans == []
+
+
+def test_an_epoch_that_runs_slow_becomes_the_last_while_it_runs_and_the_cosine_ends_on_it():
+    # epochs 1-7 as planned (10 steps of 1 s, 0.5 s after them); the steps of epoch 8 take 2 s each
+    b, sched, tc, lrs, run = simulate_budget_run(lambda epoch, step: 2.0 if epoch == 8 else 1.0)
+    assert run == 8 and b.planned_epochs == tc.epochs == 8  # epoch 9 no longer fits
+    assert sched.total_steps == 8 * 10
+    assert lrs[-1] == pytest.approx(0.01)  # the cosine's minimum at the last step run
+    during = [r for r in b.replans if "during_epoch" in r]
+    assert len(during) == 1 and during[0]["during_epoch"] == 8 and 0 < during[0]["after_step"] < 10
+    assert during[0]["from"] == 9 and during[0]["to"] == 8 and "runs slower than planned" in during[0]["reason"]
+    assert b.stop_reason is None  # foreseen: the plan was run to its end
+    assert all(a >= c - 1e-12 for a, c in zip(lrs[1:], lrs[2:]))  # still decaying, no jump upwards
+
+
+def test_the_re_plan_during_an_epoch_keeps_the_plan_while_another_epoch_fits():
+    clock = FakeClock(0.0)
+    b = Budget(seconds=100.0, start=0.0, clock=clock, throughput={"val_seconds": 0.5, "save_seconds": 0.0})
+    b.set_plan(9, 10.5)
+    b.note_epoch(10.5, tail_seconds=0.5)
+    clock.t = 10.5 + 6.0  # a slow first step in epoch 2 (5 s, then 1 s): the pace so far is not extrapolated
+    assert b.replan_during_epoch(2, 6.0, 2, 10) == 9 and b.replans == []
+    clock.t = 90.0  # 2 s into epoch 8, on pace: 8.5 s of it to go, then 0 s left of the budget...
+    assert b.replan_during_epoch(8, 2.0, 2, 10) == 8  # ...so it is the last
+    assert b.replans[-1]["during_epoch"] == 8 and b.replans[-1]["after_step"] == 2
+    # not asked before the first step, at the last one (too late for its LR), nor in the planned last epoch
+    late = Budget(seconds=100.0, start=0.0, clock=FakeClock(95.0), planned_epochs=9, recent_epoch_seconds=[10.0])
+    assert late.replan_during_epoch(8, 9.0, 10, 10) == 9
+    assert late.replan_during_epoch(8, 0.0, 0, 10) == 9
+    assert late.replan_during_epoch(9, 5.0, 5, 10) == 9 and late.replans == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_budget_run_ends_with_the_plan_and_the_schedule_at_the_epochs_run(seed):
+    # epochs whose steps take 0.5-2.5 x the planned second, at random (a loaded machine), and some
+    # whose whole pace changes: however the run ends, the plan and the schedule end with it
+    rng = random.Random(seed)
+    pace = {e: rng.choice([0.6, 1.0, 1.0, 1.3, 2.0]) for e in range(1, 200)}
+    jitter = {(e, s): rng.uniform(0.5, 2.5) if rng.random() < 0.1 else 1.0 for e in range(1, 200) for s in range(10)}
+    b, sched, tc, lrs, run = simulate_budget_run(lambda e, s: pace[e] * jitter[e, s], seconds=rng.uniform(60, 200))
+    assert b.planned_epochs == tc.epochs == run
+    assert sched.total_steps == run * 10
+    if b.stop_reason is None:  # the end was foreseen: the cosine's minimum at the last step run
+        assert lrs[-1] == pytest.approx(0.01)
+
+
+def test_a_budget_stop_rewrites_last_pt_with_the_schedule_ended_at_the_epochs_run(tmp_path, monkeypatch):
+    # the machine "slows down" after epoch 2: from then on no time is left (a fake, not the wall clock),
+    # a stop the plan of 1000 epochs did not foresee
+    monkeypatch.setattr(Budget, "available", lambda self: 1e6 if len(self.recent_epoch_seconds) < 2 else 0.0)
+    data = make_folder_dataset(tmp_path / "data", per_class=8)
+    cfg = tiny_config(data, epochs=50)
+    cfg.train.time_budget = "10m"
+    result = train(cfg, tmp_path / "run")
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    b = json.loads((tmp_path / "run" / "train_summary.json").read_text())["budget"]
+    steps = b["throughput"]["steps_per_epoch"]
+    assert b["planned_epochs"] == 2 and "stopping after epoch 2" in b["stop_reason"]
+    assert b["replans"][-1]["from"] == budget_module.MAX_PLANNED_EPOCHS and b["replans"][-1]["to"] == 2
+    last = trainer_module.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["schedule"]["total_steps"] == 2 * steps
+    assert last["config"]["train"]["epochs"] == 2
+    assert json.loads((tmp_path / "run" / "budget.json").read_text())["planned_epochs"] == 2
+
+
 def test_preserved_state_undoes_a_measurement():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
@@ -369,8 +519,6 @@ def test_candidate_speeds_are_measured_on_the_real_images_without_changing_the_r
 
 @pytest.mark.slow
 def test_budget_run_with_image_size_auto_records_the_choice(tmp_path, monkeypatch, capsys):
-    import medclass.engine.trainer as trainer_module
-
     data = make_folder_dataset(tmp_path / "data", per_class=12, size=24)
     monkeypatch.setattr(budget_module, "RESOLUTION_CANDIDATES", ((24, "small"), (16, "small")))
     # 24 px cannot afford MIN_EPOCHS_FOR_SIZE epochs, 16 px can: the choice is 16 px
@@ -451,8 +599,6 @@ def test_timed_loader_leaves_the_random_draws_of_the_run_as_they_were():
 
 
 def test_eta_shows_in_each_epoch_line_and_the_progress_bar(tmp_path, capsys, monkeypatch):
-    import medclass.engine.trainer as trainer_module
-
     descs = []
     real_tqdm = trainer_module.tqdm
 

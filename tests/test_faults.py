@@ -6,6 +6,13 @@ per epoch, about a second on a CPU; small checkpoints keep the test fast, and wh
 loop's checkpoints and resume, is the same for every architecture) and compare with an
 uninterrupted subprocess run: CPU training in one process is deterministic and every epoch
 reseeds from ``(seed, epoch)``, so a resumed run must repeat the uninterrupted run's numbers.
+
+The mid-epoch kill is timed by what the run reports, not by the wall clock: the run prints a
+progress line after every step (``train.log_interval``), the test freezes it (``SIGSTOP``) as
+soon as a line of epoch 2 shows, checks while it is frozen that it stands after a checkpoint and
+before its end, and only then sends ``SIGKILL``. A test process starved for the rest of the run
+(a loaded machine) sees it end or freezes it too late: that try is discarded and a fresh run is
+tried (:data:`KILL_TRIES`), with a clear failure when none can be caught.
 """
 
 import collections
@@ -13,6 +20,7 @@ import csv
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,15 +39,24 @@ from medclass.engine import trainer as trainer_module
 
 from helpers import make_folder_dataset, tiny_config
 
-EPOCHS = 4
+#: epochs of a run: the kill aims at epoch 2, which leaves 4 more epochs (seconds) for the test to react in
+EPOCHS = 6
 #: 80 images: 40 train at batch 4 is 10 steps per epoch; 20 valid, 20 test
 PER_CLASS = 40
+STEPS_PER_EPOCH = 10
 TRAIN_OPTIONS = [
     "--no-eval", "--epochs", str(EPOCHS), "--batch-size", "4", "--image-size", "32",
     "--set", "model.arch=custom_cnn", "--set", "model.cnn_widths=[16,32,64]",
     "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
+    "--set", "train.log_interval=0.001",  # a progress line after every step (the kill's trigger; no effect on the numbers)
 ]
-TIMEOUT = 120  # seconds for any one subprocess run
+#: seconds any one subprocess run may take: a guard against a hang, not a timing (every wait ends as soon as
+#: what it waits for happens), generous for a loaded machine where starting torch alone can take minutes
+TIMEOUT = 600
+#: (epoch, step) from whose progress line on the run is frozen and killed: after epoch 1's checkpoint, mid-epoch
+KILL_AT = (2, 4)
+#: runs tried for the kill before the test fails (each try that is caught too late is discarded)
+KILL_TRIES = 3
 
 
 def cli(*args: str) -> list[str]:
@@ -87,6 +104,59 @@ def kill(proc: subprocess.Popen) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+PROGRESS_LINE = re.compile(r"train: epoch (\d+)/\d+ step (\d+)/\d+")
+
+
+def progress(log: Path) -> tuple[int, int]:
+    """The last ``(epoch, step)`` a training log reports (its per-step progress lines); (0, 0) before any."""
+    found = PROGRESS_LINE.findall(log.read_text()) if log.is_file() else []
+    return max(((int(e), int(s)) for e, s in found), default=(0, 0))
+
+
+def checkpoint_epoch(run: Path) -> int:
+    """The epoch of ``run``'s ``last.pt`` (0 when there is none)."""
+    path = run / "checkpoints" / "last.pt"
+    return int(load_checkpoint(path)["epoch"]) if path.is_file() else 0
+
+
+def kill_mid_run(args: list[str], runs: Path, name: str, log_dir: Path) -> tuple[Path, tuple[int, int], int]:
+    """Start ``python -m medclass train`` with ``args`` as run ``name`` under ``runs``; as soon as
+    its log reports step :data:`KILL_AT` or later, freeze it (``SIGSTOP``), check that it stands
+    after a checkpoint and before its end, and ``SIGKILL`` it there. A try caught too late (the
+    run ended, wrote its last checkpoint or its summary before the test process could react) is
+    killed and discarded, and a fresh run ``name-2``, ... is tried, :data:`KILL_TRIES` in all.
+
+    Returns:
+        The killed run's folder, the ``(epoch, step)`` its log last reported and the epoch of its ``last.pt``.
+    Raises:
+        AssertionError: no try could be killed mid-run (names what each reached), or a run failed.
+    """
+    late = []
+    for attempt in range(1, KILL_TRIES + 1):
+        run_name = name if attempt == 1 else f"{name}-{attempt}"
+        run, log = runs / run_name, log_dir / f"{run_name}.log"
+        proc = start(cli(*args, "--name", run_name, "--runs-dir", str(runs)), log)
+        t0 = time.monotonic()
+        while progress(log) < KILL_AT and proc.poll() is None and time.monotonic() - t0 < TIMEOUT:
+            time.sleep(0.01)
+        if proc.poll() is not None:  # ended before the test saw it reach epoch 2: starved, or failed
+            assert proc.returncode == 0, log.read_text()
+            late.append(f"try {attempt}: the run ended before the test saw step {KILL_AT} in its log")
+            continue
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen: nothing below changes what the kill leaves behind
+        at, saved = progress(log), checkpoint_epoch(run)
+        if at < KILL_AT:  # neither reached nor ended: timed out
+            proc.kill()
+            raise AssertionError(f"timed out waiting for step {KILL_AT} of run {run_name}:\n{log.read_text()}")
+        if 1 <= saved < EPOCHS and not (run / "train_summary.json").exists():
+            kill(proc)
+            return run, at, saved
+        kill(proc)
+        late.append(f"try {attempt}: frozen too late, at epoch {at[0]} step {at[1]} with last.pt of epoch {saved}")
+    raise AssertionError(f"could not kill a run between its first checkpoint and its end in {KILL_TRIES} tries: the test "
+                         f"process was starved for whole epochs ({'; '.join(late)}); nothing was resumed")
+
+
 def stray_files(ck_dir: Path) -> list[str]:
     return sorted(p.name for p in ck_dir.iterdir() if p.name not in ("best.pt", "last.pt"))
 
@@ -104,13 +174,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data, tmp_pa
     straight = start(cli(str(data), "--name", "straight", "--runs-dir", str(runs), *TRAIN_OPTIONS),
                      tmp_path / "straight.log")
 
-    # kill the second run part-way into epoch 2: epoch 1's checkpoint and metrics row are written
-    run = runs / "killed"
-    proc = start(cli(str(data), "--name", "killed", "--runs-dir", str(runs), *TRAIN_OPTIONS), tmp_path / "killed.log")
-    wait_for(lambda: len(metric_rows(run)) >= 1, proc, "epoch 1 was written")
-    epoch_seconds = metric_rows(run)[0]["seconds"]
-    time.sleep(0.4 * epoch_seconds)
-    kill(proc)
+    # kill the second run part-way into epoch 2 (or later, on a loaded machine): epoch 1's checkpoint
+    # and metrics row are written
+    run, at, saved = kill_mid_run([str(data), *TRAIN_OPTIONS], runs, "killed", tmp_path)
     assert straight.wait(timeout=TIMEOUT) == 0, (tmp_path / "straight.log").read_text()
     t_straight = time.monotonic() - t0
 
@@ -118,7 +184,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data, tmp_pa
     last = load_checkpoint(ck_dir / "last.pt")  # whole, readable with weights_only=True
     best = load_checkpoint(ck_dir / "best.pt")
     killed_at = int(last["epoch"])
-    assert 1 <= killed_at < EPOCHS, "the kill must fall after a checkpoint and before the run's end"
+    assert killed_at == saved and 1 <= killed_at < EPOCHS, "the kill must fall after a checkpoint and before the run's end"
+    # frozen in the epoch after that checkpoint, or right after the last step of the epoch it holds
+    assert killed_at == at[0] - 1 or (killed_at == at[0] and at[1] == STEPS_PER_EPOCH), (at, killed_at)
     # best.pt is written just before last.pt: a kill between the two leaves it one epoch ahead
     assert best["epoch"] <= killed_at + 1 and len(last["history"]) == killed_at
     assert not (run / "train_summary.json").exists()  # written only when a run ends
@@ -130,7 +198,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data, tmp_pa
     # make sure the resume meets one (as a kill mid-save leaves it): half a checkpoint, never read
     (ck_dir / ".last.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
 
-    resumed = finish(cli("--name", "killed", "--runs-dir", str(runs), "--resume", "--no-eval"),
+    resumed = finish(cli("--name", run.name, "--runs-dir", str(runs), "--resume", "--no-eval"),
                      tmp_path / "resumed.log")
     assert resumed.returncode == 0, resumed.stdout
     assert "removed" in resumed.stdout and ".last.pt.k1ll3d.tmp" in resumed.stdout
@@ -154,8 +222,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data, tmp_pa
     for k, v in wa["model"].items():
         assert torch.allclose(v.float(), wb["model"][k].float(), rtol=1e-4, atol=1e-5), k
         weight_diff = max(weight_diff, (v.float() - wb["model"][k].float()).abs().max().item())
-    print(f"\nkilled {0.4 * epoch_seconds:.2f} s into epoch {killed_at + 1} (epochs take {epoch_seconds:.2f} s; "
-          f"last.pt at epoch {killed_at}, {rows_at_kill} metrics rows, leftovers {leftovers}); "
+    print(f"\nkilled {run.name} after its log reported epoch {at[0]} step {at[1]}/{STEPS_PER_EPOCH} "
+          f"(last.pt at epoch {killed_at}, {rows_at_kill} metrics rows, leftovers {leftovers}); "
           f"max |difference| after resume: {dict(diffs)}, weights {weight_diff:.2e}; "
           f"uninterrupted run {t_straight:.1f} s, in all {time.monotonic() - t0:.1f} s")
 

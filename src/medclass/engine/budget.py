@@ -18,7 +18,17 @@ summary) ends within the budget. :func:`medclass.engine.train` does, with the pi
    epoch: the total becomes the epochs done plus those that still fit, shorter when the machine
    slowed down, longer when it sped up, never more than fits; the cosine schedule is re-planned
    with it (:meth:`medclass.engine.schedules.LRSchedule.set_total_steps`), so it still ends at its
-   minimum at the last epoch actually run. When not one more epoch fits, the run stops and says so.
+   minimum at the last epoch actually run. The plan looks one epoch ahead: the next epoch is
+   planned as the last unless another fits after it with :data:`EXTEND_MARGIN` to spare, so the
+   schedule ends on it. While an epoch runs, after each optimisation step but its last, the same
+   question is asked again from the pace so far (:meth:`Budget.replan_during_epoch`): an epoch
+   that runs slower than planned becomes the last one while it runs, and the cosine reaches its
+   minimum at its end.
+4. When not one more epoch fits, the run stops and says so; the plan and the LR schedule are then
+   made to end at the epochs run (``planned_epochs`` = epochs run; the schedule's total steps =
+   epochs run x steps per epoch, rewritten into ``last.pt``). Only a stop that neither look-ahead
+   foresaw (an epoch's validation and checkpoints far slower than before) leaves the learning
+   rate above its minimum; ``stop_reason`` records it.
 
 A resumed budget run counts the time its earlier invocations spent (``RUN/budget.json``, written
 after every epoch: seconds spent, plan, re-plans); time between a kill and the restart is not
@@ -105,7 +115,8 @@ MAX_WARMUP_FRACTION = 0.2
 VALIDATION_SPEEDUP = 3.0
 
 #: A re-plan lengthens the run only when the extra epochs fit with this factor of safety on the
-#: epoch time (a run shortened at its very end would stop above the cosine's minimum).
+#: epoch time (a run shortened at its very end would stop above the cosine's minimum); by the
+#: same factor, an epoch is planned as the last unless one more fits after it with it.
 EXTEND_MARGIN = 1.1
 
 #: Epochs whose wall times the re-plan looks at: it plans with the larger of the last epoch's
@@ -477,8 +488,11 @@ class Budget:
     (resume); ``start``: ``time.time()`` when this invocation's ``train()`` began.
     ``planned_epochs``: the current plan (total epochs of the run); ``replans``: one dict per
     change of the plan (``after_epoch``, ``from``, ``to``, ``elapsed_seconds``,
-    ``epoch_seconds``, ``reason``); ``recent_epoch_seconds``: wall times (checkpoints included)
-    of the last :data:`RECENT_EPOCHS` epochs. ``clock`` returns the current time (tests pass a fake one).
+    ``epoch_seconds``, ``reason``; a re-plan while an epoch ran adds ``during_epoch`` and
+    ``after_step``); ``recent_epoch_seconds``: wall times (checkpoints included) of the last
+    :data:`RECENT_EPOCHS` epochs; ``tail_seconds``: the seconds of the last epoch after its
+    training steps (validation, checkpoints, logs). ``clock`` returns the current time (tests pass
+    a fake one).
     """
 
     seconds: float
@@ -493,6 +507,7 @@ class Budget:
     stop_reason: Optional[str] = None
     planned_epoch_seconds: Optional[float] = None  # the first plan's estimate of one epoch
     recent_epoch_seconds: list[float] = field(default_factory=list)
+    tail_seconds: Optional[float] = None
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     def elapsed(self) -> float:
@@ -519,9 +534,22 @@ class Budget:
         self.estimated_seconds = self.elapsed() + epochs * epoch_seconds + END_SECONDS
         self.planned_epoch_seconds = epoch_seconds
 
-    def note_epoch(self, seconds: float) -> None:
-        """Record the wall time of the epoch just ended (training, validation, checkpoints)."""
+    def note_epoch(self, seconds: float, tail_seconds: Optional[float] = None) -> None:
+        """Record the wall time of the epoch just ended (training, validation, checkpoints), in
+        seconds, and of that, ``tail_seconds`` after its last training step (validation,
+        checkpoints, logs; ``None``: keep the previous figure)."""
         self.recent_epoch_seconds = (self.recent_epoch_seconds + [float(seconds)])[-RECENT_EPOCHS:]
+        if tail_seconds is not None:
+            self.tail_seconds = max(0.0, float(tail_seconds))
+
+    def tail_estimate(self) -> float:
+        """Seconds an epoch takes after its last training step: the last epoch's
+        (:meth:`note_epoch`); before any, the measured validation pass plus the estimated
+        checkpoints (``throughput``); 0 when neither is known."""
+        if self.tail_seconds is not None:
+            return self.tail_seconds
+        tp = self.throughput or {}
+        return float(tp.get("val_seconds") or 0.0) + float(tp.get("save_seconds") or 0.0)
 
     def epoch_estimate(self) -> Optional[float]:
         """Seconds the next epoch is planned to take: the larger of the last epoch's wall time and
@@ -544,9 +572,12 @@ class Budget:
         time (recorded with :meth:`note_epoch`; default: as already recorded). With the epoch time
         of :meth:`epoch_estimate`, the new total is ``epochs_done`` plus the epochs that still fit
         in :meth:`available` when that is fewer than planned; more than planned only when they
-        fit with :data:`EXTEND_MARGIN` to spare; at most :data:`MAX_PLANNED_EPOCHS`. A change is
-        recorded in ``replans``; when no further epoch fits, ``stop_reason`` says so.
-        Returns the new planned total (``<= epochs_done``: stop now)."""
+        fit with :data:`EXTEND_MARGIN` to spare; at most :data:`MAX_PLANNED_EPOCHS`. Looking one
+        epoch ahead, the next epoch is the last (the total ``epochs_done + 1``) unless one more
+        epoch fits after it with :data:`EXTEND_MARGIN` to spare, so that the LR schedule ends on
+        it. A change is recorded in ``replans``; when no further epoch fits, the plan becomes
+        ``epochs_done`` and, when it wanted more, ``stop_reason`` says so.
+        Returns the new planned total (``epochs_done``: stop now; never fewer)."""
         if epoch_seconds is not None:
             self.note_epoch(epoch_seconds)
         est = self.epoch_estimate()
@@ -557,10 +588,18 @@ class Budget:
         new = epochs_done + epochs_that_fit(left, est, cap)
         if new > self.planned_epochs:  # faster than planned: lengthen only with a margin
             new = max(self.planned_epochs, epochs_done + epochs_that_fit(left, est * EXTEND_MARGIN, cap))
+        last_ahead = new > epochs_done + 1 and not self._another_fits(left - est, est)
+        if last_ahead:  # the next epoch is the last: the schedule must end on it, not one later
+            new = epochs_done + 1
+        new = max(new, epochs_done)
         if new != self.planned_epochs:
             if new <= epochs_done:
                 reason = (f"the {format_duration(max(0.0, left))} left cannot fit another epoch of "
                           f"{format_duration(est)}")
+            elif last_ahead:
+                reason = (f"epoch {new} is the last: after it, the {format_duration(max(0.0, left - est))} left "
+                          f"would not fit another epoch of {format_duration(est)} with a "
+                          f"{EXTEND_MARGIN - 1:.0%} margin")
             elif new < self.planned_epochs:
                 reason = f"epochs take {format_duration(est)}, longer than planned: fewer fit"
             else:
@@ -569,17 +608,57 @@ class Budget:
                                  "elapsed_seconds": round(self.elapsed(), 3), "epoch_seconds": round(est, 3),
                                  "reason": reason})
             self.planned_epochs = new
-        if new <= epochs_done < before:  # the plan wanted more epochs than fit
+        if new <= epochs_done < before:  # the plan wanted more epochs than fit: not foreseen
             self.stop_reason = (f"time budget: stopping after epoch {epochs_done}: the "
                                 f"{format_duration(max(0.0, left))} left cannot fit another epoch of {format_duration(est)}")
         return new
+
+    def _another_fits(self, left: float, epoch_seconds: float) -> bool:
+        """Whether one more epoch of ``epoch_seconds`` fits in ``left`` seconds with
+        :data:`EXTEND_MARGIN` to spare."""
+        return epochs_that_fit(left, epoch_seconds * EXTEND_MARGIN, 1) > 0
+
+    def replan_during_epoch(self, epoch: int, seconds: float, steps_done: int, steps: int) -> int:
+        """Re-plan while epoch ``epoch`` (1-based, not the planned last) runs: ``steps_done`` of
+        its ``steps`` optimisation steps are taken, ``seconds`` of wall time after it began. When,
+        at the end of this epoch, one more epoch would not fit with :data:`EXTEND_MARGIN` to
+        spare, this epoch becomes the last (the plan ``epoch``, recorded in ``replans``), so the
+        LR schedule can be re-sized to end with it.
+
+        The end of the epoch is projected from the time spent so far plus its remaining steps at
+        the faster of the measured pace and the planned one (a slow first step is not
+        extrapolated; time lost is) plus :meth:`tail_estimate`; the next epoch is taken to last as
+        long as this one or :meth:`epoch_estimate`, whichever is longer (as :meth:`replan` would
+        after it). Never lengthens the plan; nothing is asked before the first or at the last
+        step (``0 < steps_done < steps``), where the change could no longer reach the last step's
+        learning rate. Returns the planned total (``epoch``: this epoch is the last)."""
+        if not (self.planned_epochs > epoch and 0 < steps_done < steps):
+            return self.planned_epochs
+        est = self.epoch_estimate()
+        if est is None or not est > 0:
+            return self.planned_epochs
+        tail = self.tail_estimate()
+        step_seconds = min(seconds / steps_done, max(0.0, est - tail) / steps)
+        remaining = (steps - steps_done) * step_seconds + tail
+        next_est = max(est, seconds + remaining)
+        left = self.available() - remaining
+        if self._another_fits(left, next_est):
+            return self.planned_epochs
+        reason = (f"epoch {epoch} runs slower than planned ({format_duration(seconds)} for {steps_done} of {steps} "
+                  f"steps): it is the last, as the {format_duration(max(0.0, left))} left after it would not fit "
+                  f"another epoch of {format_duration(next_est)} with a {EXTEND_MARGIN - 1:.0%} margin")
+        self.replans.append({"after_epoch": epoch - 1, "during_epoch": epoch, "after_step": steps_done,
+                             "from": self.planned_epochs, "to": epoch, "elapsed_seconds": round(self.elapsed(), 3),
+                             "epoch_seconds": round(next_est, 3), "reason": reason})
+        self.planned_epochs = epoch
+        return epoch
 
     def record(self, epochs_done: int) -> dict[str, Any]:
         """The state written to ``RUN/budget.json`` after an epoch (see :meth:`resume_from`)."""
         out = self.summary(None)
         out.update({"epoch": epochs_done, "spent_seconds": self.elapsed(),
                     "planned_epoch_seconds": self.planned_epoch_seconds,
-                    "recent_epoch_seconds": list(self.recent_epoch_seconds)})
+                    "recent_epoch_seconds": list(self.recent_epoch_seconds), "tail_seconds": self.tail_seconds})
         return out
 
     def summary(self, actual_seconds: Optional[float]) -> dict[str, Any]:
@@ -615,7 +694,7 @@ class Budget:
                    measured_img_per_s=rec.get("measured_img_per_s"), estimated_seconds=rec.get("estimated_seconds"),
                    throughput=rec.get("throughput"), replans=list(rec.get("replans", [])),
                    resolution=rec.get("resolution"), planned_epoch_seconds=rec.get("planned_epoch_seconds"),
-                   recent_epoch_seconds=recent[-RECENT_EPOCHS:], clock=clock)
+                   recent_epoch_seconds=recent[-RECENT_EPOCHS:], tail_seconds=rec.get("tail_seconds"), clock=clock)
 
 
 def plan_message(cfg: RunConfig, budget: Budget, tp: Throughput, ignored_epochs: Optional[int]) -> str:

@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -417,7 +417,8 @@ def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[s
 
 def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
                     steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None,
-                    report: Optional[TrainProgress] = None) -> tuple[float, float]:
+                    report: Optional[TrainProgress] = None,
+                    on_step: Optional[Callable[[int], None]] = None) -> tuple[float, float]:
     """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
     (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
     ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
@@ -425,7 +426,9 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
     gradients over ranks), step the optimizer and the per-batch LR schedule. ``desc``: the progress
     bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA). ``report``: told of
     every step (:class:`medclass.progress.TrainProgress`): it adds images/s and the run's ETA to
-    the bar, or prints a line every ``train.log_interval`` seconds in a log.
+    the bar, or prints a line every ``train.log_interval`` seconds in a log. ``on_step``: called on
+    every rank with the number of steps taken after each optimisation step (and its LR schedule
+    step): a time budget re-plans there (:func:`_replan_during_epoch`).
 
     The recipe's pieces, each when configured: after augmentation the batch is resized to the
     epoch's side (``train.progressive_resize``, :func:`medclass.data.transforms.progressive_size`)
@@ -478,6 +481,8 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
         if fit.ema is not None:
             fit.ema.update(fit.model)
         fit.schedule.step_batch()
+        if on_step is not None:
+            on_step(step + 1)
         sum_loss += loss.item() * len(labels)
         n_correct += (predicted_class(logits.detach()) == counted).sum().item()
         n_seen += len(labels)
@@ -548,18 +553,25 @@ def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list
                 best["weights"] = "ema"
             save_checkpoint(best, files.best)
         writing = files.last
-        last = {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
-                "schedule": fit.schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
-                "epoch": epoch, "class_names": class_names, "config": cfg.to_dict()}
-        if fit.ema is not None:
-            last["ema"] = fit.ema.state_dict()
-        save_checkpoint(last, files.last)
+        save_checkpoint(_last_state(fit, tracker, history, cfg, class_names), files.last)
         saved_epoch = epoch
         writing = files.metrics_csv
         write_metrics_csv(history, files.metrics_csv)
     except OSError as e:  # a full disk: say which file, and that --resume continues
         raise write_failed(e, writing, files, saved_epoch) from e
     return saved_epoch
+
+
+def _last_state(fit: _Fit, tracker: EarlyStopping, history: list[dict[str, float]], cfg: RunConfig,
+                class_names: list[str]) -> dict[str, Any]:
+    """What ``last.pt`` holds after the last row of ``history``: model, optimizer, LR schedule,
+    early-stopping tracker, history, epoch, class names, config (and the EMA's state)."""
+    last = {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
+            "schedule": fit.schedule.state_dict(), "tracker": tracker.state_dict(), "history": history,
+            "epoch": history[-1]["epoch"], "class_names": class_names, "config": cfg.to_dict()}
+    if fit.ema is not None:
+        last["ema"] = fit.ema.state_dict()
+    return last
 
 
 @contextmanager
@@ -754,16 +766,25 @@ def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader
     fit.schedule = LRSchedule(tc, fit.optimizer, steps_per_epoch)  # sized to the plan
 
 
-def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ctx: DistContext, log) -> bool:
+def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ctx: DistContext, log,
+            on_resized: Optional[Callable[[], None]] = None) -> bool:
     """Re-plan a budget run after ``done`` epochs from the last epoch's wall time: ``tc.epochs``
     becomes the new total and the LR schedule is re-sized to end at it. Returns False when not
-    one more epoch fits (the run stops; the log says why)."""
+    one more epoch fits: the run stops, its plan (``budget.planned_epochs``, ``tc.epochs``) is
+    ``done`` and the schedule's total steps ``done * steps_per_epoch``; when the schedule had to be
+    re-sized for that (a stop the plan did not foresee: ``budget.stop_reason``, which the log
+    prints), ``on_resized`` is called (the trainer rewrites ``last.pt`` with it)."""
     before = budget.planned_epochs
     planned = _agree(budget.replan(done), ctx, fit.device)
     budget.planned_epochs = planned
     if planned <= done:  # the plan is done, or (stop_reason) not one more planned epoch fits
+        budget.planned_epochs = tc.epochs = done
         if budget.stop_reason:
-            log(budget.stop_reason)
+            log(budget.stop_reason + f"; the LR schedule ends here, at {fit.schedule.lr:.2e}")
+        if fit.schedule.total_steps != done * steps_per_epoch:
+            fit.schedule.set_total_steps(done * steps_per_epoch)
+            if on_resized is not None:
+                on_resized()
         return False
     fit.schedule.set_total_steps(planned * steps_per_epoch)
     if planned != before:
@@ -771,6 +792,24 @@ def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ct
             + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
     tc.epochs = planned
     return True
+
+
+def _replan_during_epoch(budget: Budget, fit: "_Fit", tc, epoch: int, seconds: float, steps_done: int,
+                         steps_per_epoch: int, ctx: DistContext, log) -> None:
+    """While epoch ``epoch`` of a budget run is not the planned last one: after ``steps_done`` of its
+    optimisation steps, ``seconds`` after it began, ask :meth:`Budget.replan_during_epoch` whether
+    one more epoch will fit after it; when not, it becomes the last (``tc.epochs``) and the LR
+    schedule is re-sized to end with it, so the cosine reaches its minimum at the last step run.
+    The same on every rank (rank 0's answer)."""
+    if tc.epochs <= epoch or not 0 < steps_done < steps_per_epoch:
+        return
+    planned = _agree(budget.replan_during_epoch(epoch, seconds, steps_done, steps_per_epoch), ctx, fit.device)
+    if planned >= tc.epochs:
+        return
+    before, budget.planned_epochs, tc.epochs = tc.epochs, planned, planned
+    fit.schedule.set_total_steps(planned * steps_per_epoch)
+    log(f"time budget: re-planned from {before} to {planned} epochs during epoch {epoch}"
+        + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
@@ -895,7 +934,8 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     check_budget_config(cfg)
     check_recipe(cfg)
     tc = cfg.train
-    budget = Budget(parse_duration(tc.time_budget), start=t_start) if tc.time_budget is not None else None
+    # the budget's clock is the one t_start and the epochs' wall times are read from
+    budget = Budget(parse_duration(tc.time_budget), start=t_start, clock=time.time) if tc.time_budget is not None else None
     ctx = init_distributed(tc.device)
     main = ctx.is_main
     log = print if main else _quiet
@@ -980,7 +1020,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
         _plan_budget(budget, cfg, fit, loader, generator, steps_per_epoch, val_images, ctx, log)
     elif budget is not None:  # the plan the restored schedule holds; the time earlier invocations spent
         tc.epochs = max(saved_epoch, round(fit.schedule.total_steps / steps_per_epoch))
-        budget = Budget.resume_from(files.root, budget.seconds, t_start, history, tc.epochs)
+        budget = Budget.resume_from(files.root, budget.seconds, t_start, history, tc.epochs, clock=time.time)
         log(f"time budget {format_duration(budget.seconds)}: {format_duration(budget.elapsed())} spent before this "
             f"resume; plan {tc.epochs} epochs")
         if budget_changed:  # --resume --time-budget: a new total budget; re-plan the epochs and the schedule now
@@ -1000,12 +1040,23 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
     stopped_early = tracker.should_stop
     epoch = saved_epoch
+
+    def rewrite_last() -> None:  # a budget stop re-sized the schedule: last.pt and budget.json record it
+        if main and history and saved_epoch == history[-1]["epoch"]:
+            try:
+                save_checkpoint(_last_state(fit, tracker, history, cfg, index.class_names), files.last)
+                budget.save(files.root, saved_epoch)
+            except OSError as e:
+                raise write_failed(e, files.last, files, saved_epoch) from e
+
+    say = tqdm.write if main else _quiet  # inside an epoch: below the progress bar
     # TensorBoard and, when on, MLflow (medclass.tracking): the same rows, after every epoch
     with _tensorboard(files if main else None) as writer, \
             open_tracker(cfg, files if main else None, resume) as mlflow_run:
         while not stopped_early:
             # a budget run re-plans its epochs from the last one's wall time (tc.epochs is the plan)
-            if budget is not None and epoch > 0 and not _replan(budget, fit, tc, epoch, steps_per_epoch, ctx, log):
+            if budget is not None and epoch > 0 and not _replan(budget, fit, tc, epoch, steps_per_epoch, ctx, log,
+                                                                on_resized=rewrite_last):
                 break
             if epoch >= tc.epochs:
                 break
@@ -1014,8 +1065,12 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
             eta = clock.eta(tc.epochs - epoch + 1)
             desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
             report.start_epoch(epoch, tc.epochs, clock.walls)
+            # with a budget, an epoch slower than planned may have to be the last: asked after each step
+            on_step = None if budget is None else (lambda n: _replan_during_epoch(
+                budget, fit, tc, epoch, time.time() - t0, n, steps_per_epoch, ctx, say))
             loss, acc = train_one_epoch(fit, cfg, epoch, clock.timed(loader, tc.epochs - epoch + 1), generator,
-                                        steps_per_epoch, ctx, bar, desc=desc, report=report)
+                                        steps_per_epoch, ctx, bar, desc=desc, report=report, on_step=on_step)
+            train_seconds = time.time() - t0
             val_loss, val_acc, val_bal = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "val_balanced_accuracy": val_bal, "lr": fit.schedule.lr, "seconds": time.time() - t0}
@@ -1028,7 +1083,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
                 mlflow_run.log_epoch(row)
             clock.epoch_done(time.time() - t0, tc.epochs - epoch)  # wall time, checkpoints included
             if budget is not None:
-                budget.note_epoch(clock.walls[-1])
+                budget.note_epoch(clock.walls[-1], tail_seconds=clock.walls[-1] - train_seconds)
                 if main:
                     try:
                         budget.save(files.root, epoch)
