@@ -63,6 +63,9 @@ CONFIGS: dict[str, list[str]] = {
     # intensity robustness: brightness/contrast jitter at timm's ImageNet default strength (0.4) against 0.1
     "jitter04": ["data.brightness=0.4", "data.contrast=0.4"],
     "pad": ["data.resize=pad"],
+    # stronger scale augmentation: random resized crops down to 35 % of the area (fastbook's
+    # RandomResizedCrop(min_scale=0.35)) against the default 80 %
+    "crop035": ["data.crop_scale=[0.35,1.0]"],
     # each image standardised by its own mean/std (MONAI NormalizeIntensity; chest-ct's darker test split)
     "per-image": ["data.intensity=per_image"],
     # one recipe technique at a time on top of today's default (ResNet-18, ImageNet stem)
