@@ -111,11 +111,17 @@ def _chromium_command(binary: str, profile: str, width: int, height: int) -> lis
     ]
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise BrowserError(f"chromium timed out after {timeout} s: {' '.join(cmd)}") from e
+def _run(cmd: list[str], timeout: float, attempts: int = 2) -> subprocess.CompletedProcess:
+    """Run headless Chromium; a run that hangs (headless ``--screenshot`` with a virtual time budget
+    now and then never exits: a fresh-clone CI run of this project hit it once) is killed
+    after ``timeout`` seconds and started again, ``attempts`` times in all; then BrowserError."""
+    for attempt in range(1, attempts + 1):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            break
+        except subprocess.TimeoutExpired as e:
+            if attempt == attempts:
+                raise BrowserError(f"chromium timed out after {timeout} s, {attempts} times: {' '.join(cmd)}") from e
     if r.returncode != 0:
         raise BrowserError(f"chromium exited with {r.returncode}: {' '.join(cmd)}\n{r.stderr[-3000:]}")
     return r
