@@ -79,13 +79,18 @@ def load_sample(path: str, channels: int, size: Optional[int], dicom_window: Opt
     return read_image(path, channels, size, dicom_window, resize)
 
 
+def _spread(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """Up to ``n`` of ``samples``, spread evenly over them (every ``len // n``-th, from the first)."""
+    return list(samples)[:: max(1, len(samples) // max(1, n))][:n]
+
+
 def native_side(samples: Sequence[Sample], channels: int, n: int = 32,
                 dicom_window: Optional[Sequence[float]] = None) -> Optional[int]:
     """The images' own resolution: the median shorter side, in pixels, of up to ``n`` samples
     spread evenly over ``samples`` (decoded at their own size); ``None`` when none of them can be
     read. ``data.image_size: auto`` uses it not to upsample small images
     (:func:`medclass.engine.budget.choose_resolution`)."""
-    picked = list(samples)[:: max(1, len(samples) // max(1, n))][:n]
+    picked = _spread(samples, n)
     sides = []
     for s in picked:
         try:
@@ -113,7 +118,7 @@ def greyscale_content(samples: Sequence[Sample], channels: int, n: int = 32,
     ``data.intensity: auto`` uses it (:func:`medclass.engine.intensity.resolve_intensity`)."""
     if channels == 1:
         return True
-    picked = list(samples)[:: max(1, len(samples) // max(1, n))][:n]
+    picked = _spread(samples, n)
     grey = read = 0
     for s in picked:
         try:
