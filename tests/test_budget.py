@@ -651,3 +651,14 @@ def test_quickstart_is_a_10_minute_budget_unless_epochs_are_given():
     assert (cfg.data.image_size, cfg.model.stem) == (28, "small")  # not auto's 224 px without a budget
     cfg = _build_config(None, None, [], **{"train.epochs": 5, "train.time_budget": "2m"})
     assert cfg.train.time_budget == "2m" and cfg.data.image_size == "auto"
+
+
+def test_a_plan_run_to_its_end_is_not_lengthened_after_its_last_epoch():
+    # Real runs did this (chest-ct seed 1: "re-planned from 106 to 107" after epoch 106 of 106): the last
+    # planned epoch ran fast, time was left, and one more epoch ran at the cosine's floor. The schedule
+    # had ended, so the run ends with it.
+    b, sched, tc, lrs, run = simulate_budget_run(lambda epoch, step: 0.2 if epoch == 9 else 1.0)
+    assert run == 9 and b.planned_epochs == tc.epochs == 9
+    assert sched.total_steps == 9 * 10 and lrs[-1] == pytest.approx(0.01)
+    assert [r for r in b.replans if r["after_epoch"] >= 9] == []
+    assert b.stop_reason is None

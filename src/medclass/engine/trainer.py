@@ -272,15 +272,20 @@ def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSpl
 
 def _decode_splits(cfg: RunConfig, index, ctx: DistContext, log) -> tuple[DecodedSplit, DecodedSplit]:
     """The train and validation splits of ``index`` decoded (uint8 ``(N, C, H, W)`` images, int64
-    labels ``(N,)``), through the decode cache when it is on.
+    labels ``(N,)``), through the decode cache when it is on. With the cache on, the test split is
+    decoded into it too, before any epoch: an unreadable test image stops the run now rather than the
+    evaluation after training, and that evaluation reads the cache instead of decoding again.
 
     Raises:
         RunError: no readable image left in one of them.
+        ImageReadError: an unreadable image in any split (unless ``data.skip_corrupt``).
     """
     train_split = _decode(cfg, index.splits["train"], "train", ctx)
     val_split = _decode(cfg, index.splits["valid"], "valid", ctx)
     if len(train_split) == 0 or len(val_split) == 0:
         raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
+    if index.splits.get("test") and cache_dir_for(cfg.data) is not None:
+        _decode(cfg, index.splits["test"], "test", ctx)  # kept in the cache only, for the evaluation
     if train_split.cache_path is not None:
         log(f"decoded images: {'cached' if train_split.cache_hit else 'cache written'} in {train_split.cache_path.parent}")
     return train_split, val_split
@@ -773,7 +778,12 @@ def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ct
     one more epoch fits: the run stops, its plan (``budget.planned_epochs``, ``tc.epochs``) is
     ``done`` and the schedule's total steps ``done * steps_per_epoch``; when the schedule had to be
     re-sized for that (a stop the plan did not foresee: ``budget.stop_reason``, which the log
-    prints), ``on_resized`` is called (the trainer rewrites ``last.pt`` with it)."""
+    prints), ``on_resized`` is called (the trainer rewrites ``last.pt`` with it). A plan whose last
+    epoch has run (``done >= tc.epochs``) is not lengthened: its LR schedule has reached its end, and
+    another epoch would only run at the schedule's floor (``--resume --time-budget`` re-plans a
+    finished run before the loop, not here)."""
+    if done >= tc.epochs:
+        return False
     before = budget.planned_epochs
     planned = _agree(budget.replan(done), ctx, fit.device)
     budget.planned_epochs = planned
@@ -787,7 +797,9 @@ def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ct
                 on_resized()
         return False
     fit.schedule.set_total_steps(planned * steps_per_epoch)
-    if planned != before:
+    # a change of one epoch either way is the noise of epoch times (the epoch lines show the new
+    # total, train_summary.json lists every re-plan); larger ones and the last epoch are said
+    if planned != before and (abs(planned - before) > 1 or planned == done + 1):
         log(f"time budget: re-planned from {before} to {planned} epochs"
             + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
     tc.epochs = planned
