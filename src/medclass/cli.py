@@ -160,6 +160,7 @@ def train(
             check_train_config(cfg)  # before a run folder is named
             check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
+        from .data.io import ImageReadError
         from .engine import train as run_training
         from .evaluation import evaluate_run
         from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
@@ -173,7 +174,12 @@ def train(
             fit_run_ood_or_warn(run_dir, progress=cfg.train.progress, log=typer.echo,
                                 warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
         if evaluate_test:
-            metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
+            try:
+                metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
+            except ImageReadError as e:  # the model is trained and saved: say so, and how to evaluate it
+                raise ImageReadError(e.path, e.reason, f"the model is trained and saved in {run_dir}; replace or "
+                                     f"remove the file and run `medclass evaluate {run_dir}`, or run `medclass "
+                                     f"evaluate {run_dir} --skip-corrupt` to leave unreadable images out") from e
             typer.echo(format_metrics(metrics))
             if cfg.data.source is None:
                 typer.echo(format_breastmnist_comparison(metrics))
@@ -237,6 +243,9 @@ def evaluate(
     subgroups: Optional[str] = typer.Option(
         None, "--subgroups", help="Comma-separated CSV columns (e.g. sex,age): results per subgroup with 95% CIs."
     ),
+    skip_corrupt: bool = typer.Option(
+        False, "--skip-corrupt", help="Leave unreadable images out (listed in metrics.json) instead of stopping."
+    ),
 ) -> None:
     """Evaluate a run: metrics with 95% CIs, calibration, confusion matrix, ROC, reliability diagram."""
     with _user_errors():
@@ -252,7 +261,8 @@ def evaluate(
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
                                explain=explain, target_layer=target_layer, target_sensitivity=target_sensitivity,
                                group_how=group_aggregation,
-                               subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else ())
+                               subgroups=[c.strip() for c in subgroups.split(",") if c.strip()] if subgroups else (),
+                               skip_corrupt=True if skip_corrupt else None)
     typer.echo(format_metrics(metrics))
 
 

@@ -198,6 +198,11 @@ def cache_key(samples: Sequence[Sample], channels: int, size: int,
     return h.hexdigest()
 
 
+#: What the error of an unreadable image in a split says to do (``data.skip_corrupt``).
+SKIP_CORRUPT_ADVICE = ("replace or remove the file, or leave unreadable images out with data.skip_corrupt=true "
+                       "(train --skip-corrupt, evaluate --skip-corrupt); the images left out are listed")
+
+
 def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size: int, skip_corrupt: bool,
                  desc: str, progress: bool, threads: int, dicom_window: Optional[Sequence[float]] = None,
                  resize: str = "squash") -> tuple[list[int], list[tuple[str, str]]]:
@@ -210,7 +215,7 @@ def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size
             return load_sample(s.path, channels, size, dicom_window, resize)
         except ImageReadError as e:
             if not skip_corrupt:
-                raise
+                raise ImageReadError(e.path, e.reason, SKIP_CORRUPT_ADVICE) from e
             return e
 
     kept: list[int] = []

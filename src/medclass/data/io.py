@@ -15,8 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import RESIZE_RULES
 
-__all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULES", "ImageReadError", "expand_image_paths", "is_image_file", "read_image",
-           "to_channels", "to_model_input", "validate_resize"]
+__all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULES", "SYSTEM_FOLDERS", "ImageReadError", "expand_image_paths", "find_images",
+           "is_ignored_name", "is_image_file", "read_image", "to_channels", "to_model_input", "validate_resize"]
 
 #: Extensions that medclass picks up in folders (matched case-insensitively): those read by Pillow,
 #: and ``.dcm``/``.dicom`` read by pydicom (:mod:`medclass.data.dicom`).
@@ -25,27 +25,53 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-class ImageReadError(OSError):
-    """An image file is missing, empty, truncated or not an image. ``path`` names the file."""
+#: Folders that operating systems and NAS boxes write beside images, never images of the data set:
+#: macOS zip archives' ``__MACOSX`` (AppleDouble ``._*`` files), Synology's ``@eaDir`` (thumbnails
+#: named like JPEGs), Windows' recycle bin and volume information. They are skipped, as are names
+#: starting with ``.`` (``.DS_Store``, ``.ipynb_checkpoints``, ``.thumbnails``).
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+
+class ImageReadError(OSError):
+    """An image file is missing, empty, truncated or not an image. ``path`` names the file;
+    ``advice`` (optional) says what to do and ends the message."""
+
+    def __init__(self, path: str | Path, reason: str, advice: str = "") -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
+        self.advice = advice
+        super().__init__(f"cannot read image {self.path}: {reason}" + (f"; {advice}" if advice else ""))
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for a file or folder name medclass never reads as data: hidden (a leading ``.``) or one
+    of :data:`SYSTEM_FOLDERS`."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def is_image_file(path: Path) -> bool:
     """True for a visible file whose extension (any case) is in :data:`IMAGE_EXTENSIONS`."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.is_file() and not is_ignored_name(path.name) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files (:func:`is_image_file`) under ``folder`` at any depth, sorted, leaving out
+    those inside hidden or system folders (:func:`is_ignored_name`: a Synology ``@eaDir`` holds
+    thumbnails that look like JPEGs, a ``.thumbnails`` folder copies of the images)."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.rglob("*")
+        if is_image_file(p) and not any(is_ignored_name(part) for part in p.relative_to(folder).parts[:-1])
+    )
 
 
 def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given (even when missing, so the caller can report them), and the image files
-    (:func:`is_image_file`) found recursively, sorted, under given folders."""
+    found under given folders (:func:`find_images`)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if is_image_file(q))
+            out += find_images(p)
         else:
             out.append(p)
     return out

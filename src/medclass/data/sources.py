@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ..config import DataConfig
-from .io import IMAGE_EXTENSIONS, is_image_file
+from .io import IMAGE_EXTENSIONS, find_images, is_ignored_name
 from .splits import stratified_split
 
 __all__ = [
@@ -47,8 +47,9 @@ NPZ_SEP = "::"
 #: Class names of MedMNIST sets (from the MedMNIST v2 ``INFO`` table, Yang et al. 2023).
 MEDMNIST_CLASS_NAMES = {"breastmnist": ["malignant", "normal, benign"]}
 
-_PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "file", "filename")
-_ID_COLUMNS = ("image_id", "id", "image")
+_PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "img_path", "image_file", "file", "filename",
+                 "file_name", "fname")
+_ID_COLUMNS = ("image_id", "image_name", "img_id", "isic_id", "id", "image", "img")
 _LABEL_COLUMNS = ("label", "dx", "class", "diagnosis", "target", "y")
 _GROUP_COLUMNS = ("group", "lesion_id", "patient_id", "patient", "subject_id", "subject")
 
@@ -132,7 +133,7 @@ def match_class_names(
 
 def _find_split_dirs(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not is_ignored_name(p.name)}
     for split, aliases in SPLIT_DIR_NAMES.items():
         for alias in aliases:
             if alias in children:
@@ -142,11 +143,13 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class folders of ``root``: its sub-folders less hidden and system ones
+    (:func:`medclass.data.io.is_ignored_name`: ``__MACOSX`` from a macOS zip, ``@eaDir``)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored_name(p.name))
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+    return find_images(folder)
 
 
 def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
@@ -165,6 +168,12 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
         raise DataError(f"{root}: found {sorted(split_dirs)} folders but no train/ folder")
     if not split_dirs:
         split_dirs = {"all": root}
+        only = _class_dirs(root)
+        inner = _class_dirs(only[0]) if len(only) == 1 else []
+        if inner:  # a wrapper folder (a zip's top folder, Kaggle's chest_xray/chest_xray/): not one class
+            names = ", ".join(p.name + "/" for p in inner[:6]) + (", ..." if len(inner) > 6 else "")
+            raise DataError(f"{root} holds one folder, {only[0].name}/, which holds the folders {names}; give "
+                            f"{only[0]} as the data (a classifier needs a folder per class, at least 2)")
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split, d in split_dirs.items():
         classes = _class_dirs(d)
@@ -256,8 +265,8 @@ def _pick_column(header: list[str], given: Optional[str], candidates: tuple[str,
 
 def _read_csv(csv_path: Path, cfg: DataConfig) -> tuple[list[dict[str, str]], list[str], list[Path], list[str]]:
     """The rows and header of a CSV manifest, each row's image path (relative paths against the
-    CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``) and the ids with no
-    image file.
+    CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``, with or without the
+    extension, or as a path relative to the CSV) and the ids with no image file.
 
     Raises:
         DataError: unreadable or empty CSV, no path or id column.
@@ -278,20 +287,24 @@ def _read_csv(csv_path: Path, cfg: DataConfig) -> tuple[list[dict[str, str]], li
             f"columns are {header}. Set data.path_column or data.id_column."
         )
     base = csv_path.parent
-    by_stem: dict[str, Path] = {}
+    by_id: dict[str, Path] = {}  # "ISIC_0024306" and "ISIC_0024306.jpg" name the same file
     if id_col:
         for folder in (base / "images", base):
             if folder.is_dir():
                 for p in folder.iterdir():
-                    if p.suffix.lower() in IMAGE_EXTENSIONS:
-                        by_stem.setdefault(p.stem, p)
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and not is_ignored_name(p.name):
+                        by_id.setdefault(p.stem, p)
+                        by_id.setdefault(p.name, p)
     paths, missing = [], []
     for r in rows:
         if path_col:
             p = Path(r[path_col])
             paths.append(p if p.is_absolute() else base / p)
         else:
-            p = by_stem.get(r[id_col])
+            v = r[id_col]
+            p = by_id.get(v)
+            if p is None and v and (base / v).is_file():  # an id column that holds relative paths
+                p = base / v
             if p is None:
                 missing.append(r[id_col])
                 # kept with its expected name: with skip_corrupt it is listed as skipped when decoded

@@ -5,6 +5,7 @@ scikit-learn is imported when a split is made, not with this module: ``medclass.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,9 +23,16 @@ def _holdout(labels: np.ndarray, groups: Optional[np.ndarray], fraction: float, 
     if fraction <= 0:
         return mask
     if groups is None:
+        # the only image of a class stays in training; the holdout is drawn from the other images,
+        # stratified, with at least one image of each of their classes and one left on the other
+        # side (scikit-learn's condition for a stratified split; tiny data sets reach it)
         counts = np.bincount(labels)
-        stratify = labels if counts[counts > 0].min() >= 2 else None
-        _, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+        candidates = idx[counts[labels] >= 2]
+        k = len(np.unique(labels[candidates]))
+        size = min(max(math.ceil(fraction * n), k), len(candidates) - k)  # = sklearn's ceil(fraction * n) if it fits
+        if size <= 0:
+            return mask
+        _, held = train_test_split(candidates, test_size=size, random_state=seed, stratify=labels[candidates])
     else:
         # StratifiedGroupKFold keeps every group in one fold and balances the class mix across
         # folds; one fold of round(1 / fraction) is the holdout.
@@ -49,7 +57,10 @@ def stratified_split(
 
     Stratified by label (scikit-learn ``train_test_split``); with ``groups`` (patient or lesion
     ids) by ``StratifiedGroupKFold`` so that every group lies on one side only. The fractions are
-    of all items (approximate with groups). Same inputs and seed give the same split.
+    of all items (approximate with groups). Without groups, small data sets still split: a
+    holdout takes at least one image of each class that has two or more (so it may exceed its
+    fraction), and the only image of a class stays in training. Same inputs and seed give the same
+    split.
 
     Returns:
         array of ``len(labels)`` split names (dtype ``<U5``).

@@ -213,7 +213,9 @@ def fit_logit_adjustment(probs: np.ndarray, labels: np.ndarray, prior: Sequence[
     Raises:
         ValueError: shapes disagree, a prior value is not > 0, or a ``tau`` < 0.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.metrics import accuracy_score
+
+    from .metrics import balanced_accuracy
 
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels).astype(int)
@@ -231,7 +233,7 @@ def fit_logit_adjustment(probs: np.ndarray, labels: np.ndarray, prior: Sequence[
     best_tau, best = 0.0, -1.0
     for tau in sorted(taus):
         pred = (logp - tau * np.log(pi)).argmax(axis=1)
-        bal[str(tau)] = float(balanced_accuracy_score(y, pred))
+        bal[str(tau)] = balanced_accuracy(y, pred)
         acc[str(tau)] = float(accuracy_score(y, pred))
         if bal[str(tau)] > best + 1e-12:
             best_tau, best = float(tau), bal[str(tau)]

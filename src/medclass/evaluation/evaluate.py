@@ -30,7 +30,7 @@ from .calibration import (
     sensitivity_specificity,
 )
 from .explain import save_explanations, select_examples
-from .metrics import bootstrap_ci, classification_metrics
+from .metrics import balanced_accuracy, bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
 __all__ = ["evaluate_run", "calibrate_run", "format_metrics", "format_breastmnist_comparison", "PUBLISHED_BREASTMNIST"]
@@ -213,7 +213,7 @@ def _as_deployed(spec, probs: np.ndarray, y: np.ndarray, n_bootstrap: int, seed:
     """Accuracy and balanced accuracy of the decisions every consumer makes (``spec.decide``: the
     binary threshold or multi-class logit adjustment chosen on validation, else the arg-max), with
     bootstrap 95 % intervals (the decisions as one-hot probabilities through :func:`bootstrap_ci`)."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.metrics import accuracy_score
 
     pred = np.asarray(spec.decide(probs))
     rule = ("threshold" if spec.threshold is not None and probs.shape[1] == 2
@@ -222,7 +222,7 @@ def _as_deployed(spec, probs: np.ndarray, y: np.ndarray, n_bootstrap: int, seed:
     ci = bootstrap_ci(y, onehot, n_bootstrap, seed)
     ci["metrics"] = {m: v for m, v in ci["metrics"].items() if m in ("accuracy", "balanced_accuracy", "macro_f1")}
     return {"rule": rule, "accuracy": float(accuracy_score(y, pred)),
-            "balanced_accuracy": float(balanced_accuracy_score(y, pred)), "confidence_intervals": ci,
+            "balanced_accuracy": balanced_accuracy(y, pred), "confidence_intervals": ci,
             "predicted": pred.tolist()}
 
 
@@ -304,6 +304,7 @@ def evaluate_run(
     target_layer: Optional[str] = None,
     group_how: str = "mean",
     subgroups: Sequence[str] = (),
+    skip_corrupt: Optional[bool] = None,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``split`` of its own data (its manifest), or on
     ``data`` (all its images when it has no given split). Writes ``metrics.json``,
@@ -346,6 +347,10 @@ def evaluate_run(
     (:func:`medclass.evaluation.groups.subgroup_metrics`); numeric columns are cut into quartile
     bins, stated as ``bins``.
 
+    Unreadable images stop the evaluation (:class:`medclass.data.ImageReadError`, naming the file)
+    unless ``skip_corrupt`` (default: the run's ``data.skip_corrupt``) leaves them out; they are
+    listed in ``metrics.json`` (``skipped_files``).
+
     MLflow: a run tracked in training (``RUN/mlflow_run.json``), or any run while tracking is on,
     gets the metrics with their intervals and the figures, ``metrics.json`` and the model card
     (:func:`medclass.tracking.log_evaluation`).
@@ -359,6 +364,8 @@ def evaluate_run(
     """
     t0 = time.time()
     run = load_run(Path(run_dir), checkpoint)
+    if skip_corrupt is not None:  # this evaluation only; the run's config.yaml is not changed
+        run.cfg.data.skip_corrupt = bool(skip_corrupt)
     pos, pos_reason = positive_index(run)
     decoded = _decode(run, _samples_for(run, data, split), f"decode {split}", progress)
     logits = _logits(run, decoded.images, tta, f"{split} inference", progress)

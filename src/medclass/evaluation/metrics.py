@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "auroc", "bootstrap_ci", "CI_METRICS"]
+__all__ = ["classification_metrics", "auroc", "balanced_accuracy", "bootstrap_ci", "CI_METRICS"]
 
 
 def auroc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
@@ -64,7 +65,7 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, class_names
         "n": int(len(y)),
         "loss": float(log_loss(y, _renormalised(p), labels=labels)),
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced_accuracy(y, pred),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "auroc": auroc(y, p),
         "per_class": {
@@ -79,12 +80,21 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, class_names
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
 
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy: the mean recall over the classes present in ``y``. Its
+    warning that ``pred`` holds a class absent from ``y`` is silenced: in a small test split, and in
+    most bootstrap resamples of one, that is expected (and warned once per resample, hundreds of lines)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y, pred))
+
+
 def _point_metrics(y: np.ndarray, p: np.ndarray, k: int) -> dict[str, Optional[float]]:
     pred = p.argmax(1)
     labels = list(range(k))
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None,
+        "balanced_accuracy": balanced_accuracy(y, pred) if len(np.unique(y)) > 1 else None,
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "auroc": auroc(y, p),
     }

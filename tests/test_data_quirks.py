@@ -1,0 +1,174 @@
+"""Quirks of real folders that a user's first run meets: the system folders a zip from a Mac or a
+NAS leaves beside the images, an unreadable test image, small test splits whose bootstrap
+resamples miss classes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import make_folder_dataset, tiny_config
+from medclass.cli import app
+from medclass.config import DataConfig
+from medclass.data import ImageReadError, Sample, decode_split, expand_image_paths
+from medclass.data.sources import DataError, index_folder
+from medclass.engine import train
+from medclass.evaluation import evaluate_run
+from medclass.evaluation.metrics import bootstrap_ci, classification_metrics
+
+
+def _png(path: Path, value: int = 120) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 12, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_system_and_hidden_folders_are_neither_classes_nor_images(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", per_class=6)
+    (root / "__MACOSX" / "dark").mkdir(parents=True)  # a macOS zip: AppleDouble files, no images
+    (root / "__MACOSX" / "dark" / "._dark_0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    thumbs = [_png(root / "dark" / "@eaDir" / "dark_0.png" / "SYNOPHOTO_THUMB_S.jpg"),  # Synology thumbnails
+              _png(root / "bright" / ".thumbnails" / "bright_1.png"), _png(root / "@eaDir" / "x" / "y.png")]
+    index = index_folder(root, DataConfig(source=str(root)))
+    assert index.class_names == ["bright", "dark"]
+    paths = [Path(s.path) for split in index.splits.values() for s in split]
+    assert len(paths) == 12 and not set(paths) & set(thumbs)
+    assert not any("__MACOSX" in p.parts or "@eaDir" in p.parts for p in paths)
+    # predict on a folder skips them too
+    found = expand_image_paths([root])
+    assert len(found) == 12 and not set(found) & set(thumbs)
+
+
+def test_an_unreadable_image_says_how_to_go_on(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(ImageReadError) as e:
+        decode_split([Sample(str(_png(tmp_path / "good.png")), 0), Sample(str(bad), 1)], channels=3, size=8,
+                     progress=False)
+    assert e.value.path == str(bad) and str(bad) in str(e.value)
+    assert "data.skip_corrupt=true" in str(e.value) and "--skip-corrupt" in str(e.value)
+
+
+def _split_data(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "data", splits={"train": 6, "valid": 3, "test": 3})
+
+
+def test_an_unreadable_test_image_stops_the_run_before_any_epoch(tmp_path):
+    root = _split_data(tmp_path)
+    broken = root / "test" / "dark" / "dark_broken.png"
+    broken.write_bytes((root / "test" / "dark" / "dark_0.png").read_bytes()[:60])  # truncated
+    cfg = tiny_config(root, epochs=2)
+    assert cfg.data.cache  # the default: the test split is decoded into the cache before training
+    with pytest.raises(ImageReadError) as e:
+        train(cfg, tmp_path / "run")
+    assert e.value.path == str(broken)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_evaluate_skip_corrupt_leaves_unreadable_images_out_and_lists_them(tmp_path):
+    root = _split_data(tmp_path)
+    run = tmp_path / "run"
+    train(tiny_config(root, epochs=1), run)
+    broken = root / "test" / "bright" / "bright_0.png"
+    broken.write_bytes(b"not an image")  # damaged after training
+    with pytest.raises(ImageReadError):
+        evaluate_run(run, progress=False, n_bootstrap=20)
+    m = evaluate_run(run, progress=False, n_bootstrap=20, skip_corrupt=True)
+    assert m["n"] == 5 and [f["path"] for f in m["skipped_files"]] == [str(broken)]
+    r = CliRunner().invoke(app, ["evaluate", str(run), "--skip-corrupt", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval-test" / "metrics.json").read_text())["n"] == 5
+    assert "skip_corrupt: false" in (run / "config.yaml").read_text()  # the run's own config is unchanged
+
+
+def test_train_without_the_cache_says_the_model_is_saved_when_the_test_evaluation_meets_a_bad_image(tmp_path):
+    root = _split_data(tmp_path)
+    broken = root / "test" / "dark" / "dark_1.png"
+    broken.write_bytes(b"")
+    r = CliRunner().invoke(app, ["train", str(root), "--runs-dir", str(tmp_path / "runs"), "--name", "r",
+                                 "--epochs", "1", "--image-size", "16", "--batch-size", "4",
+                                 "--set", "data.cache=false", "--set", "model.stem=small", "--set", "train.progress=false"])
+    assert r.exit_code == 2
+    out = " ".join(r.output.split())
+    assert str(broken) in out and "the model is trained and saved" in out and "--skip-corrupt" in out
+    assert (tmp_path / "runs" / "r" / "checkpoints" / "best.pt").is_file()
+
+
+def test_small_test_splits_do_not_flood_the_log_with_balanced_accuracy_warnings():
+    # 6 images of 2 classes; the model also predicts a third class: sklearn warns for every resample
+    y = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([[.8, .1, .1], [.1, .1, .8], [.7, .2, .1], [.1, .8, .1], [.2, .2, .6], [.1, .7, .2]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = classification_metrics(y, probs, ["a", "b", "c"])
+        ci = bootstrap_ci(y, probs, 50, seed=0)
+    assert [str(w.message) for w in caught] == []
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # mean recall over the classes present
+    assert ci["metrics"]["balanced_accuracy"]["low"] <= m["balanced_accuracy"] <= ci["metrics"]["balanced_accuracy"]["high"]
+
+
+@pytest.mark.parametrize("inner", [{"train": 4, "test": 2}, None])
+def test_a_wrapper_folder_is_named_with_the_folder_to_give_instead(tmp_path, inner):
+    # a zip's top folder around the splits (or the class folders): one "class" that holds folders
+    make_folder_dataset(tmp_path / "data" / "chest_xray", per_class=4, splits=inner)
+    with pytest.raises(DataError) as e:
+        index_folder(tmp_path / "data", DataConfig(source=str(tmp_path / "data")))
+    msg = str(e.value)
+    assert f"give {tmp_path / 'data' / 'chest_xray'} as the data" in msg
+    assert ("train/" in msg) if inner else ("bright/" in msg and "dark/" in msg)
+
+
+@pytest.mark.parametrize("header, value", [
+    ("image_name,target,patient_id", "{stem}"),         # ISIC 2020's train.csv: ids without extension
+    ("image_id,dx,lesion_id", "{stem}.png"),            # ids that carry the extension
+    ("image,label,patient", "images/{stem}.png"),       # an "image" column that holds relative paths
+    ("fname,class,subject", "images/{stem}.png"),       # a path column under another common name
+])
+def test_csv_image_columns_as_real_data_sets_write_them(tmp_path, header, value):
+    for i in range(6):
+        _png(tmp_path / "images" / f"im_{i}.png", value=20 * i)
+    (tmp_path / "images" / "._im_0.png").write_bytes(b"AppleDouble")  # never matched to an id
+    rows = [f"{value.format(stem=f'im_{i}')},{'ab'[i % 2]},p{i // 2}" for i in range(6)]
+    (tmp_path / "m.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    from medclass.data import build_index
+
+    index = build_index(DataConfig(source=str(tmp_path / "m.csv"), val_fraction=0.3, test_fraction=0.3))
+    paths = sorted(Path(s.path).resolve() for split in index.splits.values() for s in split)
+    assert paths == sorted((tmp_path / "images" / f"im_{i}.png").resolve() for i in range(6))
+    assert index.class_names == ["a", "b"]
+
+
+def test_tiny_data_sets_split_with_each_class_held_out_and_singletons_kept_for_training():
+    from medclass.data.splits import stratified_split
+
+    # 10 images of 3 classes: a 15 % holdout is 2 images, fewer than the classes (sklearn refuses)
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    out = stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0)
+    assert sorted(labels[out == "test"].tolist()) == [0, 1, 2]
+    assert set(labels[out == "train"].tolist()) == {0, 1, 2}
+    assert sorted(labels[out == "valid"].tolist()) == [0, 1]  # class 2's last image stays in training
+    # the only image of a class is never held out
+    single = np.array([0] * 6 + [1] * 6 + [2])
+    for seed in range(5):
+        assert stratified_split(single, seed=seed)[-1] == "train"
+
+
+def test_the_split_of_a_normal_data_set_is_sklearns_as_before():
+    from sklearn.model_selection import train_test_split
+
+    from medclass.data.splits import stratified_split
+
+    labels = np.random.default_rng(0).integers(0, 4, 500)
+    out = stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=3)
+    _, test = train_test_split(np.arange(500), test_size=0.15, random_state=3, stratify=labels)
+    assert sorted(np.flatnonzero(out == "test").tolist()) == sorted(test.tolist())
+    rest = np.flatnonzero(out != "test")
+    _, valid = train_test_split(rest, test_size=0.15 / 0.85, random_state=4, stratify=labels[rest])
+    assert sorted(np.flatnonzero(out == "valid").tolist()) == sorted(valid.tolist())
