@@ -172,3 +172,26 @@ def test_the_split_of_a_normal_data_set_is_sklearns_as_before():
     rest = np.flatnonzero(out != "test")
     _, valid = train_test_split(rest, test_size=0.15 / 0.85, random_state=4, stratify=labels[rest])
     assert sorted(np.flatnonzero(out == "valid").tolist()) == sorted(valid.tolist())
+
+
+def test_a_lone_train_folder_is_split_into_train_valid_and_test(tmp_path):
+    from medclass.data import build_index
+
+    root = make_folder_dataset(tmp_path / "data", splits={"train": 10})
+    index = build_index(DataConfig(source=str(root), val_fraction=0.2, test_fraction=0.2))
+    counts = {s: len(v) for s, v in index.splits.items()}
+    assert counts == {"train": 12, "valid": 4, "test": 4}
+    assert all({x.label for x in index.splits[s]} == {0, 1} for s in ("valid", "test"))
+
+
+def test_train_and_val_folders_without_test_are_scored_on_valid_and_say_so(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", splits={"train": 6, "val": 3})
+    r = CliRunner().invoke(app, ["train", str(root), "--runs-dir", str(tmp_path / "runs"), "--name", "r",
+                                 "--epochs", "1", "--image-size", "16", "--batch-size", "4",
+                                 "--set", "model.stem=small", "--set", "train.progress=false"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "no test split" in out and "optimistic" in out
+    m = json.loads((tmp_path / "runs" / "r" / "eval-valid" / "metrics.json").read_text())
+    assert m["split"] == "valid" and m["n"] == 6
+    assert not (tmp_path / "runs" / "r" / "eval-test").exists()

@@ -39,6 +39,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -685,7 +686,9 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
         config: a :class:`~medclass.config.RunConfig` (copied, not changed) or a YAML file.
         name: the run folder's name under ``runs_dir``; None: ``<data>-<arch>-<time>``.
         runs_dir: the folder of runs (created).
-        evaluate: also evaluate the best checkpoint on the test split (``run.last_evaluation``).
+        evaluate: also evaluate the best checkpoint on the test split (``run.last_evaluation``); on
+            the validation split, with a ``UserWarning``, when the data has none
+            (:func:`medclass.evaluation.evaluate.final_split`).
         mlflow: track the run with MLflow (``train.mlflow``; :mod:`medclass.tracking`).
         progress: tqdm bars; None: only when stderr is a terminal (in Jupyter the epoch lines are printed).
         **options: config keys as for :func:`configure` (``epochs=5``, ``image_size=64``,
@@ -715,7 +718,12 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
     result = run_training(cfg, run_dir)
     run = Run(run_dir, result)
     if evaluate:
-        run.evaluate(progress=cfg.train.progress)
+        from .evaluation.evaluate import final_split
+
+        split, warning = final_split(run_dir)  # test; valid, with a warning, when the data has no test split
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        run.evaluate(split, progress=cfg.train.progress)
     return run
 
 

@@ -163,7 +163,7 @@ def train(
         from .data.io import ImageReadError
         from .engine import train as run_training
         from .evaluation import evaluate_run
-        from .evaluation.evaluate import format_breastmnist_comparison, format_metrics
+        from .evaluation.evaluate import final_split, format_breastmnist_comparison, format_metrics
         from .evaluation.ood import fit_run_ood_or_warn
 
         result = run_training(cfg, run_dir, resume=resume)
@@ -174,8 +174,11 @@ def train(
             fit_run_ood_or_warn(run_dir, progress=cfg.train.progress, log=typer.echo,
                                 warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
         if evaluate_test:
+            split, warning = final_split(run_dir)  # test; valid (said) when the data has no test split
+            if warning:
+                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
             try:
-                metrics = evaluate_run(run_dir, split="test", progress=cfg.train.progress)
+                metrics = evaluate_run(run_dir, split=split, progress=cfg.train.progress)
             except ImageReadError as e:  # the model is trained and saved: say so, and how to evaluate it
                 raise ImageReadError(e.path, e.reason, f"the model is trained and saved in {run_dir}; replace or "
                                      f"remove the file and run `medclass evaluate {run_dir}`, or run `medclass "
@@ -492,13 +495,16 @@ def ensemble(
         for member in runs:
             check_run_folder(member, "best")
         from .evaluation import evaluate_run, make_ensemble
-        from .evaluation.evaluate import format_metrics
+        from .evaluation.evaluate import final_split, format_metrics
 
         spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
         typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
                    + f"; run in {runs_dir / name}")
         if evaluate_test:
-            typer.echo(format_metrics(evaluate_run(runs_dir / name, progress=progress)))
+            split, warning = final_split(runs_dir / name)
+            if warning:
+                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+            typer.echo(format_metrics(evaluate_run(runs_dir / name, split=split, progress=progress)))
 
 
 @app.command("runs")

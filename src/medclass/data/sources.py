@@ -221,7 +221,10 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
 
 
 def _complete_splits(index: DataIndex, cfg: DataConfig) -> DataIndex:
-    """Make the missing splits: all of them from ``"all"``, or ``valid`` from ``train``."""
+    """Make the missing splits: all of them from ``"all"``; ``valid`` from ``train`` (and ``test``
+    too when that is missing as well: a lone ``train/`` folder is split as an unsplit folder is).
+    Given ``train`` and ``valid`` without ``test`` stay as given (see
+    :func:`medclass.evaluation.evaluate.final_split`)."""
     if "all" in index.splits:
         items = index.splits.pop("all")
         groups = [x.group for x in items] if any(x.group is not None for x in items) else None
@@ -235,9 +238,13 @@ def _complete_splits(index: DataIndex, cfg: DataConfig) -> DataIndex:
     elif "valid" not in index.splits:
         items = index.splits["train"]
         groups = [x.group for x in items] if any(x.group is not None for x in items) else None
-        assign = stratified_split([x.label for x in items], groups, cfg.val_fraction, 0.0, cfg.split_seed)
+        make_test = not index.splits.get("test")
+        assign = stratified_split([x.label for x in items], groups, cfg.val_fraction,
+                                  cfg.test_fraction if make_test else 0.0, cfg.split_seed)
         index.splits["train"] = [x for x, a in zip(items, assign) if a == "train"]
         index.splits["valid"] = [x for x, a in zip(items, assign) if a == "valid"]
+        if make_test:
+            index.splits["test"] = [x for x, a in zip(items, assign) if a == "test"]
         index.given_splits = False
     index.splits = {s: index.splits.get(s, []) for s in SPLITS}
     return index

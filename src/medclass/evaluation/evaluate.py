@@ -16,6 +16,7 @@ from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
 from ..fileio import atomic_write_text, safe_dir
 from ..positive_class import choose_positive_class
+from ..runs import RunFiles
 from ..progress import Progress
 from ..spec import calibration_record, update_calibration
 from ..tracking import log_evaluation
@@ -33,7 +34,23 @@ from .explain import save_explanations, select_examples
 from .metrics import balanced_accuracy, bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
-__all__ = ["evaluate_run", "calibrate_run", "format_metrics", "format_breastmnist_comparison", "PUBLISHED_BREASTMNIST"]
+__all__ = ["evaluate_run", "calibrate_run", "final_split", "format_metrics", "format_breastmnist_comparison",
+           "PUBLISHED_BREASTMNIST"]
+
+
+def final_split(run_dir: Path) -> tuple[str, Optional[str]]:
+    """The split a run is scored on when its training ends (``train``, ``ensemble``, the Python
+    API's ``train(evaluate=True)``): ``"test"``; when the run's data has no test images (given
+    ``train/`` and ``val/`` folders, or CSV split rows, without test ones), ``"valid"`` with a
+    warning to show the user, since the
+    validation split chose the best checkpoint and its figures are optimistic. Returns
+    ``(split, warning or None)``."""
+    manifest = RunFiles(Path(run_dir)).manifest
+    if not manifest.is_file() or read_manifest(manifest).splits.get("test"):
+        return "test", None
+    return "valid", ("the data has no test split, so the run is scored on its validation split, which chose the "
+                     "best checkpoint: these figures are optimistic. For an honest figure give a test/ folder (or test "
+                     "rows in the CSV's split column), or give train/ alone and medclass makes valid and test from it")
 
 
 def _samples_for(run: LoadedRun, data: Optional[str], split: str):
