@@ -243,6 +243,13 @@ def _as_deployed(spec, probs: np.ndarray, y: np.ndarray, n_bootstrap: int, seed:
             "predicted": pred.tolist()}
 
 
+def _spec_probabilities(run: LoadedRun, logits) -> np.ndarray:
+    """float ``(N, K)`` probabilities of ``logits`` as predict, export and serve compute them: the
+    run's spec (:meth:`medclass.spec.ModelSpec.probabilities`, its temperature)."""
+    p = run.spec.probabilities(logits)
+    return p.numpy() if hasattr(p, "numpy") else np.asarray(p)
+
+
 def calibrate_run(
     run: LoadedRun,
     checkpoint: str = "best",
@@ -427,8 +434,8 @@ def evaluate_run(
     cal_probs = probs
     has_valid = run.files.manifest.is_file() and bool(read_manifest(run.files.manifest).splits.get("valid"))
     if calibrate and has_valid:
-        cal = calibrate_run(run, checkpoint, tta, target_sensitivity, progress)
-        cal_probs = logits_to_probs(apply_temperature(logits, cal["temperature"])).numpy()
+        cal = calibrate_run(run, checkpoint, tta, target_sensitivity, progress)  # updates run.spec
+        cal_probs = _spec_probabilities(run, logits)
         metrics["calibration"] = {
             "temperature": cal["temperature"], "n_bins": ECE_BINS, "fitted_on": "valid",
             "ece_before": expected_calibration_error(probs[idx], y[idx]),
@@ -451,8 +458,7 @@ def evaluate_run(
         metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs[idx], y[idx]),
                                   "temperature": None, "note": "no validation split to fit a temperature on"}
         plot_reliability(probs[idx], y[idx], out / "reliability.png")
-    spec_probs = run.spec.probabilities(logits)  # as predict, export and serve compute them
-    spec_probs = spec_probs.numpy() if hasattr(spec_probs, "numpy") else np.asarray(spec_probs)
+    spec_probs = cal_probs if cal_probs is not probs else _spec_probabilities(run, logits)
     deployed = _as_deployed(run.spec, spec_probs[idx], y[idx], n_bootstrap, seed)
     decided = deployed.pop("predicted")
     metrics["as_deployed"] = deployed
