@@ -195,3 +195,20 @@ def test_train_and_val_folders_without_test_are_scored_on_valid_and_say_so(tmp_p
     m = json.loads((tmp_path / "runs" / "r" / "eval-valid" / "metrics.json").read_text())
     assert m["split"] == "valid" and m["n"] == 6
     assert not (tmp_path / "runs" / "r" / "eval-test").exists()
+
+
+def test_class_folders_spelled_differently_per_split_are_one_class(tmp_path):
+    from medclass.data.sources import match_class_names
+
+    root = tmp_path / "data"
+    spelled = {"train": ("NORMAL", "no_tumor"), "val": ("Normal", "notumor"), "test": ("normal", "No-Tumor")}
+    for split, names in spelled.items():
+        for value, name in zip((60, 180), names):
+            for i in range(4):
+                _png(root / split / name / f"{i}.png", value=value + i)
+    index = index_folder(root, DataConfig(source=str(root)))
+    assert index.class_names == ["NORMAL", "no_tumor"]  # as the training split spells them
+    assert index.counts() == {s: {"NORMAL": 4, "no_tumor": 4} for s in ("train", "valid", "test")}
+    # side by side in one split they stay two classes
+    assert match_class_names(["Normal", "normal"], None, [["Normal", "normal"]]) == {"Normal": "Normal",
+                                                                                     "normal": "normal"}

@@ -107,28 +107,44 @@ def match_class_names(
     together in one split (each collection in ``together``) are different classes and never
     merged (``pneumonia/`` beside ``pneumonia_viral/``). ``class_map`` (folder name -> class name)
     overrides the matching; a name that matches a mapped name takes its mapping too.
+
+    Spellings that differ only in case and separators are one class too (``NORMAL`` and
+    ``Normal``, ``no_tumor`` and ``notumor``, as Kaggle's splits spell them), named as the first
+    collection of ``together`` (the training split) spells it; the prefix rule ignores case.
     """
     class_map = dict(class_map or {})
-    names = sorted(set(folder_names))
-    side_by_side = [set(group) for group in together]
+    given = sorted(set(folder_names))
+    groups = [list(group) for group in together]
+    side_by_side = [set(group) for group in groups]
+    names = sorted(set(given) | {n for g in groups for n in g})
 
     def same_split(a: str, b: str) -> bool:
         return any(a in g and b in g for g in side_by_side)
 
+    def key(name: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", name.casefold())
+
+    first: dict[str, str] = {}
+    for n in [n for g in groups for n in sorted(g)] + names:  # the training split's spelling first
+        first.setdefault(key(n), n)
+    spelled = {n: (first[key(n)] if key(n) and not same_split(n, first[key(n)]) else n) for n in names}
+    canon = sorted(set(spelled.values()))
+
     parent: dict[str, str] = {}
-    for n in names:
+    for n in canon:
         shorter = [
-            m for m in names
-            if m != n and n.startswith(m) and re.match(r"[_\-. (]", n[len(m)]) and not same_split(m, n)
+            m for m in canon
+            if len(m) < len(n) and n.casefold().startswith(m.casefold()) and re.match(r"[_\-. (]", n[len(m)])
+            and not same_split(m, n)
         ]
         parent[n] = max(shorter, key=len) if shorter else n
     out: dict[str, str] = {}
     for n in names:
-        root = n
+        root = spelled[n]
         while root not in class_map and parent[root] != root:  # resolve chains to the root
             root = parent[root]
-        out[n] = class_map.get(n, class_map.get(root, root))
-    return out
+        out[n] = class_map.get(n, class_map.get(spelled[n], class_map.get(root, root)))
+    return {n: out[n] for n in given}
 
 
 def _find_split_dirs(root: Path) -> dict[str, Path]:
