@@ -212,3 +212,20 @@ def test_class_folders_spelled_differently_per_split_are_one_class(tmp_path):
     # side by side in one split they stay two classes
     assert match_class_names(["Normal", "normal"], None, [["Normal", "normal"]]) == {"Normal": "Normal",
                                                                                      "normal": "normal"}
+
+
+def test_masks_inside_class_folders_are_named_in_a_warning(tmp_path, capsys):
+    # the COVID-19 Radiography Database's layout: <class>/images/ beside <class>/masks/
+    root = tmp_path / "data"
+    for value, cls in ((60, "COVID"), (180, "Normal")):
+        for i in range(6):
+            _png(root / cls / "images" / f"{cls}-{i}.png", value=value + i)
+            _png(root / cls / "masks" / f"{cls}-{i}.png", value=255)
+    index = index_folder(root, DataConfig(source=str(root)))
+    assert len(index.notes) == 2
+    assert f"{root / 'COVID' / 'masks'}/ holds 6 images" in index.notes[0] and "'COVID'" in index.notes[0]
+    cfg = tiny_config(root, epochs=1)
+    train(cfg, tmp_path / "run")
+    assert f"warning: {index.notes[1]}" in capsys.readouterr().out
+    plain = index_folder(make_folder_dataset(tmp_path / "plain", per_class=4), DataConfig(source=str(tmp_path / "plain")))
+    assert plain.notes == []

@@ -74,6 +74,7 @@ class DataIndex:
     class_names: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     given_splits: bool = True  # False: medclass made the split
+    notes: list[str] = field(default_factory=list, compare=False)  # warnings for the user (training logs them)
 
     @property
     def num_classes(self) -> int:
@@ -158,6 +159,27 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+#: Sub-folder names that hold segmentation masks or annotations in public data sets (the COVID-19
+#: Radiography Database keeps ``<class>/images/`` beside ``<class>/masks/``).
+MASK_FOLDER_NAMES = frozenset({"mask", "masks", "label", "labels", "segmentation", "segmentations", "annotation",
+                               "annotations", "gt", "ground_truth", "groundtruth"})
+
+
+def _mask_folder_notes(class_dir: Path, files: list[Path]) -> list[str]:
+    """Warnings for images of ``class_dir`` that lie in a folder named like masks
+    (:data:`MASK_FOLDER_NAMES`): they are read as images of the class, which is wrong if they
+    are segmentation masks."""
+    counts: dict[Path, int] = {}
+    for p in files:
+        for parent in p.relative_to(class_dir).parents:
+            if parent.name.casefold() in MASK_FOLDER_NAMES:
+                counts[class_dir / parent] = counts.get(class_dir / parent, 0) + 1
+                break
+    return [f"{d}/ holds {n} images that are read as images of the class {class_dir.name!r}; if they are "
+            "segmentation masks, move them out of the class folder (or list the images in a CSV)"
+            for d, n in sorted(counts.items())]
+
+
 def _class_dirs(root: Path) -> list[Path]:
     """The class folders of ``root``: its sub-folders less hidden and system ones
     (:func:`medclass.data.io.is_ignored_name`: ``__MACOSX`` from a macOS zip, ``@eaDir``)."""
@@ -191,11 +213,13 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
             raise DataError(f"{root} holds one folder, {only[0].name}/, which holds the folders {names}; give "
                             f"{only[0]} as the data (a classifier needs a folder per class, at least 2)")
     per_split: dict[str, dict[str, list[Path]]] = {}
+    notes: list[str] = []
     for split, d in split_dirs.items():
         classes = _class_dirs(d)
         if not classes:
             raise DataError(f"{d}: no class folders; expected {d}/<class name>/<images>")
         per_split[split] = {c.name: _images_in(c) for c in classes}
+        notes += [note for c in classes for note in _mask_folder_notes(c, per_split[split][c.name])]
     folder_to_class = match_class_names(
         (n for folders in per_split.values() for n in folders), cfg.class_map, per_split.values()
     )
@@ -225,7 +249,7 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
             f"{', '.join(imageless)}; add images or remove the folders"
         )
     label_of = {c: i for i, c in enumerate(class_names)}
-    index = DataIndex(class_names)
+    index = DataIndex(class_names, notes=notes)
     for split, folders in per_split.items():
         index.splits[split] = [
             Sample(str(p), label_of[folder_to_class[n]]) for n, files in sorted(folders.items()) for p in files

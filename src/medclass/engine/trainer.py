@@ -969,6 +969,8 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     if resume:
         cfg.data.manifest = str(files.manifest)
     index = build_index(cfg.data)
+    for note in index.notes if not resume else ():  # e.g. masks inside class folders
+        log(f"warning: {note}")
     if index.num_classes < 2:
         raise DataError(f"{cfg.data.source or 'the data'}: found only the class {index.class_names}; a classifier needs "
                         "at least 2 classes (one folder per class, or 2 labels in the CSV)")
