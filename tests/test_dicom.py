@@ -6,6 +6,7 @@ RescaleSlope 1 and RescaleIntercept -1024, i.e. -1024..1016 HU.
 """
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,19 @@ def test_audit_reads_dicom_files(tmp_path):
     assert info["formats"] == {"DICOM": 7} and info["modes"] == {"MONOCHROME2": 7} and info["common_sizes"] == [[[48, 48], 7]]
     assert [u["path"].endswith("broken.dcm") for u in report["unreadable"]] == [True]
     assert report["exact_duplicates"]["n_groups"] == 1
+
+
+def test_dicom_files_named_as_scanners_name_them_are_found_in_folders(tmp_path):
+    # PACS exports: no extension (IM000001) or a UID as the file name, a DICOMDIR index beside them
+    root = _dicom_folder(tmp_path / "dcm", per_class=3)
+    for cls in ("normal", "adenocarcinoma"):
+        for i, f in enumerate(sorted((root / cls).glob("*.dcm"))):
+            f.rename(f.with_name(f"IM{i:06d}" if i % 2 else f"1.2.840.113619.2.55.3.{i}"))
+        shutil.copy(next((root / cls).iterdir()), root / cls / "DICOMDIR")  # has the marker; not an image
+        (root / cls / "notes.1").write_bytes(b"not dicom" * 20)  # a numeric suffix without the marker
+    index = build_index(DataConfig(source=str(root), val_fraction=0.3, test_fraction=0.3))
+    names = sorted(Path(s.path).name for split in index.splits.values() for s in split)
+    assert len(names) == 6 and "DICOMDIR" not in names and "notes.1" not in names
+    assert {n[:2] for n in names} == {"IM", "1."}
+    decoded = decode_split(index.splits["train"], 1, 32, progress=False)
+    assert len(decoded) == len(index.splits["train"]) and not decoded.skipped

@@ -50,8 +50,20 @@ def is_ignored_name(name: str) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible file whose extension (any case) is in :data:`IMAGE_EXTENSIONS`."""
-    return path.is_file() and not is_ignored_name(path.name) and path.suffix.lower() in IMAGE_EXTENSIONS
+    """True for a visible file whose extension (any case) is in :data:`IMAGE_EXTENSIONS`, and for
+    DICOM files named as scanners and PACS exports name them: no extension (``IM000001``) or a UID
+    (``1.2.840.113619.2.55.3.2831164355``, whose "extension" is digits) with the DICOM Part 10
+    marker (:func:`medclass.data.dicom.is_dicom_file`; ``DICOMDIR``, an index, is not an image)."""
+    if not path.is_file() or is_ignored_name(path.name):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return True
+    if (not suffix or suffix[1:].isdigit()) and path.name.upper() != "DICOMDIR":
+        from .dicom import is_dicom_file
+
+        return is_dicom_file(path)
+    return False
 
 
 def find_images(folder: Path) -> list[Path]:
