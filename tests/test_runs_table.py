@@ -136,3 +136,20 @@ def test_a_real_run_is_finished_then_bad_data_leaves_no_folder_and_other_failure
     broken_run = tmp_path / "runs" / "broken"
     assert run_status(broken_run) == "failed"
     assert "simulated failure" in json.loads((broken_run / "failed.json").read_text())["message"]
+
+
+def test_a_cross_validation_is_listed_with_its_folds_and_the_ensembles_test_figures(tmp_path):
+    # a `medclass cv` folder: config.yaml and cv.json at its root, no train_summary.json
+    root = tmp_path / "runs"
+    done = fake_run(root, "cv-done")
+    (done / "cv.json").write_text(json.dumps({
+        "settings": {"folds": 5}, "folds": [{"fold": i} for i in range(1, 6)], "out_of_fold": {"accuracy": 0.7},
+        "ensemble_test": {"accuracy": 0.75, "balanced_accuracy": 0.7, "auroc": 0.88}}))
+    half = fake_run(root, "cv-half")
+    (half / "cv.json").write_text(json.dumps({"settings": {"folds": 3}, "folds": [{"fold": 1}]}))
+    rows = {r["name"]: r for r in runs_table(root)}
+    assert rows["cv-done"]["status"] == "finished" and rows["cv-half"]["status"] == "interrupted"
+    assert rows["cv-done"]["model"] == "resnet18, 5-fold cv"
+    assert (rows["cv-done"]["test_accuracy"], rows["cv-done"]["balanced_accuracy"], rows["cv-done"]["auroc"]) == \
+        (0.75, 0.7, 0.88)
+    assert rows["cv-half"]["test_accuracy"] is None

@@ -6,6 +6,8 @@ runs takes a fraction of a second and works on copies without checkpoints (``res
 - ``config.yaml`` (or ``model_spec.json``): data, model, image size, epochs or time budget;
 - ``train_summary.json``: epochs run, training time; ``metrics.csv`` when there is no summary;
 - ``eval-test/metrics.json``: test accuracy, balanced accuracy, AUROC (``medclass evaluate``);
+- a cross-validation's folder (``cv.json``): its folds' ensemble on the test split, the model
+  named with its number of folds;
 - the status (:func:`run_status`): ``running`` (``running.json`` names a live process on this
   machine), ``failed`` (``failed.json``, the error marker the trainer writes), ``finished``
   (``train_summary.json``, or an ensemble's ``ensemble.json``), ``interrupted`` (epochs or a
@@ -27,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .runs import RunError, RunFiles
+from .runs import CV_FILE, RunError, RunFiles
 
 __all__ = ["RUN_COLUMNS", "RUNS_FORMATS", "FAILED_FILE", "RUNNING_FILE", "is_run_folder", "find_runs",
            "run_status", "describe_run", "runs_table", "format_runs"]
@@ -100,6 +102,9 @@ def run_status(run_dir: Path) -> str:
             return "running"
     if (f.root / FAILED_FILE).is_file():
         return "failed"
+    cv = _json(f.root / CV_FILE)
+    if isinstance(cv, dict):  # a cross-validation: done once its out-of-fold figures are written
+        return "finished" if "out_of_fold" in cv else "interrupted"
     if f.summary.is_file() or f.ensemble.is_file():
         return "finished"
     if f.last.is_file() or f.metrics_csv.is_file():
@@ -143,6 +148,9 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
     summary = _json(f.summary) or {}
     test = _json(f.root / "eval-test" / "metrics.json") or {}
     ensemble = _json(f.ensemble) if f.ensemble.is_file() else None
+    cv = _json(f.root / CV_FILE)
+    if isinstance(cv, dict):  # the fold models' ensemble on the test split (cv.json: ensemble_test)
+        test = {**(cv.get("ensemble_test") or {}), "data": test.get("data")}
 
     if ensemble:
         members = ensemble.get("members", [])
@@ -153,6 +161,8 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
         model_name = f"{arch} ({stem} stem)" if arch and arch.startswith("resnet") and stem == "small" else arch
         if model_name and model.get("pretrained"):
             model_name += f" from {Path(str(model['pretrained'])).name}"
+        if isinstance(cv, dict) and model_name:
+            model_name += f", {(cv.get('settings') or {}).get('folds', len(cv.get('folds', [])))}-fold cv"
     size = spec.get("image_size") or data.get("image_size") or test.get("image_size")
     rows = _metrics_rows(f.metrics_csv)
     epochs = summary.get("epochs_run", len(rows) if rows else None)
