@@ -229,3 +229,20 @@ def test_masks_inside_class_folders_are_named_in_a_warning(tmp_path, capsys):
     assert f"warning: {index.notes[1]}" in capsys.readouterr().out
     plain = index_folder(make_folder_dataset(tmp_path / "plain", per_class=4), DataConfig(source=str(tmp_path / "plain")))
     assert plain.notes == []
+
+
+def test_a_small_validation_split_is_warned_about_with_what_to_change(tmp_path, capsys):
+    from medclass.data import build_index
+    from medclass.engine.trainer import small_validation_note
+
+    given = make_folder_dataset(tmp_path / "given", splits={"train": 12, "val": 8, "test": 3})
+    note = small_validation_note(build_index(DataConfig(source=str(given))))
+    assert "16 images" in note and "bright 8, dark 8" in note and "6.2 points" in note
+    assert "move images from train/" in note
+    made = build_index(DataConfig(source=str(make_folder_dataset(tmp_path / "made", per_class=12)),
+                                  val_fraction=0.25, test_fraction=0.25))
+    assert "raise data.val_fraction" in small_validation_note(made)
+    roomy = build_index(DataConfig(source=str(make_folder_dataset(tmp_path / "roomy", splits={"train": 4, "val": 10}))))
+    assert small_validation_note(roomy) is None
+    train(tiny_config(given, epochs=1), tmp_path / "run")
+    assert f"warning: {note}" in capsys.readouterr().out

@@ -258,6 +258,29 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+#: Fewer validation images than this in a class draw a warning (:func:`small_validation_note`).
+MIN_VALID_PER_CLASS = 10
+
+
+def small_validation_note(index) -> Optional[str]:
+    """A warning when a class has fewer than :data:`MIN_VALID_PER_CLASS` validation images: the
+    best checkpoint, the temperature and the decision rule are all chosen on that split, and one
+    image moves its accuracy by ``100 / n`` points (Kaggle's chest X-ray set gives 8 per class).
+    None otherwise."""
+    valid = index.splits.get("valid") or []
+    counts = {c: sum(1 for s in valid if s.label == i) for i, c in enumerate(index.class_names)}
+    small = {c: n for c, n in counts.items() if n < MIN_VALID_PER_CLASS}
+    if not valid or not small:
+        return None
+    what = ", ".join(f"{c} {n}" for c, n in small.items())
+    fix = ("raise data.val_fraction" if not index.given_splits else
+           "move images from train/ to the validation folder, or remove it so that medclass makes one "
+           "(data.val_fraction)")
+    return (f"the validation split has {len(valid)} images, fewer than {MIN_VALID_PER_CLASS} in some classes "
+            f"({what}): the best checkpoint, the temperature and the decision rule are chosen on it and one image "
+            f"moves its accuracy by {100 / len(valid):.1f} points; for steadier choices, {fix}")
+
+
 def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSplit:
     """Decode a split through the cache; in DDP rank 0 builds the cache entry while the others wait,
     then they map the same file."""
@@ -1001,6 +1024,9 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
     if main:
         _record_run(cfg, index, spec, files, resume)
+        note = small_validation_note(index)
+        if note and not resume:
+            log(f"warning: {note}")
     train_split, val_split = _decode_splits(cfg, index, ctx, log)
     preprocess = Preprocess.from_spec(spec).to(device)
     augment = build_augmentation(cfg.data)
