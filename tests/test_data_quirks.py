@@ -246,3 +246,22 @@ def test_a_small_validation_split_is_warned_about_with_what_to_change(tmp_path, 
     assert small_validation_note(roomy) is None
     train(tiny_config(given, epochs=1), tmp_path / "run")
     assert f"warning: {note}" in capsys.readouterr().out
+
+
+def test_a_csv_saved_by_excel_on_windows_is_read_with_a_note(tmp_path):
+    # Windows-1252, semicolons, spaces after them, a capitalised split column, ISIC's label column
+    from medclass.data import build_index
+
+    for i in range(12):
+        _png(tmp_path / "images" / f"im{i}.png", value=10 * i)
+    lines = ["image_id; benign_malignant; Split"] + [
+        f"im{i}; {'bösartig' if i % 2 else 'gutartig'}; {['train', 'train', 'valid', 'test'][i % 4 if i < 8 else 0]}"
+        for i in range(12)]
+    (tmp_path / "meta.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("cp1252"))
+    index = build_index(DataConfig(source=str(tmp_path / "meta.csv")))
+    assert index.class_names == ["bösartig", "gutartig"]
+    assert {s: len(v) for s, v in index.splits.items()} == {"train": 8, "valid": 2, "test": 2}
+    assert len(index.notes) == 1 and "cp1252" in index.notes[0] and "UTF-8" in index.notes[0]
+    (tmp_path / "utf8.csv").write_text("path,label\n" + "".join(f"images/im{i}.png,{'ab'[i % 2]}\n" for i in range(12)),
+                                       encoding="utf-8")
+    assert build_index(DataConfig(source=str(tmp_path / "utf8.csv"))).notes == []

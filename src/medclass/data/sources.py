@@ -8,6 +8,7 @@ from a split manifest CSV, so a run can be repeated exactly.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -50,7 +51,8 @@ MEDMNIST_CLASS_NAMES = {"breastmnist": ["malignant", "normal, benign"]}
 _PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "img_path", "image_file", "file", "filename",
                  "file_name", "fname")
 _ID_COLUMNS = ("image_id", "image_name", "img_id", "isic_id", "id", "image", "img")
-_LABEL_COLUMNS = ("label", "dx", "class", "diagnosis", "target", "y")
+_LABEL_COLUMNS = ("label", "dx", "class", "class_name", "diagnosis", "target", "benign_malignant", "pathology",
+                  "category", "y")
 _GROUP_COLUMNS = ("group", "lesion_id", "patient_id", "patient", "subject_id", "subject")
 
 
@@ -310,19 +312,55 @@ def _pick_column(header: list[str], given: Optional[str], candidates: tuple[str,
     return None
 
 
-def _read_csv(csv_path: Path, cfg: DataConfig) -> tuple[list[dict[str, str]], list[str], list[Path], list[str]]:
+#: Encodings tried in order for a CSV manifest: UTF-8 (with or without Excel's byte-order mark),
+#: then Windows-1252 (Excel's "CSV" on Western-European Windows), then Latin-1 (decodes any byte).
+CSV_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+#: Delimiters a CSV manifest may use; the one found most often in its header line is taken
+#: (Excel writes ``;`` where the decimal separator is a comma).
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _csv_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows of a CSV file as dicts, read as :data:`CSV_ENCODINGS` and :data:`CSV_DELIMITERS`
+    allow (spaces after a delimiter ignored), and notes for the user (an encoding other than UTF-8).
+
+    Raises:
+        DataError: the file cannot be read or parsed.
+    """
+    try:
+        raw = Path(csv_path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read CSV manifest {csv_path}: {e}") from e
+    notes: list[str] = []
+    for encoding in CSV_ENCODINGS:
+        try:
+            text = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    if encoding != "utf-8-sig":
+        notes.append(f"{csv_path} is not UTF-8; it was read as {encoding} (Excel's encoding on Windows): check the "
+                     "class names, and save it as CSV UTF-8 to be sure")
+    header = text.lstrip("\ufeff").split("\n", 1)[0]
+    delimiter = max(CSV_DELIMITERS, key=header.count) if any(d in header for d in CSV_DELIMITERS) else ","
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True))
+    except csv.Error as e:
+        raise DataError(f"cannot read CSV manifest {csv_path}: {e}") from e
+    return rows, notes
+
+
+def _read_csv(csv_path: Path, cfg: DataConfig
+              ) -> tuple[list[dict[str, str]], list[str], list[Path], list[str], list[str]]:
     """The rows and header of a CSV manifest, each row's image path (relative paths against the
     CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``, with or without the
-    extension, or as a path relative to the CSV) and the ids with no image file.
+    extension, or as a path relative to the CSV), the ids with no image file, and notes for the
+    user (:func:`_csv_rows`).
 
     Raises:
         DataError: unreadable or empty CSV, no path or id column.
     """
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read CSV manifest {csv_path}: {e}") from e
+    rows, notes = _csv_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: the manifest has no rows")
     header = list(rows[0].keys())
@@ -357,7 +395,7 @@ def _read_csv(csv_path: Path, cfg: DataConfig) -> tuple[list[dict[str, str]], li
                 # kept with its expected name: with skip_corrupt it is listed as skipped when decoded
                 p = (base / "images" if (base / "images").is_dir() else base) / f"{r[id_col]}.jpg"
             paths.append(p)
-    return rows, header, paths, missing
+    return rows, header, paths, missing, notes
 
 
 def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], columns: Sequence[str]
@@ -368,7 +406,7 @@ def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], colu
     Raises:
         DataError: unreadable CSV, or a column it does not have (the message lists its columns).
     """
-    rows, header, paths, _ = _read_csv(Path(csv_path), cfg)
+    rows, header, paths, _, _ = _read_csv(Path(csv_path), cfg)
     unknown = [c for c in columns if c not in header]
     if unknown:
         raise DataError(f"{csv_path}: no column {', '.join(map(repr, unknown))}; its columns are {header}")
@@ -388,10 +426,10 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
         DataError: unreadable CSV, missing columns, ids with no image file, empty labels.
     """
     csv_path = Path(csv_path)
-    rows, header, paths, missing = _read_csv(csv_path, cfg)
+    rows, header, paths, missing, notes = _read_csv(csv_path, cfg)
     label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
     group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
-    split_col = "split" if "split" in header else None
+    split_col = _pick_column(header, None, ("split", "subset", "partition"), "split", csv_path, False)
     base = csv_path.parent
     if missing and not cfg.skip_corrupt:
         raise DataError(
@@ -409,7 +447,7 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
         Sample(str(p), label_of[cfg.class_map.get(lab, lab)], (r[group_col] or None) if group_col else None)
         for p, lab, r in zip(paths, labels_raw, rows)
     ]
-    index = DataIndex(class_names)
+    index = DataIndex(class_names, notes=notes)
     if split_col:
         for r, s in zip(rows, samples):
             name = _canonical_split(r[split_col], csv_path)
