@@ -265,3 +265,17 @@ def test_a_csv_saved_by_excel_on_windows_is_read_with_a_note(tmp_path):
     (tmp_path / "utf8.csv").write_text("path,label\n" + "".join(f"images/im{i}.png,{'ab'[i % 2]}\n" for i in range(12)),
                                        encoding="utf-8")
     assert build_index(DataConfig(source=str(tmp_path / "utf8.csv"))).notes == []
+
+
+def test_the_audit_reports_the_indexing_warnings(tmp_path):
+    root = tmp_path / "data"
+    for value, cls in ((60, "COVID"), (180, "Normal")):
+        for i in range(4):
+            _png(root / cls / "images" / f"{i}.png", value=value + i)
+            _png(root / cls / "masks" / f"{i}.png", value=255)
+    r = CliRunner().invoke(app, ["audit", str(root), "--out", str(tmp_path / "audit")])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {root / 'COVID' / 'masks'}/ holds 4 images" in " ".join(r.output.split())
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert len(report["notes"]) == 2
+    assert "- warning: " in (tmp_path / "audit" / "audit.md").read_text()

@@ -270,7 +270,8 @@ def audit(
     distance <= threshold with different content (``a``, ``b``, ``distance``, ``cross_split``,
     ``same_label``), ``groups``: connected near-duplicate contents, flagged like the exact ones),
     ``groups_in_several_splits`` (``group``, ``splits``), ``label_conflicts`` (exact duplicates
-    with different labels), ``settings`` and ``seconds``. Items name ``path``, ``split``,
+    with different labels), ``notes`` (warnings from indexing: masks inside class folders, a CSV that
+    is not UTF-8), ``settings`` and ``seconds``. Items name ``path``, ``split``,
     ``label`` (class name) and ``group`` when there is one. Splits listed are train, valid, test.
 
     ``near=False`` skips the perceptual hashing comparison (the images are still decoded, to find
@@ -331,6 +332,7 @@ def audit(
         "source": source,
         "class_names": list(names),
         "given_splits": index.given_splits,
+        "notes": list(getattr(index, "notes", [])),
         "n_images": len(scan.entries),
         "n_distinct": len(scan.by_digest),
         "counts": index.counts(),
@@ -545,6 +547,7 @@ def audit_markdown(report: dict[str, Any], max_rows: int = 100) -> str:
         )
     else:
         lines.append("- near duplicates: not searched")
+    lines += [f"- warning: {n}" for n in report.get("notes", [])]
     lines += [
         f"- groups (patient/lesion) in more than one split: {len(report['groups_in_several_splits'])}",
         f"- label conflicts (identical content, different labels): {len(report['label_conflicts'])}",
@@ -662,6 +665,7 @@ def audit_summary(report: dict[str, Any], md_path: str | Path, shown: int = 10) 
                      f"across splits, {nd['n_within_split']} within one split)")
     lines.append(f"groups (patient/lesion) in several splits: {len(report['groups_in_several_splits'])}; "
                  f"label conflicts: {len(report['label_conflicts'])}")
+    lines += [f"warning: {n}" for n in report.get("notes", [])]
     cross = [g for g in ex["groups"] if g["cross_split"]]
     if cross:
         lines.append("exact duplicates across splits (one file per split shown):")
