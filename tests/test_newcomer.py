@@ -64,10 +64,16 @@ def test_readme_says_what_the_first_command_does_and_what_chromium_less_machines
     (["malignant", "normal, benign"], 0, "says disease"),  # BreastMNIST: class 1 is the healthy one
     (["no", "yes"], 1, "says disease"),
     (["Benign", "Malignant"], 1, "says disease"),
-    (["glioma_tumor", "no_tumor"], 0, "says disease"),  # "no tumor" is healthy, not a tumour
+    (["glioma_tumor", "no_tumor"], 0, "is its negation"),  # "no tumor" is healthy, not a tumour
     (["abnormal", "normal"], 0, "says disease"),
     (["cats", "normal"], 0, "named as healthy"),
     (["bright", "dark"], 1, "neither name says"),
+    # one name negates the other; sorted, the negation often comes second and was taken as positive
+    (["Demented", "Non-Demented"], 0, "is its negation"),
+    (["MildDemented", "NonDemented"], 0, "is its negation"),  # OASIS
+    (["cancer", "non_cancer"], 0, "is its negation"),  # both names hold "cancer"
+    (["Glaucoma", "Non Glaucoma"], 0, "is its negation"),
+    (["not pneumothorax", "pneumothorax"], 1, "is its negation"),
 ])
 def test_the_default_positive_class_is_the_disease(names, index, says):
     got, reason = choose_positive_class(names)
