@@ -279,3 +279,21 @@ def test_the_audit_reports_the_indexing_warnings(tmp_path):
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert len(report["notes"]) == 2
     assert "- warning: " in (tmp_path / "audit" / "audit.md").read_text()
+
+
+def test_symlinked_folders_inside_class_folders_are_followed_once(tmp_path):
+    store = tmp_path / "store"
+    for i in range(4):
+        _png(store / "a" / f"{i}.png", value=20 * i)
+        _png(store / "b" / f"{i}.png", value=200 - 20 * i)
+    root = tmp_path / "data"
+    (root / "benign").mkdir(parents=True)
+    (root / "benign" / "from-site-1").symlink_to(store / "a", target_is_directory=True)
+    (root / "malignant").mkdir()
+    (root / "malignant" / "scans").symlink_to(store / "b", target_is_directory=True)
+    (store / "b" / "again").symlink_to(store / "b", target_is_directory=True)  # a cycle
+    index = index_folder(root, DataConfig(source=str(root)))
+    per_class = {c: sum(n for split in index.counts().values() for cc, n in split.items() if cc == c)
+                 for c in index.class_names}
+    assert per_class == {"benign": 4, "malignant": 4}
+    assert len(expand_image_paths([root / "malignant"])) == 4

@@ -69,12 +69,19 @@ def is_image_file(path: Path) -> bool:
 def find_images(folder: Path) -> list[Path]:
     """The image files (:func:`is_image_file`) under ``folder`` at any depth, sorted, leaving out
     those inside hidden or system folders (:func:`is_ignored_name`: a Synology ``@eaDir`` holds
-    thumbnails that look like JPEGs, a ``.thumbnails`` folder copies of the images)."""
-    folder = Path(folder)
-    return sorted(
-        p for p in folder.rglob("*")
-        if is_image_file(p) and not any(is_ignored_name(part) for part in p.relative_to(folder).parts[:-1])
-    )
+    thumbnails that look like JPEGs, a ``.thumbnails`` folder copies of the images). Symbolic links
+    to folders are followed (data sets assembled from links), each real folder once."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):  # symlinked sub-folders too (rglob skips them)
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not is_ignored_name(d))
+        found += [p for p in (Path(top) / f for f in files) if is_image_file(p)]
+    return sorted(found)
 
 
 def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
