@@ -297,3 +297,31 @@ def test_symlinked_folders_inside_class_folders_are_followed_once(tmp_path):
                  for c in index.class_names}
     assert per_class == {"benign": 4, "malignant": 4}
     assert len(expand_image_paths([root / "malignant"])) == 4
+
+
+def test_csv_ids_are_found_in_sub_folders_and_paths_under_data_image_root(tmp_path):
+    from medclass.data import build_index
+
+    # ISIC 2020 on Kaggle: train.csv beside jpeg/train/ISIC_*.jpg
+    for i in range(8):
+        _png(tmp_path / "isic" / "jpeg" / "train" / f"ISIC_{i:07d}.png", value=20 * i)
+    (tmp_path / "isic" / "train.csv").write_text(
+        "image_name,patient_id,target\n" + "".join(f"ISIC_{i:07d},p{i},{i % 2}\n" for i in range(8)))
+    index = build_index(DataConfig(source=str(tmp_path / "isic" / "train.csv"), val_fraction=0.25, test_fraction=0.25))
+    assert sum(len(v) for v in index.splits.values()) == 8
+    # a name found in two sub-folders is not guessed
+    _png(tmp_path / "isic" / "jpeg" / "test" / "ISIC_0000003.png")
+    with pytest.raises(DataError, match="1 of 8 ids have no image file"):
+        build_index(DataConfig(source=str(tmp_path / "isic" / "train.csv")))
+    # labels/labels.csv whose paths are relative to the data set's root, not to the CSV
+    for i in range(8):
+        _png(tmp_path / "ds" / "scans" / f"{i}.png", value=30 * i)
+    (tmp_path / "ds" / "labels").mkdir()
+    (tmp_path / "ds" / "labels" / "labels.csv").write_text(
+        "path,label\n" + "".join(f"scans/{i}.png,{'ab'[i % 2]}\n" for i in range(8)))
+    with pytest.raises(DataError) as e:
+        build_index(DataConfig(source=str(tmp_path / "ds" / "labels" / "labels.csv")))
+    assert "8 of 8 paths have no image file" in str(e.value) and "data.image_root" in str(e.value)
+    index = build_index(DataConfig(source=str(tmp_path / "ds" / "labels" / "labels.csv"),
+                                   image_root=str(tmp_path / "ds"), val_fraction=0.25, test_fraction=0.25))
+    assert sum(len(v) for v in index.splits.values()) == 8

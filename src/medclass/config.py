@@ -208,6 +208,8 @@ class DataConfig:
     manifest: Optional[str] = None  # a split manifest CSV written by an earlier run
     path_column: Optional[str] = None
     id_column: Optional[str] = None
+    # the folder a CSV's relative paths and ids are read from; None: the CSV's own folder
+    image_root: Optional[str] = None
     label_column: Optional[str] = None
     group_column: Optional[str] = None
     skip_corrupt: bool = False

@@ -354,8 +354,9 @@ def _read_csv(csv_path: Path, cfg: DataConfig
               ) -> tuple[list[dict[str, str]], list[str], list[Path], list[str], list[str]]:
     """The rows and header of a CSV manifest, each row's image path (relative paths against the
     CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``, with or without the
-    extension, or as a path relative to the CSV), the ids with no image file, and notes for the
-    user (:func:`_csv_rows`).
+    extension, or as a path relative to that folder, or, failing those, a file of that name found
+    once in its sub-folders), the ids or paths with no image file, and notes for the user
+    (:func:`_csv_rows`).
 
     Raises:
         DataError: unreadable or empty CSV, no path or id column.
@@ -371,7 +372,9 @@ def _read_csv(csv_path: Path, cfg: DataConfig
             f"{csv_path}: no path column ({list(_PATH_COLUMNS)}) or id column ({list(_ID_COLUMNS)}); "
             f"columns are {header}. Set data.path_column or data.id_column."
         )
-    base = csv_path.parent
+    base = Path(cfg.image_root) if cfg.image_root else csv_path.parent
+    if cfg.image_root and not base.is_dir():
+        raise DataError(f"data.image_root {base} is not a folder; give the folder the CSV's paths or ids are in")
     by_id: dict[str, Path] = {}  # "ISIC_0024306" and "ISIC_0024306.jpg" name the same file
     if id_col:
         for folder in (base / "images", base):
@@ -380,11 +383,25 @@ def _read_csv(csv_path: Path, cfg: DataConfig
                     if p.suffix.lower() in IMAGE_EXTENSIONS and not is_ignored_name(p.name):
                         by_id.setdefault(p.stem, p)
                         by_id.setdefault(p.name, p)
+        if any(r[id_col] not in by_id for r in rows):  # deeper (ISIC 2020's jpeg/train/): names found once only
+            deeper: dict[str, Path] = {}
+            clashes: set[str] = set()
+            for p in find_images(base):
+                for k in (p.stem, p.name):
+                    if k in deeper and deeper[k] != p:
+                        clashes.add(k)
+                    deeper.setdefault(k, p)
+            for k, p in deeper.items():
+                if k not in clashes:
+                    by_id.setdefault(k, p)
     paths, missing = [], []
     for r in rows:
         if path_col:
             p = Path(r[path_col])
-            paths.append(p if p.is_absolute() else base / p)
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                missing.append(r[path_col])
+            paths.append(p)
         else:
             v = r[id_col]
             p = by_id.get(v)
@@ -417,25 +434,28 @@ def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], colu
 def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
     """Index a CSV manifest: a path or id column, a label column, optional group and split columns.
 
-    Paths are relative to the CSV's folder. Ids (e.g. HAM10000's ``image_id``) are looked up as
-    ``images/<id>.<ext>`` or ``<id>.<ext>`` beside the CSV. Label column candidates: ``label``,
+    Paths are relative to ``data.image_root`` (default: the CSV's folder). Ids (e.g. HAM10000's
+    ``image_id``) are looked up as ``images/<id>.<ext>`` or ``<id>.<ext>`` there, else as a file
+    of that name found once in its sub-folders (ISIC 2020's ``jpeg/train/``). Label column candidates: ``label``,
     ``dx``, ...; group: ``group``, ``lesion_id``, ``patient_id``, ...; or set them in the config.
     Without a ``split`` column, a stratified split is made that keeps every group on one side.
 
     Raises:
-        DataError: unreadable CSV, missing columns, ids with no image file, empty labels.
+        DataError: unreadable CSV, missing columns, ids or paths with no image file (unless
+            ``data.skip_corrupt``), empty labels, a ``data.image_root`` that is not a folder.
     """
     csv_path = Path(csv_path)
     rows, header, paths, missing, notes = _read_csv(csv_path, cfg)
     label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
     group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
     split_col = _pick_column(header, None, ("split", "subset", "partition"), "split", csv_path, False)
-    base = csv_path.parent
+    base = Path(cfg.image_root) if cfg.image_root else csv_path.parent
     if missing and not cfg.skip_corrupt:
+        what = "paths" if _pick_column(header, cfg.path_column, _PATH_COLUMNS, "path", csv_path, False) else "ids"
         raise DataError(
-            f"{csv_path}: {len(missing)} ids have no image file in {base / 'images'} or {base} "
-            f"(first: {missing[:5]}); fix the ids, give a path column, or set data.skip_corrupt=true "
-            "to leave them out (they are listed in the run's report)"
+            f"{csv_path}: {len(missing)} of {len(rows)} {what} have no image file under {base} (first: {missing[:5]}); "
+            f"they are read relative to {base}: set data.image_root to the folder they are in, fix them, or set "
+            "data.skip_corrupt=true to leave them out (they are listed in the run's report)"
         )
     labels_raw = [r[label_col].strip() for r in rows]
     if any(not x for x in labels_raw):
