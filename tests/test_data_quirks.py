@@ -330,3 +330,18 @@ def test_csv_ids_are_found_in_sub_folders_and_paths_under_data_image_root(tmp_pa
     index = build_index(DataConfig(source=str(tmp_path / "ds" / "labels" / "labels.csv"),
                                    image_root=str(tmp_path / "ds"), val_fraction=0.25, test_fraction=0.25))
     assert sum(len(v) for v in index.splits.values()) == 8
+
+
+def test_multi_label_csv_labels_are_named_in_a_warning(tmp_path):
+    from medclass.data import build_index
+
+    for i in range(9):
+        _png(tmp_path / "images" / f"{i:08d}_000.png", value=20 * i)
+    labels = ["No Finding", "Effusion", "Effusion|Mass"] * 3
+    (tmp_path / "Data_Entry.csv").write_text(
+        "Image Index,Finding Labels,Patient ID\n" + "".join(f"{i:08d}_000.png,{lab},{i}\n" for i, lab in enumerate(labels)))
+    index = build_index(DataConfig(source=str(tmp_path / "Data_Entry.csv"), path_column="Image Index",
+                                   label_column="Finding Labels", group_column="Patient ID",
+                                   image_root=str(tmp_path / "images"), val_fraction=0.3, test_fraction=0.3))
+    assert index.class_names == ["Effusion", "Effusion|Mass", "No Finding"]
+    assert len(index.notes) == 1 and "3 of 9 labels" in index.notes[0] and "'Effusion|Mass'" in index.notes[0]

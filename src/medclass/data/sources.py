@@ -462,6 +462,11 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
         bad = [i + 2 for i, x in enumerate(labels_raw) if not x][:5]
         raise DataError(f"{csv_path}: empty {label_col!r} on lines {bad}")
     class_names = sorted(set(cfg.class_map.get(x, x) for x in labels_raw))
+    multi = sum("|" in x for x in labels_raw)
+    if multi:  # NIH ChestX-ray14's "Finding Labels": Effusion|Mass
+        notes.append(f"{multi} of {len(rows)} labels in {label_col!r} hold '|' (e.g. {next(x for x in labels_raw if '|' in x)!r}): "
+                     f"medclass trains single-label classifiers, so each combination is a class of its own "
+                     f"({len(class_names)} classes); give one label per image, or map combinations with data.class_map")
     label_of = {c: i for i, c in enumerate(class_names)}
     samples = [
         Sample(str(p), label_of[cfg.class_map.get(lab, lab)], (r[group_col] or None) if group_col else None)
