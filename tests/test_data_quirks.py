@@ -233,7 +233,7 @@ def test_masks_inside_class_folders_are_named_in_a_warning(tmp_path, capsys):
 
 def test_a_small_validation_split_is_warned_about_with_what_to_change(tmp_path, capsys):
     from medclass.data import build_index
-    from medclass.engine.trainer import small_validation_note
+    from medclass.data import small_validation_note
 
     given = make_folder_dataset(tmp_path / "given", splits={"train": 12, "val": 8, "test": 3})
     note = small_validation_note(build_index(DataConfig(source=str(given))))
@@ -282,7 +282,7 @@ def test_the_audit_reports_the_indexing_warnings(tmp_path):
     assert r.exit_code == 0, r.output
     assert f"warning: {root / 'COVID' / 'masks'}/ holds 4 images" in " ".join(r.output.split())
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert len(report["notes"]) == 2
+    assert len(report["notes"]) == 3 and "fewer than 10 in some classes" in report["notes"][2]  # 8 images in all
     assert "- warning: " in (tmp_path / "audit" / "audit.md").read_text()
 
 

@@ -24,6 +24,7 @@ _EXPORTS = {
     "build_index": "sources", "bundled_breastmnist": "sources", "index_csv": "sources",
     "index_folder": "sources", "index_npz": "sources", "match_class_names": "sources",
     "read_manifest": "sources", "write_manifest": "sources", "csv_columns": "sources",
+    "small_validation_note": "sources",
     "stratified_split": "splits",
     "Preprocess": "transforms", "build_augmentation": "transforms",
 }
@@ -35,7 +36,7 @@ __all__ = [
     "build_index", "bundled_breastmnist", "index_csv", "index_folder", "index_npz", "match_class_names",
     "read_manifest", "write_manifest", "csv_columns", "stratified_split", "decode_split", "default_cache_dir", "cache_dir_for", "load_sample", "native_side", "greyscale_content", "read_image",
     "is_image_file", "expand_image_paths", "Preprocess", "build_augmentation", "read_dicom", "cross_split_duplicates", "dedupe",
-    "write_audit", "NEAR_THRESHOLD",
+    "write_audit", "NEAR_THRESHOLD", "small_validation_note",
 ]
 
 

@@ -46,7 +46,7 @@ from ..progress import Progress
 
 from .dataset import _npz_images, file_digest
 from .io import ImageReadError, to_channels
-from .sources import NPZ_SEP, SPLITS, DataIndex, Sample
+from .sources import NPZ_SEP, SPLITS, DataIndex, Sample, small_validation_note
 
 __all__ = [
     "NEAR_THRESHOLD",
@@ -270,8 +270,8 @@ def audit(
     distance <= threshold with different content (``a``, ``b``, ``distance``, ``cross_split``,
     ``same_label``), ``groups``: connected near-duplicate contents, flagged like the exact ones),
     ``groups_in_several_splits`` (``group``, ``splits``), ``label_conflicts`` (exact duplicates
-    with different labels), ``notes`` (warnings from indexing: masks inside class folders, a CSV that
-    is not UTF-8), ``settings`` and ``seconds``. Items name ``path``, ``split``,
+    with different labels), ``notes`` (warnings: masks inside class folders, a CSV that is not
+    UTF-8, a class with fewer than 10 validation images), ``settings`` and ``seconds``. Items name ``path``, ``split``,
     ``label`` (class name) and ``group`` when there is one. Splits listed are train, valid, test.
 
     ``near=False`` skips the perceptual hashing comparison (the images are still decoded, to find
@@ -332,7 +332,7 @@ def audit(
         "source": source,
         "class_names": list(names),
         "given_splits": index.given_splits,
-        "notes": list(getattr(index, "notes", [])),
+        "notes": list(getattr(index, "notes", [])) + [n for n in [small_validation_note(index)] if n],
         "n_images": len(scan.entries),
         "n_distinct": len(scan.by_digest),
         "counts": index.counts(),

@@ -44,7 +44,8 @@ from ..config import ConfigError, RunConfig, check_budget_config, check_recipe, 
 from ..tracking import check_tracking, open_tracker
 from ..runs import RunError, RunFiles
 from ..data import (
-    DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side, write_manifest,
+    DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side,
+    small_validation_note, write_manifest,
 )
 from ..data.transforms import progressive_size, resize_batch
 from ..models import build_model, count_parameters, weight_decay_param_groups
@@ -256,36 +257,6 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-#: Fewer validation images than this in a class draw a warning (:func:`small_validation_note`).
-MIN_VALID_PER_CLASS = 10
-
-
-def small_validation_note(index) -> Optional[str]:
-    """A warning when a class has fewer than :data:`MIN_VALID_PER_CLASS` validation images: the
-    best checkpoint, the temperature and the decision rule are all chosen on that split, and one
-    image of a class of ``n`` moves its recall by ``100 / n`` points and the balanced accuracy by
-    ``100 / (n K)`` for ``K`` classes (Kaggle's chest X-ray set gives 8 per class). None otherwise."""
-    valid = index.splits.get("valid") or []
-    counts = {c: sum(1 for s in valid if s.label == i) for i, c in enumerate(index.class_names)}
-    small = {c: n for c, n in counts.items() if n < MIN_VALID_PER_CLASS}
-    if not valid or not small:
-        return None
-    what = ", ".join(f"{c} {n}" for c, n in small.items())
-    c_min = min((c for c in small if small[c] > 0), key=small.get, default=None)
-    if c_min is None:
-        moves = f"no validation image of {', '.join(small)}: its recall cannot be measured there"
-    else:
-        n_min = small[c_min]
-        moves = (f"one image of {c_min} moves its recall by {100 / n_min:.0f} points and the balanced accuracy by "
-                 f"{100 / (n_min * len(counts)):.1f}")
-    fix = ("raise data.val_fraction" if not index.given_splits else
-           "move images from train/ to the validation folder, or remove it so that medclass makes one "
-           "(data.val_fraction)")
-    return (f"the validation split has {len(valid)} images, fewer than {MIN_VALID_PER_CLASS} in some classes "
-            f"({what}): the best checkpoint, the temperature and the decision rule are chosen on it, and {moves}; "
-            f"for steadier choices, {fix}")
 
 
 def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSplit:
