@@ -42,9 +42,8 @@ def final_split(run_dir: Path) -> tuple[str, Optional[str]]:
     """The split a run is scored on when its training ends (``train``, ``ensemble``, the Python
     API's ``train(evaluate=True)``): ``"test"``; when the run's data has no test images (given
     ``train/`` and ``val/`` folders, or CSV split rows, without test ones), ``"valid"`` with a
-    warning to show the user, since the
-    validation split chose the best checkpoint and its figures are optimistic. Returns
-    ``(split, warning or None)``."""
+    warning to show the user, since the validation split chose the best checkpoint and its figures
+    are optimistic. Returns ``(split, warning or None)``."""
     manifest = RunFiles(Path(run_dir)).manifest
     if not manifest.is_file() or read_manifest(manifest).splits.get("test"):
         return "test", None
