@@ -345,3 +345,16 @@ def test_multi_label_csv_labels_are_named_in_a_warning(tmp_path):
                                    image_root=str(tmp_path / "images"), val_fraction=0.3, test_fraction=0.3))
     assert index.class_names == ["Effusion", "Effusion|Mass", "No Finding"]
     assert len(index.notes) == 1 and "3 of 9 labels" in index.notes[0] and "'Effusion|Mass'" in index.notes[0]
+
+
+def test_a_home_folder_tilde_in_a_yaml_config_is_expanded(tmp_path, monkeypatch):
+    from medclass.config import RunConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_folder_dataset(tmp_path / "data", per_class=4)
+    (tmp_path / "run.yaml").write_text("data:\n  source: ~/data\n  cache_dir: ~/cache\nmodel:\n  pretrained: null\n")
+    cfg = RunConfig.load(tmp_path / "run.yaml")
+    assert cfg.data.source == str(tmp_path / "data") and cfg.data.cache_dir == str(tmp_path / "cache")
+    from medclass.data import build_index
+
+    assert build_index(cfg.data).class_names == ["bright", "dark"]

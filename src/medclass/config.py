@@ -7,6 +7,7 @@ overrides, in that order. Unknown keys are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -466,8 +467,14 @@ class RunConfig:
             _check_resize(value)
         if dotted == "data.intensity":
             _check_intensity(value)
+        if dotted in PATH_KEYS and isinstance(value, str) and value.startswith("~"):
+            value = os.path.expanduser(value)  # a YAML file's "~/data" is not expanded by a shell
         _check_recipe_value(dotted, value)
         setattr(obj, key, value)
+
+
+#: Config keys that name files or folders: a leading ``~`` is the user's home folder.
+PATH_KEYS = frozenset({"data.source", "data.manifest", "data.image_root", "data.cache_dir", "model.pretrained"})
 
 
 #: Named recipes applied by ``medclass train`` when no data or config is given.
