@@ -153,3 +153,8 @@ def test_a_cross_validation_is_listed_with_its_folds_and_the_ensembles_test_figu
     assert (rows["cv-done"]["test_accuracy"], rows["cv-done"]["balanced_accuracy"], rows["cv-done"]["auroc"]) == \
         (0.75, 0.7, 0.88)
     assert rows["cv-half"]["test_accuracy"] is None
+    from medclass.evaluation import compare_runs
+
+    compared = compare_runs([done, half], tmp_path / "cmp", progress=False)  # the same figures side by side
+    assert [(r["status"], r["test_accuracy"], r["auroc"]) for r in compared] == [("finished", 0.75, 0.88),
+                                                                                 ("interrupted", None, None)]

@@ -80,20 +80,19 @@ def _best_row(files: RunFiles, epoch: Optional[int], monitor: str) -> Optional[d
 def _row(run_dir: Path, progress: bool) -> dict[str, Any]:
     """One row of the comparison from what the run folder holds: finished, interrupted or failed
     runs, copies without checkpoints (``results/``) and ensembles; a figure the folder cannot give
-    is None (n/a). Test figures come from ``eval-test/metrics.json``, evaluated first when it is
-    missing and the folder has a checkpoint."""
+    is None (n/a). Test figures are those :func:`medclass.runs_table.describe_run` reads
+    (``eval-test/metrics.json``; a cross-validation's ensemble in ``cv.json``), evaluated first
+    when there are none and the folder has a checkpoint."""
     files = RunFiles(Path(run_dir))
     info = describe_run(files.root)
     cfg = RunConfig.load(files.config) if files.config.is_file() else None
-    test_json = files.root / "eval-test" / "metrics.json"
-    test: Optional[dict[str, Any]] = json.loads(test_json.read_text()) if test_json.is_file() else None
-    if test is None and (files.best.is_file() or files.ensemble.is_file()):
+    test = {"accuracy": info["test_accuracy"], "balanced_accuracy": info["balanced_accuracy"], "auroc": info["auroc"]}
+    if info["test_accuracy"] is None and (files.best.is_file() or files.ensemble.is_file()):
         test = evaluate_run(files.root, progress=progress)
     row: dict[str, Any] = {
         "run": files.root.name, "status": info["status"], "model": _describe(cfg, files),
         "parameters": _parameters(cfg, files),
-        "test_accuracy": test["accuracy"] if test else None,
-        "balanced_accuracy": test["balanced_accuracy"] if test else None, "auroc": test["auroc"] if test else None,
+        "test_accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"], "auroc": test["auroc"],
         "loss": None, "accuracy": None, "val_loss": None, "val_accuracy": None, "train_seconds": None,
     }
     if files.ensemble.is_file():
