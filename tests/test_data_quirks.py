@@ -20,7 +20,7 @@ from medclass.data import ImageReadError, Sample, decode_split, expand_image_pat
 from medclass.data.sources import DataError, index_folder
 from medclass.engine import train
 from medclass.evaluation import evaluate_run
-from medclass.evaluation.metrics import bootstrap_ci, classification_metrics
+from medclass.evaluation.metrics import balanced_accuracy, bootstrap_ci, classification_metrics
 
 
 def _png(path: Path, value: int = 120) -> Path:
@@ -109,6 +109,7 @@ def test_small_test_splits_do_not_flood_the_log_with_balanced_accuracy_warnings(
         warnings.simplefilter("always")
         m = classification_metrics(y, probs, ["a", "b", "c"])
         ci = bootstrap_ci(y, probs, 50, seed=0)
+        balanced_accuracy(np.array([1, 1]), np.array([1, 1]))  # one class on both sides (a patient's images)
     assert [str(w.message) for w in caught] == []
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # mean recall over the classes present
     assert ci["metrics"]["balanced_accuracy"]["low"] <= m["balanced_accuracy"] <= ci["metrics"]["balanced_accuracy"]["high"]

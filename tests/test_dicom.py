@@ -237,3 +237,30 @@ def test_dicom_files_named_as_scanners_name_them_are_found_in_folders(tmp_path):
     assert {n[:2] for n in names} == {"IM", "1."}
     decoded = decode_split(index.splits["train"], 1, 32, progress=False)
     assert len(decoded) == len(index.splits["train"]) and not decoded.skipped
+
+
+def test_dicom_slices_of_one_patient_stay_in_one_split(tmp_path):
+    import pydicom
+
+    stored = stored_from_png(ct_pngs(1)[0], size=32)
+    root = tmp_path / "dcm"
+    for c, cls in enumerate(("normal", "tumor")):
+        for patient in range(6):
+            (root / cls / f"P{c}{patient}").mkdir(parents=True)
+            for s in range(3):  # three slices per patient
+                f = write_dicom(root / cls / f"P{c}{patient}" / f"IM{s:04d}", stored + 40 * s)
+                ds = pydicom.dcmread(f)
+                ds.PatientID = f"P{c}{patient}"
+                ds.save_as(f)
+    index = build_index(DataConfig(source=str(root), val_fraction=0.2, test_fraction=0.2))
+    split_of: dict[str, set] = {}
+    for split, samples in index.splits.items():
+        for x in samples:
+            split_of.setdefault(x.group, set()).add(split)
+    assert len(split_of) == 12 and all(len(s) == 1 for s in split_of.values())  # every patient on one side
+    assert all(g.startswith("patient:P") for g in split_of) and index.notes == []
+    # anonymised: one PatientID for all files; split image by image, with a note
+    same = _dicom_folder(tmp_path / "anon", per_class=6)
+    anon = build_index(DataConfig(source=str(same), val_fraction=0.25, test_fraction=0.25))
+    assert all(x.group is None for v in anon.splits.values() for x in v)
+    assert len(anon.notes) == 1 and "1 distinct PatientID" in anon.notes[0]

@@ -95,6 +95,19 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def dicom_patient_id(path: str | Path) -> Optional[str]:
+    """The ``PatientID`` (0010,0020) of a DICOM file, stripped; None when it is empty or the
+    header cannot be read. Reads the header only (pydicom ``stop_before_pixels``); never raises."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID"])
+        value = str(ds.get("PatientID", "") or "").strip()
+        return value or None
+    except Exception:  # a damaged header: the image's own read reports it
+        return None
+
+
 def validate_window(window: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
     """``(center, width)`` as floats, or None.
 

@@ -183,6 +183,34 @@ def _mask_folder_notes(class_dir: Path, files: list[Path]) -> list[str]:
             for d, n in sorted(counts.items())]
 
 
+#: Fewest distinct DICOM ``PatientID`` values for a folder's DICOM images to be grouped by patient
+#: (below it the IDs are taken as anonymised: one shared value, or a few).
+MIN_DICOM_PATIENTS = 10
+
+
+def _dicom_patient_groups(files: Sequence[Path], notes: list[str]) -> dict[Path, str]:
+    """The group (patient) of each file of a class-folder data set: for DICOM files their
+    ``PatientID`` (:func:`medclass.data.dicom.dicom_patient_id`), so that a split made by medclass
+    keeps a patient's slices on one side and evaluation reports per-patient figures; files without
+    one (and other images) form a group of their own. Empty when there are no DICOM files, or fewer
+    than :data:`MIN_DICOM_PATIENTS` distinct IDs (anonymised), which adds a note to ``notes``."""
+    from .dicom import DICOM_EXTENSIONS, dicom_patient_id, is_dicom_file
+
+    raster = IMAGE_EXTENSIONS - DICOM_EXTENSIONS  # a .png is never DICOM: not opened to look
+    dicom = [p for p in files if p.suffix.lower() not in raster and is_dicom_file(p)]
+    if not dicom:
+        return {}
+    ids = {p: dicom_patient_id(p) for p in dicom}
+    distinct = {v for v in ids.values() if v}
+    if len(distinct) < MIN_DICOM_PATIENTS:
+        if len(dicom) > len(distinct):
+            notes.append(f"{len(dicom)} DICOM files hold {len(distinct)} distinct PatientID values (anonymised?): the "
+                         "split is made image by image, so slices of one patient may land in different splits; give a "
+                         "CSV with a patient column (data.group_column) to keep them together")
+        return {}
+    return {p: (f"patient:{ids[p]}" if ids.get(p) else f"file:{p}") for p in files}
+
+
 def _class_dirs(root: Path) -> list[Path]:
     """The class folders of ``root``: its sub-folders less hidden and system ones
     (:func:`medclass.data.io.is_ignored_name`: ``__MACOSX`` from a macOS zip, ``@eaDir``)."""
@@ -253,9 +281,12 @@ def index_folder(root: Path, cfg: DataConfig) -> DataIndex:
         )
     label_of = {c: i for i, c in enumerate(class_names)}
     index = DataIndex(class_names, notes=notes)
+    group_of = _dicom_patient_groups([p for folders in per_split.values() for files in folders.values() for p in files],
+                                     notes)
     for split, folders in per_split.items():
         index.splits[split] = [
-            Sample(str(p), label_of[folder_to_class[n]]) for n, files in sorted(folders.items()) for p in files
+            Sample(str(p), label_of[folder_to_class[n]], group_of.get(p)) for n, files in sorted(folders.items())
+            for p in files
         ]
     empty = [s for s, items in index.splits.items() if not items]
     if empty:

@@ -82,10 +82,12 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """scikit-learn's balanced accuracy: the mean recall over the classes present in ``y``. Its
-    warning that ``pred`` holds a class absent from ``y`` is silenced: in a small test split, and in
-    most bootstrap resamples of one, that is expected (and warned once per resample, hundreds of lines)."""
+    warnings that ``pred`` holds a class absent from ``y``, or that both hold a single class, are
+    silenced: in a small test split, its groups and most bootstrap resamples of one, that is
+    expected (and warned once per resample, hundreds of lines)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found in 'y_true' and 'y_pred'")
         return float(balanced_accuracy_score(y, pred))
 
 
