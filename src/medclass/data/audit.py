@@ -271,8 +271,9 @@ def audit(
     ``same_label``), ``groups``: connected near-duplicate contents, flagged like the exact ones),
     ``groups_in_several_splits`` (``group``, ``splits``), ``label_conflicts`` (exact duplicates
     with different labels), ``notes`` (warnings: masks inside class folders, a CSV that is not
-    UTF-8, a class with fewer than 10 validation images), ``settings`` and ``seconds``. Items name ``path``, ``split``,
-    ``label`` (class name) and ``group`` when there is one. Splits listed are train, valid, test.
+    UTF-8, a class with fewer than 10 validation images), ``settings`` and ``seconds``. Items name
+    ``path``, ``split``, ``label`` (class name) and ``group`` when there is one. Splits listed are
+    train, valid, test.
 
     ``near=False`` skips the perceptual hashing comparison (the images are still decoded, to find
     the unreadable ones and the sizes). ``threads`` decode in parallel.
@@ -332,7 +333,7 @@ def audit(
         "source": source,
         "class_names": list(names),
         "given_splits": index.given_splits,
-        "notes": list(getattr(index, "notes", [])) + [n for n in [small_validation_note(index)] if n],
+        "notes": index.notes + [n for n in [small_validation_note(index)] if n],
         "n_images": len(scan.entries),
         "n_distinct": len(scan.by_digest),
         "counts": index.counts(),

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -189,15 +189,17 @@ MIN_DICOM_PATIENTS = 10
 
 
 def _dicom_patient_groups(files: Sequence[Path], notes: list[str]) -> dict[Path, str]:
-    """The group (patient) of each file of a class-folder data set: for DICOM files their
+    """The group (patient) of each image file (:func:`medclass.data.io.find_images`) of a
+    class-folder data set: for DICOM files their
     ``PatientID`` (:func:`medclass.data.dicom.dicom_patient_id`), so that a split made by medclass
     keeps a patient's slices on one side and evaluation reports per-patient figures; files without
     one (and other images) form a group of their own. Empty when there are no DICOM files, or fewer
     than :data:`MIN_DICOM_PATIENTS` distinct IDs (anonymised), which adds a note to ``notes``."""
-    from .dicom import DICOM_EXTENSIONS, dicom_patient_id, is_dicom_file
+    from .dicom import DICOM_EXTENSIONS, dicom_patient_id
 
-    raster = IMAGE_EXTENSIONS - DICOM_EXTENSIONS  # a .png is never DICOM: not opened to look
-    dicom = [p for p in files if p.suffix.lower() not in raster and is_dicom_file(p)]
+    # files are images (find_images): one without a raster extension is DICOM (.dcm, or found by its marker)
+    raster = IMAGE_EXTENSIONS - DICOM_EXTENSIONS
+    dicom = [p for p in files if p.suffix.lower() not in raster]
     if not dicom:
         return {}
     ids = {p: dicom_patient_id(p) for p in dicom}
@@ -382,13 +384,24 @@ def _csv_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
     return rows, notes
 
 
-def _read_csv(csv_path: Path, cfg: DataConfig
-              ) -> tuple[list[dict[str, str]], list[str], list[Path], list[str], list[str]]:
-    """The rows and header of a CSV manifest, each row's image path (relative paths against the
-    CSV's folder; ids looked up as ``images/<id>.<ext>`` or ``<id>.<ext>``, with or without the
-    extension, or as a path relative to that folder, or, failing those, a file of that name found
-    once in its sub-folders), the ids or paths with no image file, and notes for the user
-    (:func:`_csv_rows`).
+class _CsvTable(NamedTuple):
+    """A CSV manifest as :func:`_read_csv` reads it."""
+
+    rows: list[dict[str, str]]
+    header: list[str]
+    paths: list[Path]  # each row's image file
+    missing: list[str]  # the ids or paths (as written) with no image file
+    missing_kind: str  # "paths" (a path column) or "ids"
+    base: Path  # the folder relative paths and ids are read from
+    notes: list[str]  # warnings for the user (:func:`_csv_rows`)
+
+
+def _read_csv(csv_path: Path, cfg: DataConfig) -> _CsvTable:
+    """The rows and header of a CSV manifest, each row's image path (relative paths against
+    ``data.image_root``, by default the CSV's folder; ids looked up there as ``images/<id>.<ext>``
+    or ``<id>.<ext>``, with or without the extension, or as a path relative to that folder, or,
+    failing those, a file of that name found once in its sub-folders), the ids or paths with no
+    image file, and notes for the user (:func:`_csv_rows`).
 
     Raises:
         DataError: unreadable or empty CSV, no path or id column.
@@ -444,7 +457,7 @@ def _read_csv(csv_path: Path, cfg: DataConfig
                 # kept with its expected name: with skip_corrupt it is listed as skipped when decoded
                 p = (base / "images" if (base / "images").is_dir() else base) / f"{r[id_col]}.jpg"
             paths.append(p)
-    return rows, header, paths, missing, notes
+    return _CsvTable(rows, header, paths, missing, "paths" if path_col else "ids", base, notes)
 
 
 def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], columns: Sequence[str]
@@ -455,7 +468,8 @@ def csv_columns(csv_path: Path, cfg: DataConfig, samples: Sequence[Sample], colu
     Raises:
         DataError: unreadable CSV, or a column it does not have (the message lists its columns).
     """
-    rows, header, paths, _, _ = _read_csv(Path(csv_path), cfg)
+    table = _read_csv(Path(csv_path), cfg)
+    rows, header, paths = table.rows, table.header, table.paths
     unknown = [c for c in columns if c not in header]
     if unknown:
         raise DataError(f"{csv_path}: no column {', '.join(map(repr, unknown))}; its columns are {header}")
@@ -477,16 +491,15 @@ def index_csv(csv_path: Path, cfg: DataConfig) -> DataIndex:
             ``data.skip_corrupt``), empty labels, a ``data.image_root`` that is not a folder.
     """
     csv_path = Path(csv_path)
-    rows, header, paths, missing, notes = _read_csv(csv_path, cfg)
+    table = _read_csv(csv_path, cfg)
+    rows, header, paths, missing, notes = table.rows, table.header, table.paths, table.missing, table.notes
     label_col = _pick_column(header, cfg.label_column, _LABEL_COLUMNS, "label", csv_path, True)
     group_col = _pick_column(header, cfg.group_column, _GROUP_COLUMNS, "group", csv_path, False)
     split_col = _pick_column(header, None, ("split", "subset", "partition"), "split", csv_path, False)
-    base = Path(cfg.image_root) if cfg.image_root else csv_path.parent
     if missing and not cfg.skip_corrupt:
-        what = "paths" if _pick_column(header, cfg.path_column, _PATH_COLUMNS, "path", csv_path, False) else "ids"
         raise DataError(
-            f"{csv_path}: {len(missing)} of {len(rows)} {what} have no image file under {base} (first: {missing[:5]}); "
-            f"they are read relative to {base}: set data.image_root to the folder they are in, fix them, or set "
+            f"{csv_path}: {len(missing)} of {len(rows)} {table.missing_kind} have no image file under {table.base} "
+            f"(first: {missing[:5]}); they are read relative to {table.base}: set data.image_root to the folder they are in, fix them, or set "
             "data.skip_corrupt=true to leave them out (they are listed in the run's report)"
         )
     labels_raw = [r[label_col].strip() for r in rows]

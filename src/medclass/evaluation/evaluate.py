@@ -432,7 +432,8 @@ def evaluate_run(
     safe_dir(out)  # refuses a folder that is a symbolic link; every file below is written atomically
     cal_probs = probs
     has_valid = run.files.manifest.is_file() and bool(read_manifest(run.files.manifest).splits.get("valid"))
-    if calibrate and has_valid:
+    calibrated = calibrate and has_valid
+    if calibrated:
         cal = calibrate_run(run, checkpoint, tta, target_sensitivity, progress)  # updates run.spec
         cal_probs = _spec_probabilities(run, logits)
         metrics["calibration"] = {
@@ -457,7 +458,7 @@ def evaluate_run(
         metrics["calibration"] = {"n_bins": ECE_BINS, "ece_before": expected_calibration_error(probs[idx], y[idx]),
                                   "temperature": None, "note": "no validation split to fit a temperature on"}
         plot_reliability(probs[idx], y[idx], out / "reliability.png")
-    spec_probs = cal_probs if cal_probs is not probs else _spec_probabilities(run, logits)
+    spec_probs = cal_probs if calibrated else _spec_probabilities(run, logits)  # the spec's, as deployed
     deployed = _as_deployed(run.spec, spec_probs[idx], y[idx], n_bootstrap, seed)
     decided = deployed.pop("predicted")
     metrics["as_deployed"] = deployed
