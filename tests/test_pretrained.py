@@ -241,10 +241,15 @@ def test_wrong_keys_and_shapes_are_listed_and_leave_the_model_unchanged(source_m
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
-    with torch.device("meta"):  # the check fails before any tensor is touched
-        grey = resnet50(in_channels=1)
-    with pytest.raises(PretrainedError, match=r"conv1\.weight: source \(64, 3, 7, 7\) vs model \(64, 1, 7, 7\).*data\.channels=3"):
-        P.load_pretrained(grey, source_model.state_dict())
+    # greyscale models take RGB weights with the stem's filters summed over RGB (timm's adapt_input_conv)
+    grey = resnet50(in_channels=1)
+    report = P.load_pretrained(grey, source_model.state_dict())
+    assert "summed over RGB" in report["input_conv"]
+    assert torch.allclose(grey.conv1.weight, source_model.conv1.weight.sum(1, keepdim=True))
+    with torch.device("meta"):  # a stem of another kernel size still fails before any tensor is touched
+        small = resnet50(stem="small")
+    with pytest.raises(PretrainedError, match=r"conv1\.weight: source \(64, 3, 7, 7\) vs model \(64, 3, 3, 3\)"):
+        P.load_pretrained(small, source_model.state_dict())
     with pytest.raises(PretrainedError, match="neither a known checkpoint"):
         P.load_pretrained(grey, "no/such/file.pth")
     with pytest.raises(ValueError, match="3 outputs, the task 5 classes"):

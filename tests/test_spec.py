@@ -245,6 +245,9 @@ def test_train_does_not_mutate_its_config_with_imagenet_weights(tmp_path, monkey
     assert (spec.mean, spec.std) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     saved = RunConfig.load(tmp_path / "run" / "config.yaml")
     assert saved.data.normalize and saved.data.mean == list(IMAGENET_MEAN)
+    # where the weights came from is in the spec (not in the config): the file and its SHA-256
+    provenance = spec.extra.pop("pretrained")
+    assert provenance["file"] == str(hub / name) and provenance["sha256"] == hashlib.sha256((hub / name).read_bytes()).hexdigest()
     assert spec_from_config(saved, spec.class_names, "run") == spec  # config.yaml reads back to the same spec
 
 

@@ -117,6 +117,11 @@ def train(
         None, "--pretrained", help="Starting weights: imagenet, imagenet-v1 or imagenet-v2; a .pth, .pt, .safetensors "
         "or .h5 file; or a run folder."
     ),
+    finetune: Optional[str] = typer.Option(
+        None, "--finetune", help="With pretrained weights: full (every layer trains, the default), two-phase (the "
+        "head alone for model.head_epochs, then all), feature-extraction (the head alone), or linear-probe (the "
+        "frozen backbone's features once, a logistic regression head with C chosen on validation: seconds)."
+    ),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
     dedupe: Optional[bool] = typer.Option(
         None, "--dedupe/--keep-duplicates", help="Leave out valid/test images that duplicate an earlier split."
@@ -147,7 +152,7 @@ def train(
                 "DATA": data, "--config": config, "--image-size": image_size, "--batch-size": batch_size,
                 "--lr": lr, "--arch": arch, "--single-logit/--softmax": single_logit, "--pretrained": pretrained,
                 "--skip-corrupt/--fail-on-corrupt": skip_corrupt, "--dedupe/--keep-duplicates": dedupe,
-                "--positive-class": positive_class, "--set": sets})
+                "--positive-class": positive_class, "--finetune": finetune, "--set": sets})
         else:
             cfg = _build_config(
                 data, config, sets,
@@ -155,7 +160,8 @@ def train(
                    "train.batch_size": batch_size,
                    "train.lr": lr, "model.arch": arch, "model.single_logit": single_logit,
                    "model.pretrained": pretrained, "data.skip_corrupt": skip_corrupt, "data.dedupe": dedupe,
-                   "train.mlflow": mlflow, "data.positive_class": positive_class},
+                   "train.mlflow": mlflow, "data.positive_class": positive_class,
+                   "model.finetune": finetune.replace("-", "_") if finetune else None},
             )
             check_train_config(cfg)  # before a run folder is named
             check_tracking(cfg)

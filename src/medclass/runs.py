@@ -73,8 +73,10 @@ def new_run_dir(runs_dir: Path, name: Optional[str], cfg: "RunConfig", world_siz
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         raise RunError("under torchrun give --name, so that every process uses the same run folder")
+    from .config import auto_arch  # model.arch auto: named after what it stands for
+
     stem = Path(cfg.data.source).stem if cfg.data.source else "breastmnist"
-    return Path(runs_dir) / f"{stem}-{cfg.model.arch}-{now or datetime.now():%Y%m%d-%H%M%S}"
+    return Path(runs_dir) / f"{stem}-{auto_arch(cfg)}-{now or datetime.now():%Y%m%d-%H%M%S}"
 
 
 def resume_run_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfig]":

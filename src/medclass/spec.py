@@ -259,13 +259,16 @@ def normalization_of(cfg: RunConfig) -> tuple[Optional[list[float]], Optional[li
     :func:`medclass.pipeline.normalize_intensity`); else ``data.mean``/``data.std`` when
     ``data.normalize`` is on; else ImageNet's (:data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`) when
     ``model.pretrained`` names ImageNet weights (:data:`IMAGENET_WEIGHT_NAMES`), which expect
-    that input; else ``(None, None)`` (the model takes [0, 1] input)."""
+    that input (one channel: the means of the three, 0.449 and 0.226, as the stem's filters are summed
+    over RGB); else ``(None, None)`` (the model takes [0, 1] input)."""
     if cfg.data.intensity == "per_image":
         return None, None
     if cfg.data.normalize:
         return [float(v) for v in cfg.data.mean], [float(v) for v in cfg.data.std]
     pretrained = cfg.model.pretrained
     if isinstance(pretrained, str) and pretrained.lower() in IMAGENET_WEIGHT_NAMES:
+        if int(cfg.data.channels) == 1:  # the stem's RGB filters are summed: the grey image stands for all three
+            return [float(np.mean(IMAGENET_MEAN))], [float(np.mean(IMAGENET_STD))]
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     return None, None
 

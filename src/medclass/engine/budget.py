@@ -67,7 +67,7 @@ from ..runs import RunError
 
 __all__ = [
     "parse_duration", "Throughput", "Budget", "ResolutionChoice", "TimedLoader", "BUDGET_FILE",
-    "RESOLUTION_CANDIDATES", "THUMBNAIL_STEMS", "MIN_EPOCHS_FOR_SIZE", "MIN_EPOCHS_FOR_THUMBNAIL_STEM", "auto_candidates", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
+    "RESOLUTION_CANDIDATES", "PRETRAINED_CANDIDATES", "PRETRAINED_MIN_SIDE", "MIN_EPOCHS_PRETRAINED", "THUMBNAIL_STEMS", "MIN_EPOCHS_FOR_SIZE", "MIN_EPOCHS_FOR_THUMBNAIL_STEM", "auto_candidates", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
     "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds", "measure_affordable_speeds",
     "measure_throughput", "preserved_state", "estimate_save_seconds", "format_duration", "long_run_message",
     "plan_message", "RunClock",
@@ -195,15 +195,37 @@ class ResolutionChoice:
     candidates: list[dict[str, Any]] = field(default_factory=list)
 
 
-def auto_candidates(native: Optional[int], candidates: Optional[Sequence[tuple[int, str]]] = None
-                    ) -> tuple[list[tuple[int, str]], int]:
+#: The candidates of ``data.image_size: auto`` for a model that starts from pretrained weights
+#: (``model.pretrained``): ImageNet features want ImageNet-like scales, so images smaller than
+#: these are upsampled to the smaller ones rather than trained at their own size (MedMNIST v2 trains
+#: its ImageNet ResNets at 224 px from 28 px images).
+PRETRAINED_CANDIDATES: tuple[tuple[int, str], ...] = ((224, "imagenet"), (160, "imagenet"), (128, "imagenet"),
+                                                      (96, "imagenet"))
+#: The smallest side pretrained candidates are upsampled to: those not larger than
+#: ``max(native, PRETRAINED_MIN_SIDE)`` are kept.
+PRETRAINED_MIN_SIDE = 128
+#: Fewest planned epochs for which ``auto`` accepts a size when fine-tuning pretrained weights:
+#: fine-tuning converges in far fewer epochs than training from scratch (the plain fine-tuning script
+#: of issue 23 peaked on chest-ct validation within 46 epochs at 128 px).
+MIN_EPOCHS_PRETRAINED = 30
+
+
+def auto_candidates(native: Optional[int], candidates: Optional[Sequence[tuple[int, str]]] = None,
+                    pretrained: bool = False) -> tuple[list[tuple[int, str]], int]:
     """The candidates of ``data.image_size: auto`` for images whose shorter side is ``native``
     pixels (:func:`medclass.data.native_side`), and the fewest epochs one must afford: those of
     ``candidates`` (default :data:`RESOLUTION_CANDIDATES`) not larger than ``native`` (upsampling
     adds compute, not detail) with :data:`MIN_EPOCHS_FOR_SIZE`; where that leaves none
     (thumbnails such as MedMNIST's 28 px), the native size with the small stem, then with the
     ImageNet stem (:data:`THUMBNAIL_STEMS`), with :data:`MIN_EPOCHS_FOR_THUMBNAIL_STEM`.
-    ``native=None`` (unknown) keeps every candidate."""
+    ``native=None`` (unknown) keeps every candidate. With ``pretrained`` the candidates are
+    :data:`PRETRAINED_CANDIDATES` not larger than ``max(native, PRETRAINED_MIN_SIDE)``, with
+    :data:`MIN_EPOCHS_PRETRAINED`."""
+    if pretrained:
+        pool = list(PRETRAINED_CANDIDATES if candidates is None else candidates)
+        side = None if native is None else max(int(native), PRETRAINED_MIN_SIDE)
+        kept = pool if side is None else [c for c in pool if c[0] <= side]
+        return (kept or pool[-1:]), MIN_EPOCHS_PRETRAINED
     candidates = list(RESOLUTION_CANDIDATES if candidates is None else candidates)
     kept = candidates if native is None else [c for c in candidates if c[0] <= native]
     if kept:

@@ -362,7 +362,7 @@ def lr_find(
     """
     import torch
 
-    from ..config import fixed_image_size
+    from ..config import fixed_image_size, resolve_auto_model
     from ..data import Preprocess, build_augmentation, build_index
     from ..runs import RunError
     from ..spec import spec_from_config
@@ -379,6 +379,7 @@ def lr_find(
     cfg = copy.deepcopy(cfg)
     tc = cfg.train
     tc.time_budget = None  # the sweep has no budget: image size auto is DEFAULT_IMAGE_SIZE
+    resolve_auto_model(cfg)
     fixed_image_size(cfg)
     size = cfg.data.image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -395,7 +396,7 @@ def lr_find(
     preprocess = Preprocess.from_spec(spec).to(device)
     augment = build_augmentation(cfg.data)
     channels_last = channels_last_wanted(device, cfg.data.image_size)
-    model, net = _setup_model(cfg, index, False, ctx, device, channels_last, log)
+    model, net, _loaded = _setup_model(cfg, index, False, ctx, device, channels_last, log)
     criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
     optimizer = make_optimizer(cfg, model)
     ratios = [g["lr"] / tc.lr for g in optimizer.param_groups]
@@ -407,6 +408,10 @@ def lr_find(
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     model.train()
     model.set_trainable(backbone=not backbone_frozen(cfg, 1))  # as in the first epoch of training
+    if cfg.model.bn_stats == "frozen":
+        from ..models.pretrained import set_backbone_bn_eval
+
+        set_backbone_bn_eval(model)
     log(f"lr-find: {cfg.model.arch} on {device}; {len(train_split)} training images at {cfg.data.image_size} px, "
         f"batch {tc.batch_size}; LR {start_lr:.0e} to {end_lr:.0e} over at most {num_iter} steps")
 

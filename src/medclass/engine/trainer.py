@@ -40,7 +40,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration
+from ..config import (
+    DEFAULT_IMAGE_SIZE, ConfigError, RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration,
+    resolve_auto_model,
+)
+from ..fileio import sha256_of_file
 from ..tracking import check_tracking, open_tracker
 from ..runs import RunError, RunFiles
 from ..data import (
@@ -53,7 +57,7 @@ from ..positive_class import choose_positive_class
 from ..progress import TrainProgress, is_terminal
 from ..runs_table import FAILED_FILE, RUNNING_FILE
 from ..models.registry import model_options
-from ..models.pretrained import param_groups_with_lrs
+from ..models.pretrained import param_groups_with_lrs, set_backbone_bn_eval
 from ..spec import read_spec, recorded_config, spec_from_config, write_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (
@@ -154,16 +158,52 @@ def predicted_class(logits: Tensor) -> Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
-FINETUNE_STRATEGIES = ("full", "feature_extraction", "two_phase")
+FINETUNE_STRATEGIES = ("full", "feature_extraction", "two_phase", "linear_probe")
 
 
 def backbone_frozen(cfg: RunConfig, epoch: int) -> bool:
-    """Whether the backbone trains in ``epoch`` (1-based): never with ``feature_extraction``,
-    not in the first ``head_epochs`` with ``two_phase``, always with ``full``."""
+    """Whether the backbone trains in ``epoch`` (1-based): never with ``feature_extraction`` or
+    ``linear_probe``, not in the first ``head_epochs`` with ``two_phase``, always with ``full``."""
     f = cfg.model.finetune
     if f not in FINETUNE_STRATEGIES:
         raise ValueError(f"unknown model.finetune {f!r}; choose one of {FINETUNE_STRATEGIES}")
-    return f == "feature_extraction" or (f == "two_phase" and epoch <= cfg.model.head_epochs)
+    return f in ("feature_extraction", "linear_probe") or (f == "two_phase" and epoch <= cfg.model.head_epochs)
+
+
+def _linear_probe_epoch(fit: "_Fit", cfg: RunConfig, train_split: DecodedSplit, val_split: DecodedSplit,
+                        num_classes: int, log) -> dict[str, float]:
+    """``model.finetune: linear_probe``: the frozen backbone's pooled features of both splits, a
+    logistic regression per ``C`` (:func:`medclass.engine.linear_probe.fit_linear_probe`, ``C`` chosen
+    on validation by ``train.monitor``) copied into the model's head; then the ordinary validation
+    pass. Returns the epoch's row (``loss``/``accuracy`` on the training features; ``lr`` is the chosen ``C``).
+
+    Raises:
+        ConfigError: a head that is not a single linear layer, or a split with one class.
+    """
+    from .linear_probe import fit_linear_probe, pooled_features, set_linear_head
+
+    batch = 2 * cfg.train.batch_size
+    log(f"linear probe: pooled features of {len(train_split)} training and {len(val_split)} validation images")
+    train_x = pooled_features(fit.model, train_split.images, fit.preprocess, fit.device, batch)
+    val_x = pooled_features(fit.model, val_split.images, fit.preprocess, fit.device, batch)
+    train_y, val_y = train_split.labels.numpy(), val_split.labels.numpy()
+    monitor = cfg.train.monitor if cfg.train.monitor.startswith("val_") else "val_accuracy"
+    try:
+        probe = fit_linear_probe(train_x, train_y, val_x, val_y, num_classes, monitor, log)
+        set_linear_head(fit.model, probe)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    log(f"linear probe: C {probe.c:g} chosen on the validation split ({monitor})")
+    logits = torch.from_numpy(train_x @ probe.weight.T + probe.bias)
+    if logits.shape[1] != (1 if cfg.model.single_logit else num_classes):  # single logit: as the head computes
+        logits = logits[:, 1:] - logits[:, :1]
+    loss = float(fit.criterion(logits.to(fit.device), train_split.labels.to(fit.device)).item())
+    acc = float((predicted_class(logits) == train_split.labels).float().mean())
+    val_shard = torch.arange(len(val_split))
+    val_loss, val_acc, val_bal = validate(fit, val_split.images, val_shard, val_split.labels, DistContext(),
+                                          batch)
+    return {"epoch": 1, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
+            "val_balanced_accuracy": val_bal, "lr": probe.c, "seconds": 0.0}
 
 
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -330,14 +370,15 @@ def _record_run(cfg: RunConfig, index, spec, files: RunFiles, resume: bool) -> N
 
 
 def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: torch.device,
-                 channels_last: bool, log) -> tuple[nn.Module, nn.Module]:
+                 channels_last: bool, log) -> tuple[nn.Module, nn.Module, Optional[dict]]:
     """Build the model for ``index``'s classes and ``data.channels``; load pretrained weights for
     a new run (a resumed run takes its weights from ``last.pt``; a source run of another task gets
     a fresh classifier head); move it to ``device`` (channels-last memory format when wanted).
 
-    Returns ``(model, net)``: ``model`` holds the state that is saved and validated, ``net`` is
+    Returns ``(model, net, report)``: ``model`` holds the state that is saved and validated, ``net`` is
     what runs the training forward pass (``torch.compile`` with ``train.compile``, wrapped in
-    DistributedDataParallel under ``torchrun``).
+    DistributedDataParallel under ``torchrun``); ``report`` what loading the pretrained weights did
+    (:meth:`ClassifierModel.load_pretrained_weights`), None without.
 
     Raises:
         medclass.models.pretrained.PretrainedError: the pretrained weights cannot be found or loaded.
@@ -347,13 +388,15 @@ def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: 
         raise ValueError(f"model.drop_path_rate (stochastic depth) needs a residual architecture (resnet18..152); "
                          f"{cfg.model.arch} has none: set it to 0")
     model = build_model(cfg.model, index.num_classes, cfg.data.channels)
+    report = None
     if pretrained and not resume:  # a resumed run takes its weights from last.pt
         source_classes = Path(pretrained) / "classes.json"
         other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
         # a run of another task: its classifier means other classes, even with the same count
         report = model.load_pretrained_weights(pretrained, index.num_classes, reset_head=other_task)
         log(f"pretrained: {report['loaded_keys']} tensors" + (f" of the {report['part']}" if "part" in report else "")
-            + f" from {report['source']}" + ("; classifier head re-initialised" if report["head_reinitialised"] else ""))
+            + f" from {report['source']}" + ("; classifier head re-initialised" if report["head_reinitialised"] else "")
+            + (f"; {report['input_conv']}" if report.get("input_conv") else ""))
     if ctx.enabled and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, device)
     model = model.to(device)
@@ -365,7 +408,22 @@ def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: 
         net = DistributedDataParallel(
             net, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=freezing
         )
-    return model, net
+    return model, net, report
+
+
+def pretrained_record(report: dict) -> dict:
+    """What a run's spec keeps of its pretrained weights (``spec.extra["pretrained"]``): the source,
+    the package, version and SHA-256 of installed ImageNet weights, and how the input convolution
+    was adapted to the channels (from :meth:`ClassifierModel.load_pretrained_weights`'s report); for
+    another weights file, its path and SHA-256."""
+    record = {"source": report.get("source")}
+    if report.get("weights"):
+        record.update(report["weights"])
+    elif report.get("file"):  # a weights file or run checkpoint of the user's: which one, exactly
+        record.update(file=report["file"], sha256=sha256_of_file(report["file"]))
+    if report.get("input_conv"):
+        record["input_conv"] = report["input_conv"]
+    return record
 
 
 @dataclass
@@ -454,6 +512,8 @@ def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, g
     fit.model.train()
     # feature extraction: backbone weights and BN statistics fixed; plus the model's own frozen parts
     fit.model.set_trainable(backbone=not backbone_frozen(cfg, epoch))
+    if cfg.model.bn_stats == "frozen":  # the pretrained running statistics normalise, and stay
+        set_backbone_bn_eval(fit.model)
     side = progressive_size(epoch, tc.epochs, cfg.data.image_size, tc.progressive_resize)
     sum_loss, n_correct, n_seen = 0.0, 0, 0
     bar = tqdm(loader, total=steps, desc=desc or f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
@@ -727,7 +787,7 @@ def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.devi
     samples = index.splits["train"]
     per_rank = max(1, cfg.train.batch_size // ctx.world_size)
     native = native_side(samples, cfg.data.channels, dicom_window=cfg.data.dicom_window)
-    candidates, min_epochs = auto_candidates(native)
+    candidates, min_epochs = auto_candidates(native, pretrained=bool(cfg.model.pretrained))
     n_val = len(index.splits.get("valid") or [])
     log(f"image size auto: measuring the training speed of {len(candidates)} size/stem candidates on the real images")
     speeds = measure_affordable_speeds(cfg, samples, index.num_classes, device, budget.available(), candidates,
@@ -948,7 +1008,9 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     check_recipe(cfg)
     tc = cfg.train
     # the budget's clock is the one t_start and the epochs' wall times are read from
-    budget = Budget(parse_duration(tc.time_budget), start=t_start, clock=time.time) if tc.time_budget is not None else None
+    probe = cfg.model.finetune == "linear_probe"  # features once, a logistic regression: no epochs to plan
+    budget = (Budget(parse_duration(tc.time_budget), start=t_start, clock=time.time)
+              if tc.time_budget is not None and not probe else None)
     ctx = init_distributed(tc.device)
     main = ctx.is_main
     log = print if main else _quiet
@@ -985,6 +1047,16 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     elif cfg.data.positive_class is not None and not resume:
         raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
                           f"{index.num_classes} classes")
+    model_reason = resolve_auto_model(cfg)  # arch auto: pretrained EfficientNet-Lite0 (or ResNet-18 from scratch)
+    if model_reason and not resume:
+        log(model_reason)
+    if probe:
+        tc.epochs = 1
+        if cfg.data.image_size == "auto":
+            cfg.data.image_size = DEFAULT_IMAGE_SIZE
+        if tc.time_budget is not None:
+            log("linear probe: the features are computed once and a logistic regression fitted; the time budget "
+                "is not needed")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
     intensity_reason = resolve_intensity(cfg, index.splits["train"], log)  # auto: greyscale -> per_image
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
@@ -1011,7 +1083,10 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
 
     # ---- model, loss, optimizer, schedule; the resume point
     channels_last = channels_last_wanted(device, cfg.data.image_size)
-    model, net = _setup_model(cfg, index, resume, ctx, device, channels_last, log)
+    model, net, loaded = _setup_model(cfg, index, resume, ctx, device, channels_last, log)
+    if loaded is not None and main:  # where the weights came from, in the run contract
+        spec.extra["pretrained"] = pretrained_record(loaded)
+        write_spec(spec, files.root)
     criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator()  # the sampler's: reseeded every epoch
@@ -1071,6 +1146,20 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     # TensorBoard and, when on, MLflow (medclass.tracking): the same rows, after every epoch
     with _tensorboard(files if main else None) as writer, \
             open_tracker(cfg, files if main else None, resume) as mlflow_run:
+        if probe and epoch == 0:  # model.finetune linear_probe: one "epoch" that fits the head
+            t0 = time.time()
+            fit.ema = None  # the head is fitted, not trained: no average of weights to keep
+            row = _linear_probe_epoch(fit, cfg, train_split, val_split, index.num_classes, log)
+            row["seconds"] = time.time() - t0
+            history.append(row)
+            improved = tracker.update(row[tc.monitor], 1)
+            epoch = 1
+            if main:
+                saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
+                _log_scalars(writer, row)
+                mlflow_run.log_epoch(row)
+            log(f"linear probe: val_acc {row['val_accuracy']:.4f}  val_balanced_acc {row['val_balanced_accuracy']:.4f}"
+                f"  ({row['seconds']:.1f}s)")
         while not stopped_early:
             # a budget run re-plans its epochs from the last one's wall time (tc.epochs is the plan)
             if budget is not None and epoch > 0 and not _replan(budget, fit, tc, epoch, steps_per_epoch, ctx, log,

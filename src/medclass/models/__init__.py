@@ -12,9 +12,12 @@ import dataclasses
 from torch import nn
 
 from ..config import ModelConfig
-from . import custom_cnn as _custom_cnn, registry as _registry, resnet as _resnet
+from . import custom_cnn as _custom_cnn, efficientnet as _efficientnet, registry as _registry, resnet as _resnet
 from .base import ClassifierModel
 from .custom_cnn import ChainedModel, CustomCNN, chained, conv_block, custom_cnn
+from .efficientnet import (
+    EfficientNetLite, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2,
+)
 from .ensemble import SoftVotingEnsemble, logits_to_probs
 from .registry import (
     ModelInfo, create_model, is_model, list_models, model_info, model_options, models_table, register_model,
@@ -34,7 +37,7 @@ from .resnet import (
 
 __all__ = [
     "ClassifierModel", "SoftVotingEnsemble", "logits_to_probs",
-    *_resnet.__all__, *_custom_cnn.__all__, *_registry.__all__,
+    *_resnet.__all__, *_efficientnet.__all__, *_custom_cnn.__all__, *_registry.__all__,
     "build_model", "weight_decay_param_groups", "count_parameters",
 ]
 

@@ -28,6 +28,9 @@ class ClassifierModel(nn.Module):
 
     #: Name of the child module holding the classifier head (its keys start with ``head_name + "."``).
     head_name: str = "fc"
+    #: Name of the first convolution (the stem's), whose RGB filters pretrained loading adapts to
+    #: greyscale input (:func:`medclass.models.pretrained.adapt_input_conv`).
+    input_conv_name: str = "conv1"
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The feature extractor: images ``(N, C, H, W)`` float -> feature map ``(N, F, h, w)``

@@ -64,6 +64,7 @@ __all__ = [
     "set_backbone_bn_eval",
     "unfreeze_all",
     "param_groups_with_lrs",
+    "adapt_input_conv",
 ]
 
 # ImageNet's per-channel mean/std live with the run contract (torch-free), which applies them.
@@ -729,6 +730,7 @@ def load_pretrained(
     label = str(file) if file is not None else ("<state dict>" if isinstance(source, Mapping) else str(source))
 
     target = model.state_dict()
+    src, input_conv = _adapt_input_channels(model, src, target)
     missing, unexpected, mismatched = [], [], {}
     for k, v in target.items():
         if _is_head_key(k, head) or k.endswith("num_batches_tracked"):
@@ -771,8 +773,46 @@ def load_pretrained(
         else:  # a num_batches_tracked counter the source lacks
             merged[k] = v
     model.load_state_dict(merged, strict=True)
-    return {"source": label, "file": str(file) if file is not None else None,
-            "loaded_keys": loaded, "head_reinitialised": not take_head}
+    report = {"source": label, "file": str(file) if file is not None else None,
+              "loaded_keys": loaded, "head_reinitialised": not take_head}
+    if input_conv:
+        report["input_conv"] = input_conv
+    return report
+
+
+def adapt_input_conv(in_channels: int, weight: Tensor) -> Tensor:
+    """The first convolution's RGB filters ``(O, 3, k, k)`` made to take ``in_channels`` channels,
+    as timm's ``adapt_input_conv`` does: summed over RGB for 1 channel (a grey image ``g`` then gives
+    what the RGB image ``(g, g, g)`` gave, up to the per-channel normalisation), else repeated and
+    scaled by ``3 / in_channels``. Returns a new float tensor ``(O, in_channels, k, k)``.
+
+    Raises:
+        ValueError: ``weight`` is not a 4-D 3-channel filter bank, or ``in_channels`` < 1.
+    """
+    if weight.dim() != 4 or weight.shape[1] != 3 or in_channels < 1:
+        raise ValueError(f"adapt_input_conv needs (O, 3, k, k) filters and in_channels >= 1, got "
+                         f"{tuple(weight.shape)} and {in_channels}")
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-in_channels // 3)
+    return weight.repeat(1, repeat, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+
+
+def _adapt_input_channels(model: nn.Module, src: dict[str, Tensor],
+                          target: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Optional[str]]:
+    """``src`` with its input convolution (``model.input_conv_name``) adapted by
+    :func:`adapt_input_conv` when the weights take RGB and the model another channel count;
+    and how (``None`` when nothing changed)."""
+    key = f"{getattr(model, 'input_conv_name', 'conv1')}.weight"
+    if key not in src or key not in target:
+        return src, None
+    have, want = src[key], target[key]
+    if have.dim() != 4 or want.dim() != 4 or have.shape[1] != 3 or want.shape[1] == 3 or have.shape[0] != want.shape[0]:
+        return src, None
+    src = dict(src)
+    src[key] = adapt_input_conv(int(want.shape[1]), have)
+    how = "summed over RGB" if want.shape[1] == 1 else f"repeated to {want.shape[1]} channels"
+    return src, f"{key}: the RGB filters {how} (timm adapt_input_conv)"
 
 
 # -- fine-tuning helpers ------------------------------------------------------------------------
