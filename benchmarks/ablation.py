@@ -75,6 +75,19 @@ CONFIGS: dict[str, list[str]] = {
     "erasing": ["data.random_erasing=0.25"],
     "ls": ["train.label_smoothing=0.1"],
     "dp": ["model.drop_path_rate=0.05"],
+    # issue 23: fine-tuning the ImageNet EfficientNet-Lite0 (model.arch auto), size chosen for the budget
+    "ft": ["data.image_size=auto"],
+    "ft-r18": ["model.arch=resnet18", "data.image_size=auto"],  # the from-scratch default before issue 23
+    "ft-bnfrozen": ["data.image_size=auto", "model.bn_stats=frozen"],
+    "ft-lr1e-3": ["data.image_size=auto", "train.lr=0.00099"],  # ~1e-3 (1e-3 itself reads as unset under auto)
+    "ft-ema": ["data.image_size=auto", "train.ema=true"],
+    "ft-mix": ["data.image_size=auto", "train.mixup_alpha=0.2", "train.cutmix_alpha=1.0", "train.mix_prob=0.5"],
+    "ft-two-phase": ["data.image_size=auto", "model.finetune=two_phase", "model.head_epochs=2"],
+    "ft-blr01": ["data.image_size=auto", "model.backbone_lr_mult=0.1"],
+    "ft-px128": ["data.image_size=128"],
+    "ft-px224": ["data.image_size=224"],
+    "ft-probe": ["model.finetune=linear_probe", "data.image_size=224"],
+    "ft-grey-sum": ["data.image_size=auto", "data.channels=1"],  # greyscale stem summed over RGB (vs replicated)
 }
 
 
@@ -100,9 +113,10 @@ def run_one(args, name: str, overrides: list[str], runs_dir: Path, manifest: Pat
     """Train one configuration under the budget, then evaluate its best checkpoint on valid."""
     npz = args.data.lower().endswith(".npz")
     size = args.image_size or (28 if npz else 64)
-    for o in overrides:  # a configuration's own size replaces --image-size
+    for o in overrides:  # a configuration's own size (pixels or auto) replaces --image-size
         if o.startswith("data.image_size="):
-            size = int(o.split("=", 1)[1])
+            value = o.split("=", 1)[1]
+            size = value if value == "auto" else int(value)
     overrides = [o for o in overrides if not o.startswith("data.image_size=")]
     channels = args.channels or (1 if npz else 3)
     cmd = [sys.executable, "-m", "medclass", "train", args.data, "--time-budget", f"{args.budget * 60:.0f}s",
@@ -128,8 +142,10 @@ def run_one(args, name: str, overrides: list[str], runs_dir: Path, manifest: Pat
     metrics = json.loads((runs_dir / name / "eval-valid" / "metrics.json").read_text())
     summary = json.loads((runs_dir / name / "train_summary.json").read_text())
     ci = metrics.get("confidence_intervals", {}).get("metrics", {})
+    spec = json.loads((runs_dir / name / "model_spec.json").read_text())  # auto: the size and model chosen
     row = {
-        "config": name, "overrides": CONFIGS[name], "image_size": size, "train_wall_s": round(wall, 1),
+        "config": name, "overrides": CONFIGS[name], "image_size": spec.get("image_size", size),
+        "arch": spec.get("arch"), "train_wall_s": round(wall, 1),
         "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
         "budget": summary.get("budget"),
         "val_accuracy": metrics.get("accuracy"), "val_balanced_accuracy": metrics.get("balanced_accuracy"),

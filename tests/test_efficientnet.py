@@ -185,7 +185,7 @@ def test_arch_auto_resolves_to_the_pretrained_lite0():
     assert auto_arch(cfg) == AUTO_ARCH
     reason = resolve_auto_model(cfg)
     assert cfg.model.arch == AUTO_ARCH and cfg.model.pretrained == "imagenet" and cfg.train.lr == FINETUNE_LR
-    assert "ImageNet weights" in reason
+    assert cfg.train.ema and "ImageNet weights" in reason and "EMA" in reason
     named = RunConfig()
     named.train.lr = 5e-4
     resolve_auto_model(named)
@@ -193,3 +193,4 @@ def test_arch_auto_resolves_to_the_pretrained_lite0():
     scratch = RunConfig()
     scratch.model.arch = "resnet18"
     assert resolve_auto_model(scratch) == "" and scratch.model.pretrained is None and scratch.train.lr == 1e-3
+    assert not scratch.train.ema
