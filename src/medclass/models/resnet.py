@@ -336,6 +336,18 @@ class ResNet(ClassifierModel):
         the small stem)."""
         return "layer4"
 
+    def cut_after(self, stage: int) -> int:
+        """Keep stages 1..``stage`` (1-4) and nothing after (later stages, pooling and head become
+        identities; :class:`medclass.models.ChainedModel`); returns the channels of the cut's map."""
+        for k in range(stage + 1, 5):
+            setattr(self, f"layer{k}", nn.Identity())
+        self.avgpool, self.fc = nn.Identity(), nn.Identity()
+        return self.layer1[0].conv1.out_channels * (2 ** (stage - 1)) * type(self.layer1[0]).expansion
+
+    def cut_stage_names(self, stage: int) -> tuple[str, ...]:
+        """The stages kept by :meth:`cut_after`: ``("layer1", .., "layer<stage>")``."""
+        return tuple(f"layer{k}" for k in range(1, stage + 1))
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x)
         x = torch.flatten(self.avgpool(x), 1)
