@@ -205,9 +205,11 @@ class ChainedModel(ClassifierModel):
         from .pretrained import resolve_source
 
         if self.part_name == "efficientnet":  # its ImageNet wheel, or a file in the packages' layout
-            state, report = self.part.cut_state_dict(source, download)
+            state, found = self.part.source_state_dict(source, download)
             n = self.load_resnet_state_dict(state)
-            return {**report, "loaded_keys": n, "head_reinitialised": False, "part": "EfficientNet-Lite part"}
+            label = found["file"] or ("<state dict>" if isinstance(source, Mapping) else str(source))
+            return {**found, "source": label, "loaded_keys": n, "head_reinitialised": False,
+                    "part": "EfficientNet-Lite part"}
         state, file = resolve_source(source, download=download)
         n = self.load_resnet_state_dict(state)
         label = "<state dict>" if isinstance(source, Mapping) else str(source)

