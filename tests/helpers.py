@@ -139,7 +139,7 @@ def make_folder_dataset(
 
 
 def tiny_config(source, *, image_size: int = 16, **train):
-    """A :class:`medclass.config.RunConfig` for a seconds-long CPU run: small-stem ResNet-18,
+    """A :class:`medclass.core.config.RunConfig` for a seconds-long CPU run: small-stem ResNet-18,
     ``image_size`` pixels, 25 % validation and 25 % test split, batch 4, 3 epochs, no progress bar.
 
     Args:
@@ -147,7 +147,7 @@ def tiny_config(source, *, image_size: int = 16, **train):
         image_size: the training side in pixels.
         **train: overrides of ``cfg.train`` fields (``epochs=1``, ``batch_size=8``, ...).
     """
-    from medclass.config import RunConfig
+    from medclass.core.config import RunConfig
 
     cfg = RunConfig()
     cfg.data.source = str(source)
@@ -324,7 +324,7 @@ class FakeClassifier:
     can_explain = False
 
     def __init__(self, run: str = "fake", classes=("a", "b", "c"), delay: float = 0.0) -> None:
-        from medclass.spec import ModelSpec
+        from medclass.core.spec import ModelSpec
 
         self.spec = ModelSpec(class_names=list(classes), channels=1, image_size=16, run=run)
         self.calls: list[int] = []

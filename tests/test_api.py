@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import medclass
-from medclass.config import ConfigError, RunConfig
+from medclass.core.config import ConfigError, RunConfig
 
 from helpers import make_folder_dataset
 
@@ -177,10 +177,10 @@ def test_cv_and_subgroup_evaluation_from_the_python_api(tmp_path):
 
 
 def test_cv_resume_errors_are_the_same_from_the_cli_and_the_api(tmp_path):
-    """One definition (medclass.runs.resume_cv_dir) of the interrupted cross-validation to continue."""
+    """One definition (medclass.core.runs.resume_cv_dir) of the interrupted cross-validation to continue."""
     from typer.testing import CliRunner
 
-    from medclass.cli import app
+    from medclass.cli.app import app
 
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("{}\n")  # a folder without cv.json

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
-from medclass.cli import app
-from medclass.config import DataConfig
+from medclass.cli.app import app
+from medclass.core.config import DataConfig
 from medclass.data import DataIndex, Sample, build_index, read_manifest
 from medclass.data.audit import NEAR_THRESHOLD, audit, cross_split_duplicates, dedupe, write_audit
 

@@ -12,8 +12,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from medclass.cli import app
-from medclass.config import (
+from medclass.cli.app import app
+from medclass.core.config import (
     DEFAULT_IMAGE_SIZE, ConfigError, RunConfig, TrainConfig, check_budget_config, fixed_image_size, parse_duration,
 )
 from medclass.engine import LRSchedule, train
@@ -23,7 +23,7 @@ from medclass.engine.distributed import DistContext
 from medclass.engine.budget import (
     END_SECONDS, Budget, RunClock, Throughput, TimedLoader, choose_resolution, epochs_that_fit, preserved_state,
 )
-from medclass.spec import read_spec
+from medclass.core.spec import read_spec
 
 from helpers import SHARED_DATA, make_folder_dataset, need, tiny_config
 
@@ -642,7 +642,7 @@ def test_a_60_second_budget_on_real_images_ends_within_15_percent(tmp_path):
 
 
 def test_quickstart_is_a_10_minute_budget_unless_epochs_are_given():
-    from medclass.cli import _build_config
+    from medclass.cli.app import _build_config
 
     cfg = _build_config(None, None, [], **{"train.epochs": None, "train.time_budget": None})
     assert cfg.train.time_budget == "10m" and cfg.data.image_size == "auto" and cfg.data.channels == 1

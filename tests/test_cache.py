@@ -86,8 +86,8 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
 
 
 def test_worker_processes_load_the_same_batches_from_the_mapped_cache(tmp_path):
-    from medclass.config import RunConfig
-    from medclass.engine.trainer import make_loader
+    from medclass.core.config import RunConfig
+    from medclass.engine.fit import make_loader
 
     samples = _images(tmp_path / "img", n=10)
     split = decode_split(samples, 3, 8, progress=False, cache_dir=tmp_path / "cache")

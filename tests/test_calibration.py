@@ -151,7 +151,7 @@ def _imbalanced_posteriors(n=4000, prior=(0.8, 0.1, 0.1), seed=0):
 def test_logit_adjustment_raises_balanced_accuracy_on_imbalanced_classes():
     from sklearn.metrics import balanced_accuracy_score
     from medclass.evaluation.calibration import fit_logit_adjustment
-    from medclass import pipeline
+    from medclass.core import pipeline
 
     probs, y = _imbalanced_posteriors()
     prior = np.bincount(y, minlength=3)
@@ -172,7 +172,7 @@ def test_logit_adjustment_raises_balanced_accuracy_on_imbalanced_classes():
 
 
 def test_decide_with_logit_adjustment_numpy_and_torch_agree():
-    from medclass import pipeline
+    from medclass.core import pipeline
 
     probs, _ = _imbalanced_posteriors(n=50)
     offsets = [0.0, 1.0, 2.0]

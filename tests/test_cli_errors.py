@@ -1,6 +1,6 @@
 """Mistakes in arguments, paths and configs are reported before any heavy library is imported.
 
-Each case runs the real ``medclass`` entry point (``medclass.cli.main``) in a fresh Python process
+Each case runs the real ``medclass`` entry point (``medclass.cli.app.main``) in a fresh Python process
 and then reports, from inside that process, which of PyTorch, MONAI, kornia and scikit-learn were
 imported: none may be. A behavioural check (what was imported), not a timing one.
 """
@@ -20,7 +20,7 @@ HEAVY = ("torch", "monai", "kornia", "sklearn", "torchvision", "onnxruntime")
 #: code, stderr and the heavy modules loaded so far: a later case cannot hide an earlier import.
 WRAPPER = r"""
 import contextlib, io, json, sys
-from medclass.cli import main
+from medclass.cli.app import main
 out = []
 for args in json.loads(sys.argv[1]):
     sys.argv = ["medclass", *args]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from medclass.cli import app
+from medclass.cli.app import app
 from medclass.data import DataError, Sample
 from medclass.engine import RunError
 from medclass.evaluation.cv import cross_validate, fold_assignments, group_ids

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medclass.config import DataConfig
+from medclass.core.config import DataConfig
 from medclass.data import (
     SPLITS,
     DataError,

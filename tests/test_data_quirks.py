@@ -14,13 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.cli import app
-from medclass.config import DataConfig
+from medclass.cli.app import app
+from medclass.core.config import DataConfig
 from medclass.data import ImageReadError, Sample, decode_split, expand_image_paths
 from medclass.data.sources import DataError, index_folder
 from medclass.engine import train
 from medclass.evaluation import evaluate_run
-from medclass.evaluation.metrics import balanced_accuracy, bootstrap_ci, classification_metrics
+from medclass.core.scoring import balanced_accuracy
+from medclass.evaluation.metrics import bootstrap_ci, classification_metrics
 
 
 def _png(path: Path, value: int = 120) -> Path:
@@ -349,7 +350,7 @@ def test_multi_label_csv_labels_are_named_in_a_warning(tmp_path):
 
 
 def test_a_home_folder_tilde_in_a_yaml_config_is_expanded(tmp_path, monkeypatch):
-    from medclass.config import RunConfig
+    from medclass.core.config import RunConfig
 
     monkeypatch.setenv("HOME", str(tmp_path))
     make_folder_dataset(tmp_path / "data", per_class=4)

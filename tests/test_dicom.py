@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, SecondaryCaptureImageStorage
 
-from medclass.config import DataConfig, RunConfig
+from medclass.core.config import DataConfig, RunConfig
 from medclass.data import ImageReadError, build_index, decode_split, read_dicom, read_image
 from medclass.data.dataset import cache_key
 from medclass.data.dicom import window_to_uint8

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from medclass import pipeline
-from medclass.config import AUTO_ARCH, FINETUNE_LR, RunConfig, auto_arch, resolve_auto_model
+from medclass.core import pipeline
+from medclass.core.config import AUTO_ARCH, FINETUNE_LR, RunConfig, auto_arch, resolve_auto_model
 from medclass.data.io import read_image
 from medclass.models import create_model, list_models
 from medclass.models.efficientnet import (
     LITE_VARIANTS, Conv2dSame, convert_lite_package_state_dict, lite_weights_path,
 )
 from medclass.models.pretrained import PretrainedError
-from medclass.spec import spec_from_config
-from medclass.weights import LITE_WEIGHTS, weights_installed
+from medclass.core.spec import spec_from_config
+from medclass.core.weights import LITE_WEIGHTS, weights_installed
 
 INSTALLED = [a for a in LITE_VARIANTS if weights_installed(a)]
 

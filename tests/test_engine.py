@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclass.config import RunConfig, TrainConfig
+from medclass.core.config import RunConfig, TrainConfig
 from medclass.engine import (
     CheckpointError,
     EarlyStopping,

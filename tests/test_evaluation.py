@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclass.config import ConfigError, RunConfig
+from medclass.core.config import ConfigError, RunConfig
 from medclass.engine import logits_to_probs, predicted_class
 from medclass.evaluation import auroc, classification_metrics, plot_confusion_matrix, plot_roc
 

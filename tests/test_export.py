@@ -22,8 +22,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from medclass.cli import app  # noqa: E402
-from medclass.config import RunConfig  # noqa: E402
+from medclass.cli.app import app  # noqa: E402
+from medclass.core.config import RunConfig  # noqa: E402
 from medclass.data import Preprocess, read_image  # noqa: E402
 from medclass.engine import LoadedRun, RunFiles, load_run, train  # noqa: E402
 from medclass.models import resnet18  # noqa: E402
@@ -32,7 +32,7 @@ from medclass.serving import (  # noqa: E402
     load_torchscript_classifier, onnx_session, spec_from_run,
 )
 from medclass.serving.onnx_backend import SPEC_KEY  # noqa: E402
-from medclass.spec import update_calibration  # noqa: E402
+from medclass.core.spec import update_calibration  # noqa: E402
 
 from helpers import CHEST_CLASSES, CHEST_CT  # noqa: E402
 
@@ -275,7 +275,7 @@ def test_onnx_predict_does_not_import_torch(chest_run):
     script = (
         "import json, sys\n"
         "from typer.testing import CliRunner\n"
-        "from medclass.cli import app\n"
+        "from medclass.cli.app import app\n"
         "r = CliRunner().invoke(app, ['predict', sys.argv[1], *sys.argv[2:], '--backend', 'onnx', '--format', 'json'])\n"
         "from medclass.serving import load_onnx_classifier\n"
         "import medclass.data.io\n"

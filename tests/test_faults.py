@@ -31,10 +31,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medclass.cli import app
-from medclass.config import RunConfig
+from medclass.cli.app import app
+from medclass.core.config import RunConfig
 from medclass.engine import RunError, load_checkpoint, train
 from medclass.engine import checkpoint as checkpoint_module
+from medclass.engine import fit as fit_module
+from medclass.engine import run_folder as run_folder_module
 from medclass.engine import trainer as trainer_module
 
 from helpers import make_folder_dataset, tiny_config
@@ -267,19 +269,19 @@ def small_config(data, **train):
 
 def test_too_little_disk_space_fails_before_decoding_or_training(tmp_path, monkeypatch):
     data = small_data(tmp_path)
-    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda p: DiskUsage(10**12, 10**12, 2**20))
+    monkeypatch.setattr(run_folder_module.shutil, "disk_usage", lambda p: DiskUsage(10**12, 10**12, 2**20))
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded images before checking the disk space")
 
-    monkeypatch.setattr(trainer_module, "decode_split", no_decoding)
+    monkeypatch.setattr(fit_module, "decode_split", no_decoding)
     run = tmp_path / "runs" / "full"
     with pytest.raises(RunError) as info:
         train(small_config(data), run)
     message = str(info.value)
     assert "not enough free disk space" in message and "checkpoints" in message
     assert str(run / "checkpoints") in message and "1 MiB free" in message and "--runs-dir" in message
-    needed = trainer_module.checkpoint_bytes_needed(small_config(data), 2, 3)
+    needed = run_folder_module.checkpoint_bytes_needed(small_config(data), 2, 3)
     assert f"about {needed / 2**20:.0f} MiB needed" in message
     assert not (run / "metrics.csv").exists() and not (run / "checkpoints" / "last.pt").exists()
 
@@ -294,8 +296,8 @@ def test_checkpoint_space_estimate_covers_the_files_written(tmp_path):
     data = small_data(tmp_path)
     result = train(small_config(data, epochs=1), tmp_path / "run")
     written = result.files.best.stat().st_size + 2 * result.files.last.stat().st_size  # old + new last.pt
-    needed = trainer_module.checkpoint_bytes_needed(small_config(data), 2, 3)
-    assert written < needed < 1.3 * written + trainer_module.DISK_MARGIN_BYTES
+    needed = run_folder_module.checkpoint_bytes_needed(small_config(data), 2, 3)
+    assert written < needed < 1.3 * written + run_folder_module.DISK_MARGIN_BYTES
 
 
 def test_unwritable_decode_cache_fails_before_decoding(tmp_path):

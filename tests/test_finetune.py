@@ -14,8 +14,8 @@ from medclass.engine import train
 from medclass.engine.budget import MIN_EPOCHS_PRETRAINED, auto_candidates
 from medclass.engine.linear_probe import fit_linear_probe, set_linear_head
 from medclass.models import create_model
-from medclass.spec import read_spec
-from medclass.weights import weights_installed
+from medclass.core.spec import read_spec
+from medclass.core.weights import weights_installed
 
 
 def _blobs(n: int, k: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -178,8 +178,8 @@ def _metrics_with_groups_and_subgroups() -> dict:
 def test_report_and_card_sections_show_groups_subgroups_cv_and_ood(tmp_path):
     import json
 
-    from medclass.result_sections import collect_sections, render_sections
-    from medclass.serving.model_card import build_model_card, render_model_card
+    from medclass.evaluation.result_sections import collect_sections, render_sections
+    from medclass.evaluation.model_card import build_model_card, render_model_card
 
     run = tmp_path / "run"
     run.mkdir()

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from medclass.cli import app
+from medclass.cli.app import app
 
 from helpers import shared_set as needs  # SHARED_DATA / name, or skip
 

@@ -1,5 +1,5 @@
 """Per-image intensity standardisation (``data.intensity: per_image``, issue 12): one rule in
-:mod:`medclass.pipeline` (numpy and torch agree), invariant to brightness and contrast, finite on
+:mod:`medclass.core.pipeline` (numpy and torch agree), invariant to brightness and contrast, finite on
 a blank image, validated in the config, recorded in the run's spec (older specs read as
 ``fixed``), and used by training, prediction, OOD, Grad-CAM and the exported ONNX/TorchScript
 graphs alike."""
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from helpers import make_folder_dataset, tiny_config
-from medclass import pipeline
-from medclass.config import INTENSITY_RULES, ConfigError, DataConfig, RunConfig, check_recipe
+from medclass.core import pipeline
+from medclass.core.config import INTENSITY_RULES, ConfigError, DataConfig, RunConfig, check_recipe
 from medclass.data import Preprocess
-from medclass.spec import (
+from medclass.core.spec import (
     IMAGENET_MEAN, ModelSpec, legacy_spec, normalization_of, read_spec, recorded_config, spec_from_config, write_spec,
 )
 

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from helpers import tiny_config
-from medclass.config import ConfigError, DataConfig, RunConfig
+from medclass.core.config import ConfigError, DataConfig, RunConfig
 from medclass.data import build_index, greyscale_content
 from medclass.data.sources import Sample
 from medclass.engine.intensity import resolve_intensity
-from medclass.spec import read_spec
+from medclass.core.spec import read_spec
 
 
 def _write(path, arr):

@@ -12,7 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.cli import app
+from medclass.cli.app import app
 from medclass.engine import lr_find as L
 
 
@@ -203,9 +203,9 @@ def test_lr_find_uses_the_training_step_of_the_recipe(tmp_path, monkeypatch):
         return real_clip(params, max_norm, *a, **kw)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    import medclass.engine.trainer as trainer
+    import medclass.engine.fit as fit_module
 
-    real_loss = trainer.make_loss
+    real_loss = fit_module.make_loss
 
     def make_loss(*a, **kw):
         loss = real_loss(*a, **kw)
@@ -213,7 +213,7 @@ def test_lr_find_uses_the_training_step_of_the_recipe(tmp_path, monkeypatch):
         loss.forward = lambda logits, target: (seen.append(target.dtype), forward(logits, target))[1]
         return loss
 
-    monkeypatch.setattr(trainer, "make_loss", make_loss)
+    monkeypatch.setattr(fit_module, "make_loss", make_loss)
     result = L.lr_find(cfg, None, num_iter=6, log=lambda m: None)
     assert len(result.lrs) >= 1 and set(seen) == {torch.float32} and norms == [0.5] * len(seen)
     assert result.settings["mixup_alpha"] == 0.4

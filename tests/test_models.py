@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from medclass.config import ModelConfig
+from medclass.core.config import ModelConfig
 from medclass.models import (
     BasicBlock,
     Bottleneck,

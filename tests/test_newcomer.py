@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.cli import app
-from medclass.config import BUILTIN_ARCHS, RunConfig
-from medclass.positive_class import choose_positive_class
+from medclass.cli.app import app
+from medclass.core.config import BUILTIN_ARCHS, RunConfig
+from medclass.core.positive_class import choose_positive_class
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -91,7 +91,7 @@ def test_a_given_positive_class_must_be_a_class_of_a_binary_task():
 def test_evaluation_reports_sensitivity_of_the_disease_class_recorded_in_the_run(tmp_path, capsys):
     from medclass.engine import train
     from medclass.evaluation import evaluate_run
-    from medclass.spec import read_spec
+    from medclass.core.spec import read_spec
 
     data = make_folder_dataset(tmp_path / "data", per_class=10)
     (data / "dark").rename(data / "malignant")  # sorted: malignant is class 0

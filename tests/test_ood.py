@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medclass.evaluation.ood import energy_score, fit_mahalanobis, fit_threshold, ood_auroc
-from medclass.ood import combine_layer_scores, fit_detector, layered_mahalanobis_score, robust_scale
+from medclass.core.ood import combine_layer_scores, fit_detector, layered_mahalanobis_score, robust_scale
 
 
 def test_energy_is_minus_logsumexp_and_single_logits_are_two():
@@ -195,12 +195,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from helpers import make_folder_dataset, png_bytes  # noqa: E402
 
-from medclass.cli import app  # noqa: E402
-from medclass.ood import (  # noqa: E402
+from medclass.cli.app import app  # noqa: E402
+from medclass.core.ood import (  # noqa: E402
     DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_OOD_METHOD, OOD_VERSION, OOD_WARNING, OODDetector, read_ood,
     write_ood,
 )
-from medclass.runs import RunError, RunFiles  # noqa: E402
+from medclass.core.runs import RunError, RunFiles  # noqa: E402
 
 SIZE = 16
 
@@ -345,7 +345,7 @@ def test_a_run_without_ood_json_still_predicts_and_serves(ood_run, tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_model_returns_the_same_ood_score(ood_run, tmp_path, fmt):
     from medclass.engine import load_run
-    from medclass.prediction import predict_files
+    from medclass.serving.prediction import predict_files
     from medclass.serving.export import export_run
     from medclass.serving.onnx_backend import load_onnx_classifier
     from medclass.serving.predictor import TorchClassifier, load_torchscript_classifier
@@ -453,7 +453,7 @@ def _as_version_1(run_dir: Path) -> OODDetector:
     """Refit ``run_dir``'s detector on the penultimate features, and store it as medclass wrote
     version 1 of ood.json: ``feature_dim``, no layers, ``means`` and ``precision`` in ood.npz."""
     from medclass.evaluation.ood import fit_run_ood
-    from medclass.fileio import sha256_of_file
+    from medclass.core.fileio import sha256_of_file
 
     new = fit_run_ood(run_dir, layers="penultimate")
     files = RunFiles(run_dir)
@@ -484,7 +484,7 @@ def test_a_version_1_detector_still_reads_and_scores_as_before(ood_run, tmp_path
     _, scores = run.predict_proba_ood(images)
     # the raw penultimate Mahalanobis distances, as version 1 scored them (centre 0, scale 1)
     from medclass.engine.inference import logits_and_features
-    from medclass.ood import mahalanobis_score
+    from medclass.core.ood import mahalanobis_score
 
     _, f = logits_and_features(run.model, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), run.preprocess,
                                run.device)
@@ -502,7 +502,7 @@ def test_a_version_1_detector_still_reads_and_scores_as_before(ood_run, tmp_path
 
 
 def test_scores_are_the_same_on_numpy_and_torch():
-    from medclass.ood import mahalanobis_score
+    from medclass.core.ood import mahalanobis_score
 
     rng = np.random.default_rng(0)
     z, f = rng.normal(size=(6, 3)), rng.normal(size=(6, 4))

@@ -1,4 +1,4 @@
-"""One decoded image -> model input function (:func:`medclass.data.io.to_model_input`) behind every
+"""One decoded image -> model input function (:func:`medclass.data.pixels.to_model_input`) behind every
 reader: files (:func:`read_image`), DICOM (:func:`read_dicom`), MedMNIST ``.npz`` items
 (:func:`load_sample`), uploads (:func:`decode_upload`) and the decode cache (:func:`decode_split`).
 
@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from helpers import INTERCEPT, png_bytes, write_dicom
-from medclass.config import ConfigError, DataConfig, RunConfig
+from medclass.core.config import ConfigError, DataConfig, RunConfig
 from medclass.data.dataset import CACHE_VERSION, cache_key, decode_split, file_digest, load_sample
 from medclass.data.dicom import read_dicom, window_to_uint8
-from medclass.data.io import ImageReadError, read_image, to_channels, to_model_input
+from medclass.data.io import read_image
+from medclass.data.pixels import ImageReadError, to_channels, to_model_input
 from medclass.data.sources import NPZ_SEP, Sample
 from medclass.serving.uploads import decode_upload
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from medclass.models import resnet18, resnet50
 from medclass.models import pretrained as P
+from medclass.models.keras_resnet import convert_keras_resnet50
 from medclass.models.pretrained import HubCheckpoint, PretrainedError
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -402,7 +403,7 @@ def keras_h5(tmp_path_factory, keras_layers):
 
 @pytest.fixture(scope="module")
 def keras_sd(keras_h5):
-    return P.convert_keras_resnet50(keras_h5)
+    return convert_keras_resnet50(keras_h5)
 
 
 def test_keras_conversion_covers_every_layer_and_folds_bias_and_epsilon(keras_h5, keras_sd, keras_layers):
@@ -456,14 +457,14 @@ def test_keras_full_model_nested_notop_and_legacy_names(tmp_path, keras_sd, kera
     nested = tmp_path / "finetuned.h5"
     write_keras_h5(nested, notop, layout="nested")
     with pytest.warns(UserWarning, match="skipped 1 weighted layers.*dense_head"):
-        sd = P.convert_keras_resnet50(nested)
+        sd = convert_keras_resnet50(nested)
     assert list(sd) == [k for k in reference if not k.startswith("fc.")]
     assert all(torch.equal(sd[k], reference[k]) for k in sd)
     assert P.load_pretrained(target3, sd)["head_reinitialised"] is True
 
     legacy = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
     write_keras_h5(legacy, keras_layers, rename=legacy_name)
-    sd = P.convert_keras_resnet50(legacy, rgb_input=True)  # legacy names -> Keras' default BN epsilon, 1e-3
+    sd = convert_keras_resnet50(legacy, rgb_input=True)  # legacy names -> Keras' default BN epsilon, 1e-3
     assert list(sd) == list(reference)
     for k, v in sd.items():
         if k == "conv1.weight":  # rgb_input: the input channels reversed (BGR -> RGB)
@@ -476,7 +477,7 @@ def test_keras_full_model_nested_notop_and_legacy_names(tmp_path, keras_sd, kera
     broken = tmp_path / "broken.h5"
     write_keras_h5(broken, {n: a for n, a in keras_layers.items() if n != "conv4_block3_2_bn"})
     with pytest.raises(PretrainedError, match=r"broken\.h5 does not convert.*layer3\.2\.bn2\.weight"):
-        P.convert_keras_resnet50(broken)
+        convert_keras_resnet50(broken)
 
 
 # -- fine-tuning helpers ------------------------------------------------------------------------

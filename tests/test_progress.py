@@ -8,8 +8,8 @@ import re
 import pytest
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.config import ConfigError, RunConfig
-from medclass.progress import Progress, TrainProgress, format_seconds
+from medclass.core.config import ConfigError, RunConfig
+from medclass.core.progress import Progress, TrainProgress, format_seconds
 
 
 class FakeClock:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from medclass.cli import app
+from medclass.cli.app import app
 from medclass.serving import quantize as quantize_module
 
 from helpers import make_folder_dataset, tiny_config

@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medclass.config import ConfigError, DataConfig, ModelConfig, RunConfig, check_recipe
+from medclass.core.config import ConfigError, DataConfig, ModelConfig, RunConfig, check_recipe
 from medclass.data.transforms import Preprocess, build_augmentation, progressive_size, resize_batch
 from medclass.engine import load_checkpoint, train
 from medclass.engine import trainer as trainer_module
 from medclass.engine.ema import ModelEma, ema_decay_at
 from medclass.engine.mixup import Mixup, build_mixup, cutmix_box, dominant_labels, soft_targets
-from medclass.engine.trainer import SoftTargetCE, _BCEOneLogit, _Fit, make_loss, validate
+from medclass.engine import fit as fit_module
+from medclass.engine.fit import Fit, SoftTargetCE, _BCEOneLogit, make_loss
+from medclass.engine.trainer import validate
 from medclass.models import build_model
 from medclass.models.resnet import DropPath, resnet18, resnet50
 
@@ -119,7 +121,7 @@ def test_validation_scores_the_ema_model():
     ema = ModelEma(model, 0.99)
     with torch.no_grad():
         model[1].weight[0].add_(5.0)  # the raw weights move away from the average
-    fit = _Fit(model=model, net=model, criterion=nn.CrossEntropyLoss(), optimizer=None, schedule=None,
+    fit = Fit(model=model, net=model, criterion=nn.CrossEntropyLoss(), optimizer=None, schedule=None,
                preprocess=Preprocess(), augment=None, device=torch.device("cpu"), amp_dtype=None,
                channels_last=False, ema=ema)
     images = torch.randint(0, 256, (10, 3, 2, 2), dtype=torch.uint8)
@@ -460,14 +462,14 @@ def test_progressive_size_schedule():
 
 def test_tiny_run_with_progressive_resizing(data, tmp_path, monkeypatch):
     seen: list[tuple[int, int]] = []
-    real = trainer_module.resize_batch
+    real = fit_module.resize_batch
 
     def recording(x, size):
         out = real(x, size)
         seen.append((size, out.shape[-1]))
         return out
 
-    monkeypatch.setattr(trainer_module, "resize_batch", recording)
+    monkeypatch.setattr(fit_module, "resize_batch", recording)
     shapes: list[int] = []
     real_predict = trainer_module.predict_logits
 
@@ -486,8 +488,8 @@ def test_tiny_run_with_progressive_resizing(data, tmp_path, monkeypatch):
 def test_validation_balanced_accuracy_is_scikit_learns_and_can_choose_the_checkpoint(tmp_path):
     from sklearn.metrics import balanced_accuracy_score
 
-    from medclass.config import ConfigError, RunConfig
-    from medclass.engine.trainer import balanced_accuracy
+    from medclass.core.config import ConfigError, RunConfig
+    from medclass.engine.fit import balanced_accuracy
 
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 3, 50), rng.integers(0, 3, 50)

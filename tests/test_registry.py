@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from medclass.cli import app
-from medclass.config import ModelConfig
+from medclass.cli.app import app
+from medclass.core.config import ModelConfig
 from medclass.engine import load_run, train
 from medclass.evaluation.explain import default_target_layer, gradcam
 from medclass.models.pretrained import param_groups_with_lrs

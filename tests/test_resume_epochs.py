@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.cli import app
-from medclass.config import ConfigError, RunConfig
+from medclass.cli.app import app
+from medclass.core.config import ConfigError, RunConfig
 from medclass.engine import RunError, load_checkpoint, train
 from medclass.engine import budget as budget_module
 from medclass.engine import trainer as trainer_module
-from medclass.preflight import apply_resume_overrides
+from medclass.cli.preflight import apply_resume_overrides
 
 
 def test_resume_with_more_epochs_runs_them_and_the_schedule_ends_at_the_new_total(tmp_path):

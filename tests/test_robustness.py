@@ -17,10 +17,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medclass.cli import app
+from medclass.cli.app import app
 from medclass.engine import CheckpointError, RunError, load_checkpoint, load_run, train
 from medclass.engine import checkpoint as checkpoint_module
-from medclass.spec import read_spec
+from medclass.core.spec import read_spec
 
 from helpers import make_folder_dataset, tiny_config
 

@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medclass.cli import _user_errors, app
-from medclass.config import RunConfig
+from medclass.cli.app import _user_errors, app
+from medclass.core.config import RunConfig
 from medclass.engine import RunError, train
-from medclass.engine.run_folder import new_run_dir, resume_run_dir
+from medclass.core.runs import new_run_dir, resume_run_dir
 
 from helpers import make_folder_dataset, tiny_config
 
@@ -92,7 +92,7 @@ def test_user_errors_handler_imports_nothing():
     import subprocess
 
     code = ("import sys\n"
-            "from medclass.cli import _user_errors\n"
+            "from medclass.cli.app import _user_errors\n"
             "import typer\n"
             "try:\n"
             "    with _user_errors():\n"

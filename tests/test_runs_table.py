@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import make_folder_dataset, tiny_config
-from medclass.cli import app
-from medclass.runs import RunError
-from medclass.runs_table import describe_run, format_runs, run_status, runs_table
+from medclass.cli.app import app
+from medclass.core.runs import RunError
+from medclass.cli.runs_table import format_runs, runs_table
+from medclass.core.run_index import describe_run, run_status
 
 
 def fake_run(root, name, *, summary=None, test=None, last=False, metrics_rows=0, failed=False, running_pid=None,

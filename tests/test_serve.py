@@ -30,7 +30,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from medclass.serving.app import create_app  # noqa: E402
-from medclass.serving.model_card import build_model_card  # noqa: E402
+from medclass.evaluation.model_card import build_model_card  # noqa: E402
 from medclass.serving.predictor import TorchClassifier  # noqa: E402
 from medclass.serving.service import build_app  # noqa: E402
 from medclass.serving.uploads import UploadLimits  # noqa: E402
@@ -394,7 +394,7 @@ def test_live_server_cuts_off_a_huge_chunked_upload(live_server):
 def test_serve_cli_errors_are_clear(run_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from medclass.cli import app
+    from medclass.cli.app import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["serve", str(tmp_path / "missing")])
@@ -413,7 +413,7 @@ def test_serve_cli_takes_an_exported_onnx_file(run_dir, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from typer.testing import CliRunner
 
-    from medclass.cli import app
+    from medclass.cli.app import app
     from medclass.serving import service
 
     served = {}

@@ -20,14 +20,14 @@ import pytest
 from PIL import Image
 
 from helpers import CHEST_CLASSES, need, served, stored_from_png, write_dicom
-from medclass.config import RunConfig
+from medclass.core.config import RunConfig
 from medclass.data import decode_split
 from medclass.data.sources import Sample
 from medclass.engine import load_run, predict_logits, train
-from medclass.pipeline import hwc_to_nchw
-from medclass.prediction import predict_files, read_files
+from medclass.core.pipeline import hwc_to_nchw
+from medclass.serving.prediction import predict_files, read_files
 from medclass.serving.uploads import decode_upload
-from medclass.spec import read_spec, update_calibration
+from medclass.core.spec import read_spec, update_calibration
 
 pytest.importorskip("onnxruntime")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""The run contract (medclass.spec) and the numbers around the network (medclass.pipeline):
+"""The run contract (medclass.core.spec) and the numbers around the network (medclass.core.pipeline):
 round trips, version-1 specs, atomic writes, runs written before model_spec.json (committed runs in
 results/), train writing the spec before its first epoch without changing its config, evaluate
 storing calibration in it, and the numpy and torch branches of the pipeline agreeing."""
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from medclass import pipeline
-from medclass.config import RunConfig
-from medclass.runs import RunError, RunFiles
-from medclass.spec import (
+from medclass.core import pipeline
+from medclass.core.config import RunConfig
+from medclass.core.runs import RunError, RunFiles
+from medclass.core.spec import (
     IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WEIGHT_NAMES, SPEC_VERSION, ModelSpec, calibration_record, read_spec,
     spec_from_config, update_calibration, write_spec,
 )
@@ -109,7 +109,7 @@ def test_a_broken_spec_or_calibration_names_the_file(tmp_path):
 
 
 def test_spec_module_and_pipeline_do_not_import_torch():
-    code = ("import sys; import medclass.spec, medclass.pipeline, medclass.prediction, medclass.serving.spec; "
+    code = ("import sys; import medclass.core.spec, medclass.core.pipeline, medclass.serving.prediction, medclass.serving.spec; "
             "import numpy as np; from medclass import pipeline as p; "
             "p.decide(p.probabilities(np.zeros((2, 3)), 2.0)); p.preprocess(np.zeros((1, 1, 2, 2), np.uint8), [0.5], [0.2]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
@@ -255,7 +255,7 @@ def test_evaluate_stores_calibration_in_the_spec_and_every_path_uses_it(tmp_path
     from medclass.engine import load_run, train
     from medclass.evaluation import evaluate_run, predict_images
     from medclass.serving.predictor import TorchClassifier
-    from medclass.prediction import predict_files
+    from medclass.serving.prediction import predict_files
 
     data = make_folder_dataset(tmp_path / "data", per_class=16)
     run_dir = tmp_path / "run"
@@ -324,9 +324,9 @@ def test_logit_adjustment_in_the_spec_is_used_by_every_path(tmp_path):
     predict, the serving backend and evaluate's as-deployed figures; it survives the JSON round trip."""
     from medclass.engine import load_run, train
     from medclass.evaluation import evaluate_run, predict_images
-    from medclass.prediction import predict_files
+    from medclass.serving.prediction import predict_files
     from medclass.serving.predictor import TorchClassifier
-    from medclass.spec import update_calibration
+    from medclass.core.spec import update_calibration
 
     data = make_folder_dataset(tmp_path / "data", per_class=16)
     run_dir = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""MLflow tracking (medclass.tracking): a tiny run logged to a local store in tmp_path and read back
+"""MLflow tracking (medclass.engine.tracking): a tiny run logged to a local store in tmp_path and read back
 with MlflowClient; the switch (config, $MEDCLASS_MLFLOW); the error without mlflow; failures."""
 
 import csv
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from medclass.config import ConfigError
-from medclass.tracking import RECORD, RunTracker, TrackingError, flatten_config, tracking_enabled
+from medclass.core.config import ConfigError
+from medclass.engine.tracking import RECORD, RunTracker, TrackingError, flatten_config, tracking_enabled
 
 from helpers import make_folder_dataset, tiny_config
 
@@ -142,7 +142,7 @@ def test_without_mlflow_training_stops_before_any_work_and_says_what_to_install(
 def test_the_cli_reports_missing_mlflow_in_one_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from medclass.cli import app
+    from medclass.cli.app import app
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     data = make_folder_dataset(tmp_path / "data", per_class=4, size=16)
@@ -153,7 +153,7 @@ def test_the_cli_reports_missing_mlflow_in_one_line(tmp_path, monkeypatch):
 
 
 def test_the_default_sqlite_store_without_sqlalchemy_says_what_to_install(tmp_path, store, monkeypatch):
-    from medclass.runs import RunFiles
+    from medclass.core.runs import RunFiles
 
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # mlflow-skinny alone
     with pytest.raises(TrackingError, match=r"is a database, which needs sqlalchemy and alembic.*medclass\[mlflow\]"):
@@ -168,7 +168,7 @@ class _DownClient:
 
 def test_a_tracking_server_error_mid_run_is_one_warning_not_a_lost_training(tmp_path, capsys):
     pytest.importorskip("mlflow")
-    from medclass.runs import RunFiles
+    from medclass.core.runs import RunFiles
 
     tracker = RunTracker(_DownClient(), "abc", "http://mlflow.example:5000", RunFiles(tmp_path))
     tracker.log_epoch({"epoch": 1, "loss": 0.5, "accuracy": 0.8})
@@ -179,7 +179,7 @@ def test_a_tracking_server_error_mid_run_is_one_warning_not_a_lost_training(tmp_
 
 
 def test_the_record_names_local_stores_by_absolute_path(tmp_path, monkeypatch):
-    from medclass.tracking import _absolute_uri
+    from medclass.engine.tracking import _absolute_uri
 
     monkeypatch.chdir(tmp_path)
     assert _absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"

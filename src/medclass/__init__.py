@@ -1,7 +1,15 @@
 """medclass: train, evaluate and use image classifiers for medical images.
 
-Stages, each a package, with dependencies pointing one way:
-``config`` <- ``data`` <- ``models`` <- ``engine`` <- ``evaluation`` <- ``cli``.
+Packages by job, each importing only the ones below it (checked in CI by ``lint-imports``, the
+``layers`` contract in ``pyproject.toml``)::
+
+    api | cli          the Python API and the command line, at the top
+    workflow           train -> OOD fit -> evaluate; predict; export: what both of them call
+    serving            export, ONNX/TorchScript backends, the one Predictor, the web service
+    evaluation         metrics, intervals, calibration, audit, Grad-CAM, OOD fit, report, model card
+    engine             the training loop, the time budget, checkpoints, tracking
+    data | models      reading images and splits | the networks and their weights
+    core               torch-free: config, the run folder, the spec, the pipeline numbers, atomic writes
 
 The Python API (:mod:`medclass.api`), for notebooks and scripts::
 
@@ -12,11 +20,11 @@ The Python API (:mod:`medclass.api`), for notebooks and scripts::
     medclass.load("runs/NAME")                          # an existing run
 
 ``import medclass`` stays light: the API's names are looked up on first use, and PyTorch is imported
-only by the calls that need it. (``medclass.config`` is the configuration module; the function
+only by the calls that need it. (``medclass.core.config`` is the configuration module; the function
 that builds a configuration is :func:`medclass.configure`.)
 """
 
-__version__ = "0.1.0"
+from .core import __version__
 
 #: The API's names (medclass.api), resolved lazily by __getattr__ below.
 _API = ("configure", "train", "cv", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report")
@@ -33,11 +41,11 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name in _CONFIG:
-        from . import config
+        from .core import config
 
         return getattr(config, name)
     if name in _RUNS:
-        from . import runs
+        from .core import runs
 
         return getattr(runs, name)
     raise AttributeError(f"module 'medclass' has no attribute {name!r}")

@@ -22,7 +22,7 @@ run folder from :func:`medclass.engine.new_run_dir`), :meth:`Run.evaluate` is ``
 (:func:`medclass.serving.export.export_run`), :meth:`Run.report` is ``medclass report``
 (:func:`medclass.evaluation.build_report`). Files land in the run folder exactly as with the CLI.
 
-Configuration: :func:`configure` builds a :class:`~medclass.config.RunConfig` from keyword arguments
+Configuration: :func:`configure` builds a :class:`~medclass.core.config.RunConfig` from keyword arguments
 (``epochs=20``, ``**{"train.lr": 3e-4}``, ``train={"lr": 3e-4}``); :func:`train` takes the same.
 
 Importing this module (or ``medclass``) does not import PyTorch: each call imports what it needs.
@@ -45,8 +45,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from .config import PRESETS, ConfigError, RunConfig, check_budget_config
-from .runs import RunError, RunFiles, resume_cv_dir
+from .core.config import PRESETS, ConfigError, RunConfig, check_budget_config
+from .core.runs import RunError, RunFiles, resume_cv_dir
 
 __all__ = ["configure", "train", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report"]
 
@@ -110,7 +110,7 @@ def configure(data: Optional[PathLike] = None, *, file: Optional[PathLike] = Non
         data: a folder (class folders, optionally under ``train``/``valid``/``test``), a CSV
             manifest or a MedMNIST ``.npz``; None: the bundled BreastMNIST (28 px ultrasound, 2 classes).
         file: a YAML config file (sections ``data``, ``model``, ``train``).
-        preset: a name of :data:`medclass.config.PRESETS`.
+        preset: a name of :data:`medclass.core.config.PRESETS`.
         **options: config keys: bare (``epochs=5``, ``image_size=64``, ``arch="resnet34"``,
             ``time_budget="15m"``; the section is found), dotted (``**{"train.lr": 3e-4}``) or by
             section (``train={"lr": 3e-4}``). Values are checked as ``--set`` checks them; strings
@@ -118,7 +118,7 @@ def configure(data: Optional[PathLike] = None, *, file: Optional[PathLike] = Non
             ``time_budget`` seconds or ``"90s"``/``"15m"``/``"1.5h"``, ``lr`` per step.
 
     Returns:
-        A new :class:`~medclass.config.RunConfig`.
+        A new :class:`~medclass.core.config.RunConfig`.
     Raises:
         ConfigError: an unknown key (close names suggested), a value of the wrong type or out of
             range, an unknown preset, an unreadable ``file``.
@@ -259,7 +259,7 @@ class Evaluation(Mapping):
 
 
 class Predictions(list):
-    """The result of :meth:`Run.predict`: a list of :class:`medclass.prediction.Prediction`
+    """The result of :meth:`Run.predict`: a list of :class:`medclass.serving.prediction.Prediction`
     (``path``, ``predicted`` class name, ``probabilities`` class -> calibrated probability,
     ``error`` for a file that could not be read), shown as a table in Jupyter."""
 
@@ -370,7 +370,7 @@ class Run:
     in the run's spec then.
 
     Attributes:
-        path: the run folder. files: its :class:`~medclass.runs.RunFiles`.
+        path: the run folder. files: its :class:`~medclass.core.runs.RunFiles`.
         result: the :class:`medclass.engine.TrainResult` when this object came from :func:`train`.
         last_evaluation: the latest :class:`Evaluation` made through this object, or None.
     """
@@ -402,7 +402,7 @@ class Run:
     @property
     def class_names(self) -> list[str]:
         """The classes in output order (the run's spec)."""
-        from .spec import read_spec
+        from .core.spec import read_spec
 
         return list(read_spec(self.path).class_names)
 
@@ -505,7 +505,7 @@ class Run:
         """Paths (a file, a folder, or a list of them) or uint8 arrays -> ``read_files``'s triple."""
         import numpy as np
 
-        from .prediction import Prediction, read_files
+        from .serving.prediction import Prediction, read_files
 
         if isinstance(images, (str, os.PathLike)):
             images = [images]
@@ -531,10 +531,10 @@ class Run:
         Raises:
             ValueError: an array that is not uint8 or has another shape.
         """
-        from .prediction import predict_read
+        from .serving.prediction import predict_read
 
         loaded = self._load(checkpoint)
-        from .evaluation.predict import _RunBackend
+        from .serving.predict import _RunBackend
 
         results, arrays, ok = self._read(images, loaded.spec)
         return Predictions(predict_read(_RunBackend(loaded, ("hflip",) if tta else (), batch_size), results, arrays, ok),
@@ -558,7 +558,7 @@ class Run:
         """
         import torch
 
-        from . import pipeline
+        from .core import pipeline
         from .evaluation.explain import gradcam, overlay
 
         loaded = self._load(checkpoint)
@@ -566,7 +566,7 @@ class Run:
         if len(results) != 1:
             raise ValueError(f"explain takes one image, got {len(results)}: call it once per image")
         if not ok:
-            from .data.io import ImageReadError
+            from .data.pixels import ImageReadError
 
             raise ImageReadError(results[0].error)
         names = loaded.class_names
@@ -622,7 +622,7 @@ class Run:
 
 
 def _as_model_images(images: Any, spec) -> Any:
-    """uint8 arrays -> the model's input uint8 ``(N, S, S, C)`` (:func:`medclass.data.io.to_model_input`).
+    """uint8 arrays -> the model's input uint8 ``(N, S, S, C)`` (:func:`medclass.data.pixels.to_model_input`).
 
     A 3-dimensional array is one image ``(H, W, C)`` when its last side is at most 4 (channels),
     else a batch of greyscale images ``(N, H, W)``.
@@ -634,7 +634,7 @@ def _as_model_images(images: Any, spec) -> Any:
     import numpy as np
     from PIL import Image
 
-    from .data.io import to_model_input
+    from .data.pixels import to_model_input
 
     if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
         items = list(images)  # (N, H, W, C), or greyscale (N, H, W)
@@ -683,13 +683,13 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
 
     Args:
         data: a folder, CSV manifest or ``.npz``; None: the bundled BreastMNIST (see :func:`configure`).
-        config: a :class:`~medclass.config.RunConfig` (copied, not changed) or a YAML file.
+        config: a :class:`~medclass.core.config.RunConfig` (copied, not changed) or a YAML file.
         name: the run folder's name under ``runs_dir``; None: ``<data>-<arch>-<time>``.
         runs_dir: the folder of runs (created).
         evaluate: also evaluate the best checkpoint on the test split (``run.last_evaluation``); on
             the validation split, with a ``UserWarning``, when the data has none
             (:func:`medclass.evaluation.evaluate.final_split`).
-        mlflow: track the run with MLflow (``train.mlflow``; :mod:`medclass.tracking`).
+        mlflow: track the run with MLflow (``train.mlflow``; :mod:`medclass.engine.tracking`).
         progress: tqdm bars; None: only when stderr is a terminal (in Jupyter the epoch lines are printed).
         **options: config keys as for :func:`configure` (``epochs=5``, ``image_size=64``,
             ``time_budget="10m"``, ``**{"train.lr": 3e-4}``).
@@ -701,7 +701,7 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
             is unwritable, or the disk too full. DataError, ImageReadError: bad data (names the file).
         TrackingError: MLflow on but not installed.
     """
-    from .tracking import check_tracking
+    from .engine.tracking import check_tracking
 
     cfg = _config_of(data, config, options)
     if mlflow is not None:

@@ -67,7 +67,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .audit import NEAR_THRESHOLD, cross_split_duplicates, dedupe, write_audit
     from .dataset import DecodedSplit, cache_dir_for, decode_split, default_cache_dir, greyscale_content, load_sample, native_side
     from .dicom import read_dicom
-    from .io import IMAGE_EXTENSIONS, ImageReadError, expand_image_paths, is_image_file, read_image
+    from .io import IMAGE_EXTENSIONS, expand_image_paths, is_image_file, read_image
+    from .pixels import ImageReadError
     from .sources import (
         SPLITS, DataError, DataIndex, Sample, build_index, bundled_breastmnist, index_csv, index_folder,
         csv_columns, index_npz, match_class_names, read_manifest, write_manifest,

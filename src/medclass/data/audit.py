@@ -42,10 +42,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from ..progress import Progress
+from ..core.progress import Progress
 
 from .dataset import _npz_images, file_digest
-from .io import ImageReadError, to_channels
+from .pixels import ImageReadError, to_channels
 from .sources import NPZ_SEP, SPLITS, DataIndex, Sample, small_validation_note
 
 __all__ = [
@@ -203,7 +203,7 @@ def _entries(index: DataIndex) -> list[tuple[str, int, Sample]]:
 
 def _fingerprints(paths: Sequence[str], threads: int, progress: bool) -> dict[str, Fingerprint]:
     unique = list(dict.fromkeys(paths))
-    # a bar on a terminal, a line every log interval in a log (medclass.progress)
+    # a bar on a terminal, a line every log interval in a log (medclass.core.progress)
     bar = Progress("audit: reading and hashing images (duplicate check)", len(unique), "images", enabled=progress)
     out: dict[str, Fingerprint] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # Pillow and the DCT release the GIL

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..progress import Progress
+from ..core.progress import Progress
 from .dicom import validate_window
-from .io import ImageReadError, read_image, to_model_input, validate_resize
+from .io import read_image
+from .pixels import ImageReadError, to_model_input, validate_resize
 from .sources import NPZ_SEP, Sample
 
 __all__ = ["DecodedSplit", "load_sample", "decode_split", "default_cache_dir", "cache_dir_for", "file_digest", "cache_key",
@@ -48,7 +49,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_dir_for(data_cfg) -> Optional[Path]:
-    """The decode cache folder of a :class:`medclass.config.DataConfig`: ``cache_dir``, else
+    """The decode cache folder of a :class:`medclass.core.config.DataConfig`: ``cache_dir``, else
     :func:`default_cache_dir`; None when ``cache`` is off."""
     if not getattr(data_cfg, "cache", True):
         return None
@@ -66,7 +67,7 @@ def load_sample(path: str, channels: int, size: Optional[int], dicom_window: Opt
     """Read one image (a file, or ``"<file.npz>::<split>::<i>"``) as uint8 ``(size, size, C)``.
 
     ``dicom_window`` (``[center, width]`` in HU) windows DICOM files (see :func:`read_image`);
-    ``resize`` (``"squash"`` or ``"pad"``) is the rule of :func:`~medclass.data.io.to_model_input`.
+    ``resize`` (``"squash"`` or ``"pad"``) is the rule of :func:`~medclass.data.pixels.to_model_input`.
 
     Raises:
         ImageReadError: the file cannot be read (it names the file).
@@ -221,7 +222,7 @@ def _decode_into(out: np.ndarray, samples: Sequence[Sample], channels: int, size
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     window = max(64, 16 * threads)
-    # a bar on a terminal, a line every log interval in a log file (medclass.progress)
+    # a bar on a terminal, a line every log interval in a log file (medclass.core.progress)
     bar = Progress(desc, len(samples), "images", enabled=progress)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(samples), window):
@@ -253,7 +254,7 @@ def decode_split(
     ``dicom_window`` (``[center, width]`` in HU, ``DataConfig.dicom_window``) windows the DICOM
     files of the split; None: each file's own window (see :func:`medclass.data.dicom.read_dicom`).
     ``resize`` (``DataConfig.resize``: ``"squash"`` or ``"pad"``) is the rule of
-    :func:`medclass.data.io.to_model_input`; it is part of the cache key.
+    :func:`medclass.data.pixels.to_model_input`; it is part of the cache key.
 
     With ``cache_dir``, an entry ``<key>.npy`` (uint8 ``(N, C, size, size)``) plus ``<key>.json``
     is reused when present and otherwise written there (atomically: a temporary file renamed

@@ -23,7 +23,7 @@ other than 1 or 3.
 
 :func:`read_dicom` reads a path, the bytes of a file, or a binary file-like object (an HTTP
 upload: :mod:`medclass.serving.uploads`); its errors are :class:`DicomReadError`, an
-:class:`~medclass.data.io.ImageReadError` that also carries a machine-readable ``kind``.
+:class:`~medclass.data.pixels.ImageReadError` that also carries a machine-readable ``kind``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .io import ImageReadError, to_model_input, validate_resize
+from .pixels import ImageReadError, to_model_input, validate_resize
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -56,7 +56,7 @@ DicomSource = Union[str, Path, bytes, bytearray, memoryview, IO[bytes]]
 
 
 class DicomReadError(ImageReadError):
-    """An :class:`~medclass.data.io.ImageReadError` from :func:`read_dicom`, with ``kind``, a short
+    """An :class:`~medclass.data.pixels.ImageReadError` from :func:`read_dicom`, with ``kind``, a short
     machine-readable reason (the message is unchanged):
 
     ``"missing"`` no such file; ``"empty"`` 0 bytes; ``"not_dicom"`` no ``DICM`` marker at byte 128;
@@ -249,7 +249,7 @@ def read_dicom(
 
     ``window`` is ``(center, width)`` in modality units after the rescale (Hounsfield units for
     CT): it overrides the file's own window; it is ignored for colour images. The windowed image
-    becomes ``(size, size)`` (if ``size`` is given) by :func:`medclass.data.io.to_model_input` with
+    becomes ``(size, size)`` (if ``size`` is given) by :func:`medclass.data.pixels.to_model_input` with
     the ``resize`` rule (``"squash"`` or ``"pad"``), as in :func:`medclass.data.read_image`.
 
     ``before_decode``, if given, is called with the pydicom dataset once the header has passed the

@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from ..config import DataConfig
+from ..core.config import DataConfig
 from .io import IMAGE_EXTENSIONS, find_images, is_ignored_name
 from .splits import stratified_split
 

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import pipeline
-from ..config import DataConfig
+from ..core import pipeline
+from ..core.config import DataConfig
 
 if TYPE_CHECKING:
-    from ..spec import ModelSpec
+    from ..core.spec import ModelSpec
 
 __all__ = ["Preprocess", "build_augmentation", "AUTO_AUGMENT", "progressive_size", "resize_batch"]
 
@@ -32,13 +32,13 @@ AUTO_AUGMENT = ("none", "randaugment", "trivialaugment")
 
 class Preprocess(nn.Module):
     """uint8 ``(N, C, H, W)`` -> float32 ``(N, C, H, W)``: scale to [0, 1], then
-    :func:`medclass.pipeline.normalize`: ``(x - mean) / std`` when ``mean``/``std`` are given (one
+    :func:`medclass.core.pipeline.normalize`: ``(x - mean) / std`` when ``mean``/``std`` are given (one
     value per channel, or one for all), or with ``intensity="per_image"`` each image and channel
-    by its own mean and standard deviation (:func:`medclass.pipeline.normalize_intensity`; no
+    by its own mean and standard deviation (:func:`medclass.core.pipeline.normalize_intensity`; no
     mean/std then).
 
     Raises:
-        ValueError: an ``intensity`` not in :data:`medclass.pipeline.INTENSITY_RULES`, or
+        ValueError: an ``intensity`` not in :data:`medclass.core.pipeline.INTENSITY_RULES`, or
             ``per_image`` with a mean/std.
     """
 
@@ -54,11 +54,11 @@ class Preprocess(nn.Module):
         self.register_buffer("std", s.view(1, -1, 1, 1), persistent=False)
 
     def to_unit(self, x: Tensor) -> Tensor:
-        """uint8 ``(N, C, H, W)`` -> float32 in [0, 1] (:func:`medclass.pipeline.to_unit`)."""
+        """uint8 ``(N, C, H, W)`` -> float32 in [0, 1] (:func:`medclass.core.pipeline.to_unit`)."""
         return pipeline.to_unit(x)
 
     def normalize_(self, x: Tensor) -> Tensor:
-        """float ``(N, C, H, W)`` in [0, 1] -> the network's input (:func:`medclass.pipeline.normalize`):
+        """float ``(N, C, H, W)`` in [0, 1] -> the network's input (:func:`medclass.core.pipeline.normalize`):
         ``(x - mean) / std``, per-image standardisation, or ``x`` unchanged when this preprocessing
         does neither. Training calls it after augmentation (and mixing and resizing)."""
         fixed = (self.mean, self.std) if self.normalize else (None, None)
@@ -69,7 +69,7 @@ class Preprocess(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: "ModelSpec") -> "Preprocess":
-        """The preprocessing a :class:`medclass.spec.ModelSpec` prescribes (its mean/std or none, and
+        """The preprocessing a :class:`medclass.core.spec.ModelSpec` prescribes (its mean/std or none, and
         its intensity rule)."""
         return cls(spec.mean, spec.std, spec.intensity)
 
@@ -78,7 +78,7 @@ class Preprocess(nn.Module):
         """``data.mean``/``data.std`` when ``data.normalize`` is on, else none; per-image with
         ``data.intensity: per_image`` (which replaces them). Only the config's own switches: the
         whole rule (ImageNet weights bring ImageNet normalisation) is
-        :func:`medclass.spec.normalization_of`; use :meth:`from_spec` for a run's model."""
+        :func:`medclass.core.spec.normalization_of`; use :meth:`from_spec` for a run's model."""
         if cfg.intensity == "per_image":
             return cls(intensity="per_image")
         return cls(cfg.mean, cfg.std) if cfg.normalize else cls()

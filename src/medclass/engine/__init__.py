@@ -6,8 +6,9 @@ from .inference import logits_to_probs, predict_logits, select_device
 from .run import LoadedRun, load_run
 from .run_folder import new_run_dir, resume_run_dir
 from .schedules import SCHEDULES, LRSchedule, cosine_factor, monitor_mode
-from ..runs import RunError, RunFiles
-from .trainer import TrainResult, make_loss, predicted_class, train
+from ..core.runs import RunError, RunFiles
+from .fit import make_loss, predicted_class
+from .trainer import TrainResult, train
 
 __all__ = [
     "CheckpointError", "load_checkpoint", "save_checkpoint", "EarlyStopping", "logits_to_probs",

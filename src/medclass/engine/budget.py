@@ -62,11 +62,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import RunConfig, parse_duration
-from ..runs import RunError
+from ..core.config import RunConfig, parse_duration
+from ..core.fileio import atomic_write_text
+from ..core.runs import RunError, RunFiles
 
 __all__ = [
-    "parse_duration", "Throughput", "Budget", "ResolutionChoice", "TimedLoader", "BUDGET_FILE",
+    "parse_duration", "Throughput", "Budget", "ResolutionChoice", "TimedLoader",
     "RESOLUTION_CANDIDATES", "PRETRAINED_CANDIDATES", "PRETRAINED_MIN_SIDE", "MIN_EPOCHS_PRETRAINED", "THUMBNAIL_STEMS", "MIN_EPOCHS_FOR_SIZE", "MIN_EPOCHS_FOR_THUMBNAIL_STEM", "auto_candidates", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
     "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds", "measure_affordable_speeds",
     "measure_throughput", "preserved_state", "estimate_save_seconds", "format_duration", "long_run_message",
@@ -125,9 +126,6 @@ RECENT_EPOCHS = 3
 
 #: Checkpoint writing speed assumed by :func:`estimate_save_seconds` (bytes per second).
 SAVE_BYTES_PER_SECOND = 200e6
-
-#: The budget's record in the run folder (plan, time spent, re-plans), rewritten after every epoch.
-BUDGET_FILE = "budget.json"
 
 
 def format_duration(seconds: float) -> str:
@@ -391,8 +389,8 @@ def measure_candidate_speeds(
     """Training images per second of each ``(image_size, stem)`` of ``candidates`` on real images:
     one batch of training ``samples`` (spread over the split) is decoded at the candidate's size
     (no cache), a fresh model with the candidate's stem takes one warm-up step and
-    ``timed_steps`` timed ones (augmentation, forward, loss, backward, optimizer step, as in
-    training). The run's random generators are put back afterwards.
+    ``timed_steps`` timed ones of the training step itself (:func:`medclass.engine.fit.train_step`:
+    augmentation, mixup, forward, loss, backward, clipping, optimizer step, EMA, as configured). The run's random generators are put back afterwards.
 
     Args:
         cfg: the run's config (``data``, ``model``, ``train``); not changed.
@@ -409,7 +407,7 @@ def measure_candidate_speeds(
     from ..data import Preprocess, build_augmentation, decode_split
     from ..models import build_model
     from .inference import channels_last_wanted
-    from .trainer import make_loss, make_optimizer
+    from .fit import Fit, make_loss, make_optimizer, make_recipe, train_step
 
     candidates = RESOLUTION_CANDIDATES if candidates is None else candidates
     bs = max(2, min(batch_size or cfg.train.batch_size, len(samples)))
@@ -430,23 +428,18 @@ def measure_candidate_speeds(
             channels_last = channels_last_wanted(device, int(size))
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            model.train()
-            criterion = make_loss(c, split.labels, num_classes).to(device)
-            optimizer = make_optimizer(c, model)
             # the per-step cost of the run's input rule (fixed: always a mean/std, the same cost with or without one)
             per_image = c.data.intensity == "per_image"
             preprocess = (Preprocess(intensity="per_image") if per_image else Preprocess(c.data.mean, c.data.std)).to(device)
-            augment = build_augmentation(c.data)
+            ema, mixup = make_recipe(c, model, num_classes)  # the recipe's EMA and mixup cost time too
+            fit = Fit(model=model, net=model, criterion=make_loss(c, split.labels, num_classes).to(device),
+                      optimizer=make_optimizer(c, model), schedule=None, preprocess=preprocess,
+                      augment=build_augmentation(c.data), device=device, amp_dtype=amp, channels_last=channels_last,
+                      ema=ema, mixup=mixup)
+            model.train()  # every layer trains, as in most epochs of a run
 
-            def step() -> None:
-                x = preprocess(images) if augment is None else preprocess.normalize_(augment(preprocess.to_unit(images)))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = criterion(model(x).float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            def step(fit: Fit = fit, clip: Optional[float] = c.train.clip_grad_norm) -> None:
+                train_step(fit, images, labels, clip_grad_norm=clip)  # the training step itself
 
             step()  # warm-up
             _sync(device)
@@ -455,7 +448,7 @@ def measure_candidate_speeds(
                 step()
             _sync(device)
             speeds[(int(size), stem)] = len(images) * timed_steps / (time.perf_counter() - t0)
-            del model, optimizer
+            del model, fit
     return speeds
 
 
@@ -693,11 +686,8 @@ class Budget:
                 "resolution": self.resolution, "stop_reason": self.stop_reason}
 
     def save(self, run_dir: Path, epochs_done: int) -> None:
-        """Write :meth:`record` to ``run_dir/budget.json`` (a temporary file, then ``os.replace``)."""
-        path = Path(run_dir) / BUDGET_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record(epochs_done), indent=1))
-        tmp.replace(path)
+        """Write :meth:`record` to ``run_dir/budget.json`` (:func:`medclass.core.fileio.atomic_write_text`)."""
+        atomic_write_text(RunFiles(Path(run_dir)).budget, json.dumps(self.record(epochs_done), indent=1))
 
     @classmethod
     def resume_from(cls, run_dir: Path, seconds: float, start: float, history: list[dict[str, float]],
@@ -706,7 +696,7 @@ class Budget:
         epoch) plus the ``seconds`` of ``history`` rows after that epoch (a process killed between
         ``last.pt`` and ``budget.json``); without the file, the epochs' seconds of ``history``.
         ``planned_epochs``: the plan the restored LR schedule holds."""
-        path = Path(run_dir) / BUDGET_FILE
+        path = RunFiles(Path(run_dir)).budget
         rec: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         done = int(rec.get("epoch", 0))
         spent = float(rec.get("spent_seconds", 0.0)) + sum(r["seconds"] for r in history if r["epoch"] > done)

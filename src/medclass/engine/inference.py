@@ -60,7 +60,7 @@ def predict_logits(
     """Logits ``(N, K)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, in batches.
 
     ``on_batch(n)`` is called after each batch with its number of images (progress:
-    :meth:`medclass.progress.Progress.update`).
+    :meth:`medclass.core.progress.Progress.update`).
 
     ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA) enables autocast. ``tta`` names extra views
     from :data:`TTA_VIEWS` (e.g. ``("hflip",)``): the logits of the original and of each view are
@@ -118,7 +118,7 @@ def logits_and_features(
 
 def model_feature_layers(model: nn.Module, which: str = "stages") -> tuple[str, ...]:
     """The feature names an OOD detector of ``model`` reads (one of
-    :data:`medclass.ood.OOD_LAYER_CHOICES`): ``"stages"``: the average-pooled map of every stage
+    :data:`medclass.core.ood.OOD_LAYER_CHOICES`): ``"stages"``: the average-pooled map of every stage
     of :meth:`medclass.models.ClassifierModel.feature_stages` (Lee et al. 2018's feature
     ensemble); ``"stages+std"``: those, then each stage's spatial standard deviation
     (``"<stage>:std"``); ``"penultimate"``: the head's input only. A model without
@@ -181,7 +181,7 @@ def logits_and_layer_features(
 def ood_scores(detector, model: nn.Module, images: Tensor, preprocess: nn.Module, device: torch.device,
                batch_size: int = 64) -> tuple[Tensor, "np.ndarray"]:
     """Logits ``(N, K)`` float32 and ``detector``'s scores float64 ``(N,)``
-    (:meth:`medclass.ood.OODDetector.score` of the features of its layers) of uint8 images
+    (:meth:`medclass.core.ood.OODDetector.score` of the features of its layers) of uint8 images
     ``(N, C, H, W)``, in one pass per batch: what ``predict``, ``evaluate``, the service and the
     export check all call.
 

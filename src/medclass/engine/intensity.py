@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from ..config import RunConfig
+from ..core.config import RunConfig
 from ..data import greyscale_content
 
 __all__ = ["resolve_intensity"]

@@ -78,7 +78,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    from .trainer import balanced_accuracy  # the validation pass's own (here: not a cycle at import)
+    from .fit import balanced_accuracy  # the validation pass's own
 
     if len(np.unique(train_y)) < 2:
         raise ValueError("a linear probe needs training images of at least two classes")

@@ -348,7 +348,7 @@ def lr_find(
     checkpoint. The learning rate of the config plays no part beyond those ratios.
 
     Args:
-        cfg: a :class:`medclass.config.RunConfig`.
+        cfg: a :class:`medclass.core.config.RunConfig`.
         out_dir: where to write the two files; None: write nothing.
         start_lr, end_lr, num_iter, beta, stop_div: the sweep (see :func:`range_test`).
         suggest_by: the rule of :data:`SUGGESTIONS` whose LR is ``suggested_lr``.
@@ -356,21 +356,23 @@ def lr_find(
 
     Raises:
         ValueError: a bad sweep setting, ``suggest_by`` or ``data.image_size`` (neither pixels nor ``auto``,
-            which is :data:`medclass.config.DEFAULT_IMAGE_SIZE` here).
+            which is :data:`medclass.core.config.DEFAULT_IMAGE_SIZE` here).
         RunError: no readable training image.
         medclass.data.DataError, medclass.data.ImageReadError: bad data.
     """
     import torch
 
-    from ..config import fixed_image_size, resolve_auto_model
+    from ..core.config import fixed_image_size, resolve_auto_model
     from ..data import Preprocess, build_augmentation, build_index
-    from ..runs import RunError
-    from ..spec import spec_from_config
+    from ..core.runs import RunError
+    from ..core.spec import spec_from_config
     from .distributed import DistContext
     from .inference import channels_last_wanted, select_device
     from .intensity import resolve_intensity
-    from .mixup import build_mixup
-    from .trainer import _decode, _setup_model, backbone_frozen, make_loader, make_loss, make_optimizer
+    from .fit import (
+        Fit, decode_samples, make_loader, make_loss, make_optimizer, make_recipe, set_epoch_trainable, setup_model,
+        train_step,
+    )
 
     if suggest_by not in SUGGESTIONS:
         raise ValueError(f"lr-find: suggest_by must be one of {', '.join(SUGGESTIONS)}, got {suggest_by!r}")
@@ -388,59 +390,33 @@ def lr_find(
     torch.manual_seed(tc.seed)
     device = select_device(tc.device)
     index = build_index(cfg.data)  # dedupe would change valid/test only: the sweep uses train
-    train_split = _decode(cfg, index.splits["train"], "train", ctx)
+    train_split = decode_samples(cfg, index.splits["train"], "train", ctx)
     if len(train_split) == 0:
         raise RunError("lr-find: no training images")
     resolve_intensity(cfg, index.splits["train"], log)
     spec = spec_from_config(cfg, index.class_names, "lr-find")
     preprocess = Preprocess.from_spec(spec).to(device)
-    augment = build_augmentation(cfg.data)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     channels_last = channels_last_wanted(device, cfg.data.image_size)
-    model, net, _loaded = _setup_model(cfg, index, False, ctx, device, channels_last, log)
-    criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
-    optimizer = make_optimizer(cfg, model)
-    ratios = [g["lr"] / tc.lr for g in optimizer.param_groups]
-    outputs = 1 if cfg.model.single_logit else index.num_classes
-    mixup = build_mixup(tc.mixup_alpha, tc.cutmix_alpha, tc.mix_prob, outputs, tc.label_smoothing)
+    model, net, _loaded = setup_model(cfg, index, False, ctx, device, channels_last, log)
+    _ema, mixup = make_recipe(cfg, model, index.num_classes)  # mixup as in training; no EMA: nothing validates
+    fit = Fit(model=model, net=net, criterion=make_loss(cfg, train_split.labels, index.num_classes).to(device),
+              optimizer=make_optimizer(cfg, model), schedule=None, preprocess=preprocess,
+              augment=build_augmentation(cfg.data), device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+              mixup=mixup)
+    ratios = [g["lr"] / tc.lr for g in fit.optimizer.param_groups]
     generator = torch.Generator()
     generator.manual_seed(tc.seed)
     batches = _cycle(make_loader(cfg, train_split, generator, ctx, device))
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
-    model.train()
-    model.set_trainable(backbone=not backbone_frozen(cfg, 1))  # as in the first epoch of training
-    if cfg.model.bn_stats == "frozen":
-        from ..models.pretrained import set_backbone_bn_eval
-
-        set_backbone_bn_eval(model)
+    set_epoch_trainable(fit, cfg, 1)  # as in the first epoch of training
     log(f"lr-find: {cfg.model.arch} on {device}; {len(train_split)} training images at {cfg.data.image_size} px, "
         f"batch {tc.batch_size}; LR {start_lr:.0e} to {end_lr:.0e} over at most {num_iter} steps")
 
-    def step(lr: float) -> float:
-        for g, r in zip(optimizer.param_groups, ratios):
+    def step(lr: float) -> float:  # the training step itself (medclass.engine.fit.train_step)
+        for g, r in zip(fit.optimizer.param_groups, ratios):
             g["lr"] = lr * r
         images, labels = next(batches)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        x = preprocess.to_unit(images)
-        if augment is not None:
-            x = augment(x)
-        targets = labels
-        if mixup is not None:  # soft targets, as in training
-            mixed = mixup(x, labels)
-            x, targets = mixed.images, mixed.targets
-        x = preprocess.normalize_(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = criterion(net(x).float(), targets)
-        if not torch.isfinite(loss):
-            return float("nan")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-        optimizer.step()
-        return loss.item()
+        return train_step(fit, images, labels, clip_grad_norm=tc.clip_grad_norm).loss.item()  # the sweep needs each loss
 
     lrs, losses, smoothed, stopped = range_test(step, start_lr, end_lr, num_iter, beta, stop_div, tc.progress)
     suggestions = suggest_lrs(lrs, smoothed, num_iter)

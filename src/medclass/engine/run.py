@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import pipeline
-from ..config import RunConfig
+from ..core import pipeline
+from ..core.config import RunConfig
 from ..data import Preprocess
 from ..models import SoftVotingEnsemble, build_model
-from ..ood import OODDetector, read_ood
-from ..runs import RunError, RunFiles
-from ..spec import ModelSpec, legacy_spec, read_spec
+from ..core.ood import OODDetector, read_ood
+from ..core.runs import RunError, RunFiles
+from ..core.spec import ModelSpec, legacy_spec, read_spec
 from .checkpoint import CheckpointError, load_checkpoint
 from .inference import channels_last_wanted, ood_scores, predict_logits, select_device
 
@@ -30,12 +30,12 @@ __all__ = ["LoadedRun", "load_run"]
 class LoadedRun:
     """A run's config, class names and model (eval mode, on ``device``) with its preprocessing.
 
-    ``spec`` is the run's :class:`~medclass.spec.ModelSpec` (:func:`medclass.spec.read_spec`, with
+    ``spec`` is the run's :class:`~medclass.core.spec.ModelSpec` (:func:`medclass.core.spec.read_spec`, with
     ``checkpoint_epoch`` the loaded checkpoint's): class names, input, mean/std, calibration and
     threshold every consumer uses. A ``LoadedRun`` assembled by hand without one gets
-    :func:`medclass.spec.legacy_spec` of its config, class names and folder (``calibration.json``).
+    :func:`medclass.core.spec.legacy_spec` of its config, class names and folder (``calibration.json``).
 
-    ``ood`` is the run's out-of-distribution detector (:func:`medclass.ood.read_ood`), or None: a
+    ``ood`` is the run's out-of-distribution detector (:func:`medclass.core.ood.read_ood`), or None: a
     run without ``ood.json`` (older runs, ensembles), or one fitted on another checkpoint.
     """
 
@@ -56,7 +56,7 @@ class LoadedRun:
 
     def logits(self, images: np.ndarray, tta: Sequence[str] = (), batch_size: int = 32) -> np.ndarray:
         """The model's logits float32 ``(N, K)`` (``(N, 1)`` single-logit) for decoded images uint8
-        ``(N, H, W, C)`` (:func:`medclass.pipeline.hwc_to_nchw`, then
+        ``(N, H, W, C)`` (:func:`medclass.core.pipeline.hwc_to_nchw`, then
         :func:`medclass.engine.predict_logits` with this run's preprocessing, in batches, ``tta``
         flip views averaged).
 
@@ -97,10 +97,10 @@ class LoadedRun:
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood: bool = True,
              _within: tuple[Path, ...] = ()) -> LoadedRun:
-    """Load ``run_dir``'s spec (:func:`medclass.spec.read_spec`), config and its ``best`` (or
+    """Load ``run_dir``'s spec (:func:`medclass.core.spec.read_spec`), config and its ``best`` (or
     ``last``) checkpoint. The network is built from the config's ``model`` section for the spec's
     classes and channels; the preprocessing is the spec's (mean/std, intensity rule). With ``ood`` the run's
-    out-of-distribution detector is read too (``RUN/ood.json``, :func:`medclass.ood.read_ood`;
+    out-of-distribution detector is read too (``RUN/ood.json``, :func:`medclass.core.ood.read_ood`;
     ``LoadedRun.ood``, None when there is none or it was fitted on another epoch); ``ood=False``
     leaves it unread (refitting it).
 
@@ -150,7 +150,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", ood:
 
 
 def _ood_for(files: RunFiles, epoch: int, model: Optional[nn.Module] = None) -> Optional[OODDetector]:
-    """The run's OOD detector (:func:`medclass.ood.read_ood`) when it was fitted on the loaded
+    """The run's OOD detector (:func:`medclass.core.ood.read_ood`) when it was fitted on the loaded
     checkpoint's ``epoch``; otherwise None and a warning that says how to refit it.
 
     Raises:
@@ -232,7 +232,7 @@ def _load_ensemble(files: RunFiles, device: str, within: tuple[Path, ...] = ()) 
 
 
 class _Normalise(nn.Module):
-    """A member's normalisation (mean/std or per-image, :func:`medclass.pipeline.normalize`) applied to a batch
+    """A member's normalisation (mean/std or per-image, :func:`medclass.core.pipeline.normalize`) applied to a batch
     already scaled to [0, 1] ``(N, C, H, W)``."""
 
     def __init__(self, preprocess: Preprocess) -> None:

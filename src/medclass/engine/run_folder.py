@@ -1,12 +1,11 @@
-"""The run folder before and around training: its name, the resume rules, and the pre-checks.
+"""The run folder before and around training: the pre-checks and the write failures.
 
-The layout itself (which file lives where) is :class:`medclass.runs.RunFiles`. This module holds
-the rules ``medclass train`` follows to choose and check a run folder, so that the CLI only wires
-and :func:`medclass.engine.train` reads as a training loop:
+The layout itself (which file lives where) and the naming and resume rules
+(:func:`medclass.core.runs.new_run_dir`, :func:`medclass.core.runs.resume_run_dir`, torch-free, so
+the CLI checks them before importing PyTorch) are :mod:`medclass.core.runs`. This module holds the
+checks ``medclass train`` makes around a run folder, so that :func:`medclass.engine.train` reads as a
+training loop:
 
-- naming: a new run without ``--name`` goes to ``RUNS_DIR/<data stem>-<arch>-<YYYYmmdd-HHMMSS>``
-  (:func:`new_run_dir`); a resumed run needs ``--name`` and takes its ``config.yaml``
-  (:func:`resume_run_dir`);
 - before any work: the folder is created and probed for writes (:func:`prepare_run_dir`),
   temporary files of a killed save are removed (:func:`remove_stale_temp_files`) and the free disk
   space is compared with what the checkpoints and the decode cache will take
@@ -14,7 +13,7 @@ and :func:`medclass.engine.train` reads as a training loop:
 - during training: a file that cannot be written becomes a :class:`RunError` that names the file
   and the intact checkpoint ``--resume`` continues from (:func:`write_failed`).
 
-Every failure is a :class:`medclass.runs.RunError` whose message says what to do.
+Every failure is a :class:`medclass.core.runs.RunError` whose message says what to do.
 """
 
 from __future__ import annotations
@@ -22,29 +21,23 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
+
 import torch
 
-from ..config import RunConfig
+from ..core.config import RunConfig
 from ..data import cache_dir_for
 from ..models import build_model
-from ..runs import RunError, RunFiles, new_run_dir, resume_run_dir
+from ..core.runs import RunError, RunFiles
 from .checkpoint import temp_name_pattern
 
 __all__ = [
-    "DISK_MARGIN_BYTES", "new_run_dir", "resume_run_dir", "prepare_run_dir", "remove_stale_temp_files",
+    "DISK_MARGIN_BYTES", "prepare_run_dir", "remove_stale_temp_files",
     "checkpoint_bytes_needed", "check_disk_space", "write_failed",
 ]
 
 MiB = 2**20
 #: Free space kept on top of the checkpoint estimate (history, metrics, TensorBoard, curves).
 DISK_MARGIN_BYTES = 16 * MiB
-
-
-# --------------------------------------------------------------------------- naming and resuming
-
-
-# new_run_dir and resume_run_dir live in medclass.runs (torch-free: the CLI names and checks the
-# run folder before importing PyTorch); they are importable from here as before.
 
 
 # --------------------------------------------------------------------------- checks before any work

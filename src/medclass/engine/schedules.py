@@ -13,7 +13,7 @@ from typing import Optional
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
 
 __all__ = ["LRSchedule", "SCHEDULES", "monitor_mode", "cosine_factor", "cosine_progress"]
 

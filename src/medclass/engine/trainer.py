@@ -3,7 +3,7 @@
 ``train(cfg, run_dir)`` does, in order: fix the seed and device; index, split and decode the
 data; build model, loss, optimizer and LR schedule; optionally resume from ``last.pt``; then for
 each epoch train over shuffled batches (augmentation batched on the device), validate, step the
-schedule, log (``metrics.csv``, TensorBoard, ``curves.png``; MLflow when on, :mod:`medclass.tracking`),
+schedule, log (``metrics.csv``, TensorBoard, ``curves.png``; MLflow when on, :mod:`medclass.engine.tracking`),
 write ``best.pt``/``last.pt`` atomically and check early stopping. It returns the history and where things were written.
 
 The loop itself stays in :func:`train`; its pieces are small functions above it
@@ -24,8 +24,9 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
-import shutil  # (tests patch trainer.shutil.disk_usage)
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -34,45 +35,39 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import (
+from ..core.config import (
     DEFAULT_IMAGE_SIZE, ConfigError, RunConfig, check_budget_config, check_recipe, fixed_image_size, parse_duration,
     resolve_auto_model,
 )
-from ..fileio import sha256_of_file
-from ..tracking import check_tracking, open_tracker
-from ..runs import RunError, RunFiles
+from .tracking import check_tracking, open_tracker
+from ..core.runs import RunError, RunFiles
 from ..data import (
-    DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, decode_split, native_side,
+    DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, native_side,
     small_validation_note, write_manifest,
 )
-from ..data.transforms import progressive_size, resize_batch
-from ..models import build_model, count_parameters, weight_decay_param_groups
-from ..positive_class import choose_positive_class
-from ..progress import TrainProgress, is_terminal
-from ..runs_table import FAILED_FILE, RUNNING_FILE
-from ..models.registry import model_options
-from ..models.pretrained import param_groups_with_lrs, set_backbone_bn_eval
-from ..spec import read_spec, recorded_config, spec_from_config, write_spec
+from ..data.transforms import progressive_size
+from ..models import count_parameters
+from ..core.positive_class import choose_positive_class
+from ..core.progress import BAR_REFRESH_STEPS, TrainProgress, is_terminal
+from ..core.spec import read_spec, recorded_config, spec_from_config, write_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (
-    DistContext, ShardedSampler, all_gather_rows, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed,
+    DistContext, all_gather_rows, all_reduce_sum, barrier, init_distributed,
 )
 from .early_stopping import EarlyStopping
-from .ema import ModelEma
-from .mixup import Mixup, build_mixup, dominant_labels
-from .inference import channels_last_wanted, predict_logits, select_device
-from .run_folder import (  # noqa: F401  (DISK_MARGIN_BYTES, checkpoint_bytes_needed: importable from here too)
-    DISK_MARGIN_BYTES, check_disk_space, checkpoint_bytes_needed, prepare_run_dir, remove_stale_temp_files, write_failed,
+from .fit import (
+    Fit, balanced_accuracy, decode_samples, make_loader, make_loss, make_optimizer, make_recipe,
+    predicted_class, pretrained_record, set_epoch_trainable, setup_model, train_step,
 )
+from .inference import channels_last_wanted, predict_logits, select_device
+from .run_folder import check_disk_space, prepare_run_dir, remove_stale_temp_files, write_failed
 from .intensity import resolve_intensity
 from .budget import (
-    BUDGET_FILE, MAX_WARMUP_FRACTION, Budget, RunClock, auto_candidates, choose_resolution, estimate_save_seconds,
+    MAX_WARMUP_FRACTION, Budget, RunClock, auto_candidates, choose_resolution, estimate_save_seconds,
     format_duration, measure_affordable_speeds, measure_throughput, plan_message, preserved_state,
 )
 from .schedules import LRSchedule
@@ -100,77 +95,7 @@ class TrainResult:
 # --------------------------------------------------------------------------- pieces of the loop
 
 
-def make_loss(cfg: RunConfig, train_labels: Tensor, num_classes: int) -> nn.Module:
-    """Softmax cross-entropy (optionally label-smoothed), or BCE-with-logits for a single logit.
-    With ``data.class_balance=loss``, classes are weighted by ``N / (K * count)`` (scikit-learn's
-    "balanced" heuristic; for BCE as ``pos_weight = negatives / positives``).
-
-    The loss takes integer targets ``(N,)`` (label smoothing applied by the loss) or, from mixup /
-    CutMix (:mod:`medclass.engine.mixup`), soft float targets taken as they are: ``(N, K)`` class
-    probabilities, or ``(N,)`` probabilities of class 1 for a single logit (see :class:`SoftTargetCE`
-    and :class:`_BCEOneLogit`)."""
-    counts = torch.bincount(train_labels, minlength=num_classes).float().clamp(min=1)
-    balanced = cfg.data.class_balance == "loss"
-    if cfg.model.single_logit:
-        pos_weight = (counts[0] / counts[1]).reshape(1) if balanced else None
-        return _BCEOneLogit(pos_weight, cfg.train.label_smoothing)
-    weight = counts.sum() / (num_classes * counts) if balanced else None
-    return SoftTargetCE(weight=weight, label_smoothing=cfg.train.label_smoothing)
-
-
-class SoftTargetCE(nn.CrossEntropyLoss):
-    """Softmax cross-entropy for logits ``(N, K)`` and either integer targets ``(N,)`` (exactly
-    ``nn.CrossEntropyLoss(weight, label_smoothing)``) or soft float targets ``(N, K)`` whose rows
-    sum to 1 (already smoothed; timm's ``SoftTargetCrossEntropy``). With class weights ``w`` and
-    soft targets, each sample's loss ``-sum_k t_ik log p_ik`` is weighted by its target-weighted
-    class weight ``w_i = sum_k t_ik w_k`` and the mean is ``sum_i w_i l_i / sum_i w_i``, which for
-    one-hot targets is ``nn.CrossEntropyLoss``'s weighted mean. Returns a float32 scalar."""
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not target.is_floating_point():
-            return super().forward(logits, target)
-        per_sample = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
-        if self.weight is None:
-            return per_sample.mean()
-        w = target @ self.weight
-        return (w * per_sample).sum() / w.sum()
-
-
-class _BCEOneLogit(nn.Module):
-    """BCE with logits for logits ``(N, 1)`` and integer targets ``(N,)`` in {0, 1} (smoothed here
-    to ``t * (1 - s) + s / 2``), or soft float targets ``(N,)`` in [0, 1] (mixup; taken as they are),
-    with ``pos_weight`` weighting the positive term ``-pos_weight * t * log(sigmoid(z))``."""
-
-    def __init__(self, pos_weight: Optional[Tensor], smoothing: float) -> None:
-        super().__init__()
-        self.register_buffer("pos_weight", pos_weight, persistent=False)
-        self.smoothing = smoothing
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        t = target.float().unsqueeze(1)
-        if self.smoothing and not target.is_floating_point():
-            t = t * (1 - self.smoothing) + 0.5 * self.smoothing
-        return F.binary_cross_entropy_with_logits(logits.float(), t, pos_weight=self.pos_weight)
-
-
-def predicted_class(logits: Tensor) -> Tensor:
-    """Class index ``(N,)`` from logits ``(N, K)`` or a single logit ``(N, 1)`` (threshold 0)."""
-    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-
-
-FINETUNE_STRATEGIES = ("full", "feature_extraction", "two_phase", "linear_probe")
-
-
-def backbone_frozen(cfg: RunConfig, epoch: int) -> bool:
-    """Whether the backbone trains in ``epoch`` (1-based): never with ``feature_extraction`` or
-    ``linear_probe``, not in the first ``head_epochs`` with ``two_phase``, always with ``full``."""
-    f = cfg.model.finetune
-    if f not in FINETUNE_STRATEGIES:
-        raise ValueError(f"unknown model.finetune {f!r}; choose one of {FINETUNE_STRATEGIES}")
-    return f in ("feature_extraction", "linear_probe") or (f == "two_phase" and epoch <= cfg.model.head_epochs)
-
-
-def _linear_probe_epoch(fit: "_Fit", cfg: RunConfig, train_split: DecodedSplit, val_split: DecodedSplit,
+def _linear_probe_epoch(fit: "Fit", cfg: RunConfig, train_split: DecodedSplit, val_split: DecodedSplit,
                         num_classes: int, log) -> dict[str, float]:
     """``model.finetune: linear_probe``: the frozen backbone's pooled features of both splits, a
     logistic regression per ``C`` (:func:`medclass.engine.linear_probe.fit_linear_probe`, ``C`` chosen
@@ -204,59 +129,6 @@ def _linear_probe_epoch(fit: "_Fit", cfg: RunConfig, train_split: DecodedSplit, 
                                           batch)
     return {"epoch": 1, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
             "val_balanced_accuracy": val_bal, "lr": probe.c, "seconds": 0.0}
-
-
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum) over decay / no-decay parameter groups; with
-    ``model.backbone_lr_mult`` != 1 the backbone groups get ``lr * backbone_lr_mult``.
-    Built over all parameters: a frozen backbone has no gradients, which the optimizers skip."""
-    t = cfg.train
-    if cfg.model.backbone_lr_mult != 1.0:
-        groups = param_groups_with_lrs(model, t.lr, cfg.model.backbone_lr_mult, weight_decay=t.weight_decay)
-    else:
-        groups = weight_decay_param_groups(model, t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr)
-    if t.optimizer == "adam":  # L2 added to the gradient, as Keras' kernel_regularizer
-        return torch.optim.Adam(groups, lr=t.lr)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose adam, adamw or sgd")
-
-
-def make_loader(
-    cfg: RunConfig,
-    split: DecodedSplit,
-    generator: torch.Generator,
-    ctx: DistContext = DistContext(),
-    device: torch.device = torch.device("cpu"),
-) -> DataLoader:
-    """Shuffled batches of ``(uint8 images, labels)`` for this rank: ``train.batch_size`` is the
-    global batch, each of ``world_size`` ranks loads ``batch_size / world_size`` (see
-    :class:`ShardedSampler`); weighted sampling with ``data.class_balance=sampler`` (each class
-    drawn equally often on average). ``train.num_workers`` -1 means 4 worker processes on CUDA
-    (pinned memory) and 0 on CPU, where the model needs every core.
-
-    Raises:
-        ValueError: the global batch is not divisible by the number of ranks.
-    """
-    bs, world = cfg.train.batch_size, ctx.world_size
-    if bs % world:
-        raise ValueError(f"train.batch_size {bs} (the global batch) must be divisible by the {world} processes")
-    ds = TensorDataset(split.images, split.labels)
-    weights = None
-    if cfg.data.class_balance == "sampler":
-        counts = torch.bincount(split.labels).double()
-        weights = (1.0 / counts)[split.labels]
-    sampler = ShardedSampler(len(ds), generator, ctx.rank, world, weights)
-    drop_last = len(ds) > bs  # a batch of 1 breaks batch norm
-    workers = cfg.train.num_workers
-    if workers < 0:
-        workers = 4 if device.type == "cuda" else 0
-    return DataLoader(
-        ds, batch_size=bs // world, sampler=sampler, drop_last=drop_last,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-    )
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
@@ -299,18 +171,6 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def _decode(cfg: RunConfig, samples, split: str, ctx: DistContext) -> DecodedSplit:
-    """Decode a split through the cache; in DDP rank 0 builds the cache entry while the others wait,
-    then they map the same file."""
-    cache_dir = cache_dir_for(cfg.data)
-    args = (samples, cfg.data.channels, cfg.data.image_size, cfg.data.skip_corrupt, f"decode {split}")
-    if cache_dir is None or not ctx.enabled:
-        return decode_split(*args, progress=cfg.train.progress and ctx.is_main, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize)
-    out = decode_split(*args, progress=cfg.train.progress, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize) if ctx.is_main else None
-    barrier(ctx)
-    return out if out is not None else decode_split(*args, progress=False, cache_dir=cache_dir, dicom_window=cfg.data.dicom_window, resize=cfg.data.resize)
-
-
 def _decode_splits(cfg: RunConfig, index, ctx: DistContext, log) -> tuple[DecodedSplit, DecodedSplit]:
     """The train and validation splits of ``index`` decoded (uint8 ``(N, C, H, W)`` images, int64
     labels ``(N,)``), through the decode cache when it is on. With the cache on, the test split is
@@ -321,12 +181,12 @@ def _decode_splits(cfg: RunConfig, index, ctx: DistContext, log) -> tuple[Decode
         RunError: no readable image left in one of them.
         ImageReadError: an unreadable image in any split (unless ``data.skip_corrupt``).
     """
-    train_split = _decode(cfg, index.splits["train"], "train", ctx)
-    val_split = _decode(cfg, index.splits["valid"], "valid", ctx)
+    train_split = decode_samples(cfg, index.splits["train"], "train", ctx)
+    val_split = decode_samples(cfg, index.splits["valid"], "valid", ctx)
     if len(train_split) == 0 or len(val_split) == 0:
         raise RunError(f"no training or validation images left (train {len(train_split)}, valid {len(val_split)})")
     if index.splits.get("test") and cache_dir_for(cfg.data) is not None:
-        _decode(cfg, index.splits["test"], "test", ctx)  # kept in the cache only, for the evaluation
+        decode_samples(cfg, index.splits["test"], "test", ctx)  # kept in the cache only, for the evaluation
     if train_split.cache_path is not None:
         log(f"decoded images: {'cached' if train_split.cache_hit else 'cache written'} in {train_split.cache_path.parent}")
     return train_split, val_split
@@ -369,97 +229,7 @@ def _record_run(cfg: RunConfig, index, spec, files: RunFiles, resume: bool) -> N
         write_spec(spec, files.root)
 
 
-def _setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: torch.device,
-                 channels_last: bool, log) -> tuple[nn.Module, nn.Module, Optional[dict]]:
-    """Build the model for ``index``'s classes and ``data.channels``; load pretrained weights for
-    a new run (a resumed run takes its weights from ``last.pt``; a source run of another task gets
-    a fresh classifier head); move it to ``device`` (channels-last memory format when wanted).
-
-    Returns ``(model, net, report)``: ``model`` holds the state that is saved and validated, ``net`` is
-    what runs the training forward pass (``torch.compile`` with ``train.compile``, wrapped in
-    DistributedDataParallel under ``torchrun``); ``report`` what loading the pretrained weights did
-    (:meth:`ClassifierModel.load_pretrained_weights`), None without.
-
-    Raises:
-        medclass.models.pretrained.PretrainedError: the pretrained weights cannot be found or loaded.
-    """
-    pretrained = cfg.model.pretrained
-    if cfg.model.drop_path_rate > 0 and "drop_path_rate" not in model_options(cfg.model.arch):
-        raise ValueError(f"model.drop_path_rate (stochastic depth) needs a residual architecture (resnet18..152); "
-                         f"{cfg.model.arch} has none: set it to 0")
-    model = build_model(cfg.model, index.num_classes, cfg.data.channels)
-    report = None
-    if pretrained and not resume:  # a resumed run takes its weights from last.pt
-        source_classes = Path(pretrained) / "classes.json"
-        other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
-        # a run of another task: its classifier means other classes, even with the same count
-        report = model.load_pretrained_weights(pretrained, index.num_classes, reset_head=other_task)
-        log(f"pretrained: {report['loaded_keys']} tensors" + (f" of the {report['part']}" if "part" in report else "")
-            + f" from {report['source']}" + ("; classifier head re-initialised" if report["head_reinitialised"] else "")
-            + (f"; {report['input_conv']}" if report.get("input_conv") else ""))
-    if ctx.enabled and cfg.train.sync_bn:
-        model = convert_sync_batchnorm(model, device)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = torch.compile(model) if cfg.train.compile else model  # what runs forward
-    if ctx.enabled:
-        freezing = cfg.model.finetune != "full" or model.has_frozen_parts
-        net = DistributedDataParallel(
-            net, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=freezing
-        )
-    return model, net, report
-
-
-def pretrained_record(report: dict) -> dict:
-    """What a run's spec keeps of its pretrained weights (``spec.extra["pretrained"]``): the source,
-    the package, version and SHA-256 of installed ImageNet weights, and how the input convolution
-    was adapted to the channels (from :meth:`ClassifierModel.load_pretrained_weights`'s report); for
-    another weights file, its path and SHA-256."""
-    record = {"source": report.get("source")}
-    if report.get("weights"):
-        record.update(report["weights"])
-    elif report.get("file"):  # a weights file or run checkpoint of the user's: which one, exactly
-        record.update(file=report["file"], sha256=sha256_of_file(report["file"]))
-    if report.get("input_conv"):
-        record["input_conv"] = report["input_conv"]
-    return record
-
-
-@dataclass
-class _Fit:
-    """What the optimisation steps and the validation pass of every epoch use."""
-
-    model: nn.Module  # the state that is saved and validated
-    net: nn.Module  # what runs the training forward pass (compiled, DDP-wrapped)
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    preprocess: Preprocess  # uint8 -> [0, 1] float -> normalised, on the device
-    augment: Optional[nn.Module]  # batched augmentation on the device, or None
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]  # bfloat16 autocast on CUDA, else None (float32)
-    channels_last: bool
-    ema: Optional[ModelEma] = None  # train.ema: the average validated and saved in best.pt
-    mixup: Optional[Mixup] = None  # train.mixup_alpha / cutmix_alpha: batch mixing with soft targets
-
-
-def _make_recipe(cfg: RunConfig, model: nn.Module, num_classes: int) -> tuple[Optional[ModelEma], Optional[Mixup]]:
-    """The EMA of ``model``'s weights (``train.ema``; made from the weights as they are now, on their
-    device; a resumed run then loads its own from ``last.pt``) and the batch mixer (mixup / CutMix
-    from ``train.mixup_alpha``, ``train.cutmix_alpha``, ``train.mix_prob``, with label smoothing),
-    each None when off.
-
-    Raises:
-        ValueError: a bad ``train.ema_decay``, alpha or ``train.mix_prob`` (names the key).
-    """
-    tc = cfg.train
-    ema = ModelEma(model, tc.ema_decay, tc.ema_warmup) if tc.ema else None
-    outputs = 1 if cfg.model.single_logit else num_classes
-    return ema, build_mixup(tc.mixup_alpha, tc.cutmix_alpha, tc.mix_prob, outputs, tc.label_smoothing)
-
-
-def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[str, float]], int]:
+def _restore(path: Path, fit: Fit, tracker: EarlyStopping) -> tuple[list[dict[str, float]], int]:
     """Load ``last.pt`` into the model, optimizer, LR schedule, early-stopping tracker and (with
     ``train.ema``) the EMA of the weights; returns the history so far and the epoch the checkpoint holds.
 
@@ -479,86 +249,65 @@ def _restore(path: Path, fit: _Fit, tracker: EarlyStopping) -> tuple[list[dict[s
     return list(state["history"]), int(state["epoch"])
 
 
-def train_one_epoch(fit: _Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
+def train_one_epoch(fit: Fit, cfg: RunConfig, epoch: int, loader: DataLoader, generator: torch.Generator,
                     steps: int, ctx: DistContext, progress: bool, desc: Optional[str] = None,
                     report: Optional[TrainProgress] = None,
                     on_step: Optional[Callable[[int], None]] = None) -> tuple[float, float]:
-    """One epoch of ``steps`` optimisation steps over ``loader``'s batches: reseed the global RNG
-    (augmentation, dropout; differs per rank) and the sampler's ``generator`` (same on every rank) from
-    ``(train.seed, epoch)``, set which parts train (:func:`backbone_frozen`), then per batch
-    preprocess and augment on the device, forward under autocast, backward (DDP averages the
-    gradients over ranks), step the optimizer and the per-batch LR schedule. ``desc``: the progress
-    bar's description (default ``epoch E/N``; :func:`train` adds the run's ETA). ``report``: told of
-    every step (:class:`medclass.progress.TrainProgress`): it adds images/s and the run's ETA to
-    the bar, or prints a line every ``train.log_interval`` seconds in a log. ``on_step``: called on
-    every rank with the number of steps taken after each optimisation step (and its LR schedule
-    step): a time budget re-plans there (:func:`_replan_during_epoch`).
+    """One epoch of ``steps`` optimisation steps (:func:`medclass.engine.fit.train_step`) over
+    ``loader``'s batches: reseed the global RNG (augmentation, dropout; differs per rank) and the
+    sampler's ``generator`` (same on every rank) from ``(train.seed, epoch)``, set which parts train
+    (:func:`~medclass.engine.fit.set_epoch_trainable`), then per batch one step and the per-batch LR
+    schedule step. ``desc``: the progress bar's description (default ``epoch E/N``; :func:`train` adds
+    the run's ETA). ``report``: told of the steps (:class:`medclass.core.progress.TrainProgress`): it
+    adds images/s and the run's ETA to the bar, or prints a line every ``train.log_interval`` seconds in
+    a log. ``on_step``: called on every rank with the number of steps taken after each optimisation step
+    (and its LR schedule step): a time budget re-plans there (:func:`_replan_during_epoch`).
 
-    The recipe's pieces, each when configured: after augmentation the batch is resized to the
-    epoch's side (``train.progressive_resize``, :func:`medclass.data.transforms.progressive_size`)
-    and mixed (``fit.mixup``: soft targets; the accuracy counts the dominant target,
-    :func:`medclass.engine.mixup.dominant_labels`); the gradients are clipped to
-    ``train.clip_grad_norm`` (global L2 norm) before the optimizer step; the EMA (``fit.ema``) is
-    updated after it.
+    The loss and accuracy are summed on the device and read back only when ``report`` is due
+    (:meth:`~medclass.core.progress.TrainProgress.due`) and at the end of the epoch, not every step.
+    With ``train.progressive_resize`` the batch is resized to the epoch's side
+    (:func:`medclass.data.transforms.progressive_size`).
 
     Returns the mean training loss and accuracy of the epoch over all ranks.
 
     Raises:
-        FloatingPointError: a loss that is not finite (names the epoch and step).
+        FloatingPointError: a loss that is not finite (names the epoch and the step it was read at).
     """
     tc = cfg.train
     torch.manual_seed(tc.seed * 100_003 + epoch + 7_919 * ctx.rank)
     generator.manual_seed(tc.seed * 100_003 + epoch)
-    fit.model.train()
-    # feature extraction: backbone weights and BN statistics fixed; plus the model's own frozen parts
-    fit.model.set_trainable(backbone=not backbone_frozen(cfg, epoch))
-    if cfg.model.bn_stats == "frozen":  # the pretrained running statistics normalise, and stay
-        set_backbone_bn_eval(fit.model)
+    set_epoch_trainable(fit, cfg, epoch)
     side = progressive_size(epoch, tc.epochs, cfg.data.image_size, tc.progressive_resize)
-    sum_loss, n_correct, n_seen = 0.0, 0, 0
+    side = side if tc.progressive_resize is not None else None
+    sum_loss = torch.zeros((), device=fit.device)  # summed on the device: read back when reported
+    n_correct = torch.zeros((), dtype=torch.long, device=fit.device)
+    n_seen = 0
     bar = tqdm(loader, total=steps, desc=desc or f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
         if step >= steps:
             break
-        images = images.to(fit.device, non_blocking=True)
-        labels = labels.to(fit.device, non_blocking=True)
-        x = fit.preprocess.to_unit(images)
-        if fit.augment is not None:
-            x = fit.augment(x)
-        if tc.progressive_resize is not None:
-            x = resize_batch(x, side)
-        targets, counted = labels, labels  # what the loss takes, what the accuracy counts
-        if fit.mixup is not None:
-            mixed = fit.mixup(x, labels)
-            x, targets, counted = mixed.images, mixed.targets, dominant_labels(labels, mixed.lam)
-        x = fit.preprocess.normalize_(x)
-        if fit.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(fit.device.type, dtype=fit.amp_dtype or torch.float32, enabled=fit.amp_dtype is not None):
-            logits = fit.net(x)
-            loss = fit.criterion(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
-        fit.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients over ranks here
-        if tc.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(fit.model.parameters(), tc.clip_grad_norm)
-        fit.optimizer.step()
-        if fit.ema is not None:
-            fit.ema.update(fit.model)
+        out = train_step(fit, images, labels, clip_grad_norm=tc.clip_grad_norm, side=side)
         fit.schedule.step_batch()
         if on_step is not None:
             on_step(step + 1)
-        sum_loss += loss.item() * len(labels)
-        n_correct += (predicted_class(logits.detach()) == counted).sum().item()
+        sum_loss += out.loss * len(labels)
+        n_correct += (predicted_class(out.logits) == out.counted).sum()
         n_seen += len(labels)
-        extra = report.step(step + 1, n_seen, sum_loss / n_seen, n_correct / n_seen) if report is not None else None
-        if progress:
-            bar.set_postfix(loss=f"{sum_loss / n_seen:.4f}", acc=f"{n_correct / n_seen:.3f}",
-                            lr=f"{fit.schedule.lr:.2e}", **(extra or {}))
+        due = report.due(step + 1) if report is not None else progress and (step + 1) % BAR_REFRESH_STEPS == 0
+        if step + 1 == steps or due:
+            mean_loss = sum_loss.item() / n_seen  # the one read of the loss per logging interval
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss is {mean_loss} at epoch {epoch} (read at step {step}); lower train.lr")
+            accuracy = n_correct.item() / n_seen
+            extra = report.step(step + 1, n_seen, mean_loss, accuracy) if report is not None else None
+            if progress:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{fit.schedule.lr:.2e}",
+                                **(extra or {}))
     bar.close()
-    sum_loss, n_correct, n_seen = all_reduce_sum([sum_loss, n_correct, n_seen], ctx, fit.device)
-    return sum_loss / max(1, n_seen), n_correct / max(1, n_seen)
+    total_loss, total_correct, total_seen = all_reduce_sum([sum_loss.item(), n_correct.item(), n_seen], ctx, fit.device)
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"loss is {total_loss / max(1, total_seen)} at epoch {epoch}; lower train.lr")
+    return total_loss / max(1, total_seen), total_correct / max(1, total_seen)
 
 
 def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
@@ -569,14 +318,7 @@ def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
             torch.distributed.broadcast(b, src=0)
 
 
-def balanced_accuracy(predicted: Tensor, labels: Tensor) -> float:
-    """The mean over the classes present in ``labels`` (int ``(N,)``) of their recall among
-    ``predicted`` (int ``(N,)``): scikit-learn's ``balanced_accuracy_score`` (Brodersen et al. 2010)."""
-    recalls = [(predicted[labels == c] == c).float().mean() for c in torch.unique(labels)]
-    return torch.stack(recalls).mean().item() if recalls else float("nan")
-
-
-def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: DistContext,
+def validate(fit: Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: DistContext,
              batch_size: int) -> tuple[float, float, float]:
     """Loss, accuracy and balanced accuracy of ``fit.model`` (of its EMA ``fit.ema`` with
     ``train.ema``) on the validation split, at the full image size: each rank scores its ``shard``
@@ -595,7 +337,7 @@ def validate(fit: _Fit, images: Tensor, shard: Tensor, labels: Tensor, ctx: Dist
     return val_loss, (predicted == labels).float().mean().item(), balanced_accuracy(predicted, labels)
 
 
-def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list[dict[str, float]],
+def save_epoch(files: RunFiles, fit: Fit, tracker: EarlyStopping, history: list[dict[str, float]],
                improved: bool, cfg: RunConfig, class_names: list[str], saved_epoch: int) -> int:
     """Write the epoch just ended (the last row of ``history``): ``best.pt`` when the monitored
     metric ``improved``, then ``last.pt`` (the resume point: model, optimizer, schedule, tracker,
@@ -628,7 +370,7 @@ def save_epoch(files: RunFiles, fit: _Fit, tracker: EarlyStopping, history: list
     return saved_epoch
 
 
-def _last_state(fit: _Fit, tracker: EarlyStopping, history: list[dict[str, float]], cfg: RunConfig,
+def _last_state(fit: Fit, tracker: EarlyStopping, history: list[dict[str, float]], cfg: RunConfig,
                 class_names: list[str]) -> dict[str, Any]:
     """What ``last.pt`` holds after the last row of ``history``: model, optimizer, LR schedule,
     early-stopping tracker, history, epoch, class names, config (and the EMA's state)."""
@@ -704,12 +446,9 @@ def write_summary(files: RunFiles, history: list[dict[str, float]], tracker: Ear
         print(f"skipped {len(skipped)} unreadable files (listed in {files.summary})")
 
 
-RESUMES_FILE = "resumes.json"
-
-
 def _read_resumes(files: RunFiles) -> list[dict[str, Any]]:
     """The changes of plan made when the run was resumed (``RUN/resumes.json``), oldest first."""
-    path = files.root / RESUMES_FILE
+    path = files.resumes
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -738,7 +477,7 @@ def _record_resume_settings(cfg: RunConfig, files: RunFiles, log) -> list[str]:
     return keys
 
 
-def _replan_resumed(fit: "_Fit", tracker: EarlyStopping, tc, saved_epoch: int, steps_per_epoch: int,
+def _replan_resumed(fit: "Fit", tracker: EarlyStopping, tc, saved_epoch: int, steps_per_epoch: int,
                     files: RunFiles, main: bool, log) -> None:
     """A resumed run without a time budget whose ``tc.epochs`` differs from the plan its restored
     LR schedule holds: re-plan the schedule for the new total (:meth:`LRSchedule.replan`) and
@@ -762,7 +501,7 @@ def _replan_resumed(fit: "_Fit", tracker: EarlyStopping, tc, saved_epoch: int, s
     if main:
         record = _read_resumes(files) + [{"after_epoch": saved_epoch, "from_epochs": planned, "to_epochs": tc.epochs,
                                           "lr": fit.schedule.lr, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-        _write_json_atomic(files.root / RESUMES_FILE, record)
+        _write_json_atomic(files.resumes, record)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -803,7 +542,7 @@ def _choose_image_size(cfg: RunConfig, index, budget: Budget, device: torch.devi
     log(f"image size auto: {choice.reason}")
 
 
-def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader, generator: torch.Generator,
+def _plan_budget(budget: Budget, cfg: RunConfig, fit: "Fit", loader: DataLoader, generator: torch.Generator,
                  steps_per_epoch: int, val_images: Tensor, ctx: DistContext, log) -> None:
     """A new budget run: measure the throughput on the real data (the weights, optimizer, schedule
     and random generators are put back afterwards), plan the epochs, size the LR schedule to them
@@ -832,7 +571,7 @@ def _plan_budget(budget: Budget, cfg: RunConfig, fit: "_Fit", loader: DataLoader
     fit.schedule = LRSchedule(tc, fit.optimizer, steps_per_epoch)  # sized to the plan
 
 
-def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ctx: DistContext, log,
+def _replan(budget: Budget, fit: "Fit", tc, done: int, steps_per_epoch: int, ctx: DistContext, log,
             on_resized: Optional[Callable[[], None]] = None) -> bool:
     """Re-plan a budget run after ``done`` epochs from the last epoch's wall time: ``tc.epochs``
     becomes the new total and the LR schedule is re-sized to end at it. Returns False when not
@@ -867,7 +606,7 @@ def _replan(budget: Budget, fit: "_Fit", tc, done: int, steps_per_epoch: int, ct
     return True
 
 
-def _replan_during_epoch(budget: Budget, fit: "_Fit", tc, epoch: int, seconds: float, steps_done: int,
+def _replan_during_epoch(budget: Budget, fit: "Fit", tc, epoch: int, seconds: float, steps_done: int,
                          steps_per_epoch: int, ctx: DistContext, log) -> None:
     """While epoch ``epoch`` of a budget run is not the planned last one: after ``steps_done`` of its
     optimisation steps, ``seconds`` after it began, ask :meth:`Budget.replan_during_epoch` whether
@@ -913,11 +652,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
             file and the intact checkpoint ``--resume`` continues from; a time budget that
             cannot fit one epoch.
         ConfigError: a bad ``train.time_budget`` or ``data.image_size``.
-        medclass.tracking.TrackingError: MLflow tracking on (``train.mlflow``, ``$MEDCLASS_MLFLOW``)
+        medclass.engine.tracking.TrackingError: MLflow tracking on (``train.mlflow``, ``$MEDCLASS_MLFLOW``)
             without mlflow installed, or its store cannot be opened; raised before any work.
         medclass.data.DataError, medclass.data.ImageReadError: bad data (names the file).
 
-    Status markers (read by ``medclass runs``, :mod:`medclass.runs_table`): ``RUN/running.json``
+    Status markers (read by ``medclass runs``, :mod:`medclass.cli.runs_table`): ``RUN/running.json``
     (this process) while it trains; on a failure after the folder was set up, ``RUN/failed.json``
     (the error), except that a new run folder that failed on bad data
     (:class:`~medclass.data.DataError`, :class:`~medclass.data.ImageReadError`) before its first
@@ -944,18 +683,18 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:
         if started:
             _unmark_running(files)
     if started:
-        (files.root / FAILED_FILE).unlink(missing_ok=True)  # a resumed run that finished is no longer failed
+        (files.failed).unlink(missing_ok=True)  # a resumed run that finished is no longer failed
     return result
 
 
 def _mark_running(files: RunFiles) -> None:
     """``RUN/running.json``: this process' pid, host and start time (``medclass runs`` shows ``running``)."""
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_json_atomic(files.root / RUNNING_FILE, record)
+    _write_json_atomic(files.running, record)
 
 
 def _unmark_running(files: RunFiles) -> None:
-    path = files.root / RUNNING_FILE
+    path = files.running
     try:
         if json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()
@@ -978,7 +717,7 @@ def _record_failure(files: RunFiles, error: BaseException, created: bool) -> Non
     """After ``train`` failed with ``error``: nothing for ``KeyboardInterrupt`` (an interrupted run);
     a new folder (``created``) without a checkpoint that failed on bad data is removed; otherwise
     ``RUN/failed.json`` records the error (``medclass runs``: ``failed``). Never raises."""
-    from ..data.io import ImageReadError
+    from ..data.pixels import ImageReadError
     from ..data.sources import DataError
 
     if isinstance(error, KeyboardInterrupt) or not files.root.is_dir():
@@ -991,7 +730,7 @@ def _record_failure(files: RunFiles, error: BaseException, created: bool) -> Non
         epoch = None
         if files.metrics_csv.is_file():
             epoch = max(0, len(files.metrics_csv.read_text().splitlines()) - 1)
-        _write_json_atomic(files.root / FAILED_FILE, {
+        _write_json_atomic(files.failed, {
             "error": type(error).__name__, "message": str(error), "epochs_done": epoch,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "continue": "fix the cause, then `medclass train --name NAME --runs-dir DIR --resume` continues from "
@@ -1061,7 +800,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     intensity_reason = resolve_intensity(cfg, index.splits["train"], log)  # auto: greyscale -> per_image
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
         _choose_image_size(cfg, index, budget, device, ctx, log)
-    # the run contract (medclass.spec): preprocessing, classes, task kind; ImageNet weights bring
+    # the run contract (medclass.core.spec): preprocessing, classes, task kind; ImageNet weights bring
     # ImageNet normalisation there (spec_from_config), the config itself is not changed
     spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
     if main:
@@ -1083,7 +822,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
 
     # ---- model, loss, optimizer, schedule; the resume point
     channels_last = channels_last_wanted(device, cfg.data.image_size)
-    model, net, loaded = _setup_model(cfg, index, resume, ctx, device, channels_last, log)
+    model, net, loaded = setup_model(cfg, index, resume, ctx, device, channels_last, log)
     if loaded is not None and main:  # where the weights came from, in the run contract
         spec.extra["pretrained"] = pretrained_record(loaded)
         write_spec(spec, files.root)
@@ -1092,8 +831,8 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
     generator = torch.Generator()  # the sampler's: reseeded every epoch
     loader = make_loader(cfg, train_split, generator, ctx, device)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
-    ema, mixup = _make_recipe(cfg, model, index.num_classes)
-    fit = _Fit(model=model, net=net, criterion=criterion, optimizer=optimizer,
+    ema, mixup = make_recipe(cfg, model, index.num_classes)
+    fit = Fit(model=model, net=net, criterion=criterion, optimizer=optimizer,
                schedule=LRSchedule(tc, optimizer, steps_per_epoch), preprocess=preprocess, augment=augment,
                device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last,
                ema=ema, mixup=mixup)
@@ -1143,7 +882,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
                 raise write_failed(e, files.last, files, saved_epoch) from e
 
     say = tqdm.write if main else _quiet  # inside an epoch: below the progress bar
-    # TensorBoard and, when on, MLflow (medclass.tracking): the same rows, after every epoch
+    # TensorBoard and, when on, MLflow (medclass.engine.tracking): the same rows, after every epoch
     with _tensorboard(files if main else None) as writer, \
             open_tracker(cfg, files if main else None, resume) as mlflow_run:
         if probe and epoch == 0:  # model.finetune linear_probe: one "epoch" that fits the head
@@ -1195,7 +934,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
                     try:
                         budget.save(files.root, epoch)
                     except OSError as e:
-                        raise write_failed(e, files.root / BUDGET_FILE, files, saved_epoch) from e
+                        raise write_failed(e, files.budget, files, saved_epoch) from e
             eta = clock.eta(tc.epochs - epoch)
             log(
                 f"epoch {epoch:3d}/{tc.epochs}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "

@@ -1,4 +1,5 @@
-"""Evaluation: metrics, figures, evaluating runs, predicting new images."""
+"""Evaluation: metrics, intervals, calibration, figures, Grad-CAM, evaluating and comparing runs, the report
+and the model card. Predicting new images is :mod:`medclass.serving`'s job."""
 
 from .compare import COMPARE_COLUMNS, compare_runs
 from .ensemble import fit_ensemble_weights, make_ensemble
@@ -9,7 +10,6 @@ from .evaluate import calibrate_run, evaluate_run
 from .explain import gradcam, overlay, save_explanations, select_examples
 from .metrics import CI_METRICS, auroc, bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
-from .predict import Prediction, expand_paths, predict_images
 from .report import build_report
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "evaluate_run", "calibrate_run", "auroc", "classification_metrics", "bootstrap_ci", "CI_METRICS",
     "ECE_BINS", "choose_threshold", "expected_calibration_error", "fit_temperature", "plot_reliability",
     "sensitivity_specificity", "plot_confusion_matrix", "plot_roc",
-    "Prediction", "expand_paths", "predict_images", "gradcam", "overlay", "save_explanations", "select_examples",
+    "gradcam", "overlay", "save_explanations", "select_examples",
     "build_report",
 ]

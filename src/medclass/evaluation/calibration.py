@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..fileio import atomic_write
+from ..core.fileio import atomic_write
 
 __all__ = [
     "ECE_BINS",
@@ -215,7 +215,7 @@ def fit_logit_adjustment(probs: np.ndarray, labels: np.ndarray, prior: Sequence[
     """
     from sklearn.metrics import accuracy_score
 
-    from .metrics import balanced_accuracy
+    from ..core.scoring import balanced_accuracy
 
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels).astype(int)

@@ -16,11 +16,11 @@ import numpy as np  # noqa: E402
 
 import torch  # noqa: E402
 
-from ..config import RunConfig  # noqa: E402
+from ..core.config import RunConfig  # noqa: E402
 from ..models import build_model, count_parameters  # noqa: E402
-from ..runs import RunError, RunFiles  # noqa: E402
-from ..runs_table import describe_run, is_run_folder  # noqa: E402
-from ..spec import read_spec  # noqa: E402
+from ..core.runs import RunError, RunFiles  # noqa: E402
+from ..core.run_index import describe_run, is_run_folder  # noqa: E402
+from ..core.spec import read_spec  # noqa: E402
 from .evaluate import evaluate_run  # noqa: E402
 
 __all__ = ["compare_runs", "COMPARE_COLUMNS"]
@@ -82,7 +82,7 @@ def _best_row(files: RunFiles, epoch: Optional[int], monitor: str) -> Optional[d
 def _row(run_dir: Path, progress: bool) -> dict[str, Any]:
     """One row of the comparison from what the run folder holds: finished, interrupted or failed
     runs, copies without checkpoints (``results/``) and ensembles; a figure the folder cannot give
-    is None (n/a). Test figures are those :func:`medclass.runs_table.describe_run` reads
+    is None (n/a). Test figures are those :func:`medclass.core.run_index.describe_run` reads
     (``eval-test/metrics.json``; a cross-validation's ensemble in ``cv.json``), evaluated first
     when there are none and the folder has a checkpoint."""
     files = RunFiles(Path(run_dir))
@@ -131,7 +131,7 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
     from ``<run>/eval-test/metrics.json`` (evaluated first where missing).
 
     Raises:
-        RunError: a path is not a run folder (:func:`medclass.runs_table.is_run_folder`).
+        RunError: a path is not a run folder (:func:`medclass.core.run_index.is_run_folder`).
     """
     for r in runs:
         if not is_run_folder(Path(r)):

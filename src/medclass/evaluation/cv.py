@@ -33,11 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..config import RunConfig, parse_duration
-from ..runs import CV_FILE
+from ..core.config import RunConfig, parse_duration
+from ..core.runs import CV_FILE
 from ..data import DataError, DataIndex, build_index, cache_dir_for, decode_split, read_manifest, write_manifest
 from ..engine import RunError, RunFiles, load_run, logits_to_probs, predict_logits, train
-from ..progress import Progress
+from ..core.progress import Progress
 from .metrics import bootstrap_ci, classification_metrics
 
 __all__ = ["cross_validate", "format_cv", "fold_assignments", "group_ids", "CV_FILE", "DEFAULT_FOLDS"]

@@ -14,8 +14,8 @@ from scipy.optimize import minimize
 from ..data import DataError, cache_dir_for, decode_split, read_manifest
 from ..engine import RunError, RunFiles, load_run, predict_logits
 from ..engine import logits_to_probs
-from ..spec import ENSEMBLE_ARCH, write_spec
-from .. import __version__
+from ..core.spec import ENSEMBLE_ARCH, write_spec
+from ..core import __version__
 
 __all__ = ["make_ensemble", "fit_ensemble_weights"]
 

@@ -14,12 +14,12 @@ import torch
 from ..data import DataError, build_index, cache_dir_for, decode_split, read_manifest
 from ..data.audit import NEAR_THRESHOLD, dedupe
 from ..engine import LoadedRun, load_run, logits_to_probs, predict_logits
-from ..fileio import atomic_write_text, safe_dir
-from ..positive_class import choose_positive_class
-from ..runs import RunFiles
-from ..progress import Progress
-from ..spec import calibration_record, update_calibration
-from ..tracking import log_evaluation
+from ..core.fileio import atomic_write_text, safe_dir
+from ..core.positive_class import choose_positive_class
+from ..core.runs import RunFiles
+from ..core.progress import Progress
+from ..core.spec import calibration_record, update_calibration
+from ..engine.tracking import log_evaluation
 from .calibration import (
     ECE_BINS,
     apply_temperature,
@@ -31,7 +31,8 @@ from .calibration import (
     sensitivity_specificity,
 )
 from .explain import save_explanations, select_examples
-from .metrics import balanced_accuracy, bootstrap_ci, classification_metrics
+from ..core.scoring import balanced_accuracy
+from .metrics import bootstrap_ci, classification_metrics
 from .plots import plot_confusion_matrix, plot_roc
 
 __all__ = ["evaluate_run", "calibrate_run", "final_split", "format_metrics", "format_breastmnist_comparison",
@@ -76,7 +77,7 @@ def _samples_for(run: LoadedRun, data: Optional[str], split: str):
 def positive_index(run: LoadedRun) -> tuple[int, str]:
     """The positive class of a binary run (index into ``run.class_names``) and why: the name the run
     recorded (``spec.extra["positive_class"]``, else ``config.yaml``'s ``data.positive_class``),
-    else :func:`medclass.positive_class.choose_positive_class`'s default (runs trained before it
+    else :func:`medclass.core.positive_class.choose_positive_class`'s default (runs trained before it
     was recorded). Multi-class runs: ``(1, "")``."""
     name = run.spec.extra.get("positive_class") or run.cfg.data.positive_class
     if len(run.class_names) == 2 and name in run.class_names:
@@ -85,7 +86,7 @@ def positive_index(run: LoadedRun) -> tuple[int, str]:
 
 
 def _step(what: str, total: Optional[int] = None, unit: str = "", progress: bool = True) -> Progress:
-    """A long step of the evaluation, reported as ``evaluate: WHAT`` (:class:`medclass.progress.Progress`:
+    """A long step of the evaluation, reported as ``evaluate: WHAT`` (:class:`medclass.core.progress.Progress`:
     a bar on a terminal, a start line and a line every log interval in a log; silent without ``progress``)."""
     return Progress(f"evaluate: {what}", total, unit, enabled=progress)
 
@@ -244,7 +245,7 @@ def _as_deployed(spec, probs: np.ndarray, y: np.ndarray, n_bootstrap: int, seed:
 
 def _spec_probabilities(run: LoadedRun, logits) -> np.ndarray:
     """float ``(N, K)`` probabilities of ``logits`` as predict, export and serve compute them: the
-    run's spec (:meth:`medclass.spec.ModelSpec.probabilities`, its temperature)."""
+    run's spec (:meth:`medclass.core.spec.ModelSpec.probabilities`, its temperature)."""
     p = run.spec.probabilities(logits)
     return p.numpy() if hasattr(p, "numpy") else np.asarray(p)
 
@@ -257,7 +258,7 @@ def calibrate_run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Fit the temperature (and, for binary tasks, the operating threshold) on the run's
-    validation split and store them in the run's spec (:func:`medclass.spec.update_calibration`,
+    validation split and store them in the run's spec (:func:`medclass.core.spec.update_calibration`,
     the record in ``spec.extra["calibration"]``, so that predict, export and serve use them) and,
     for people and reports, in ``RUN/calibration.json``; reused while the checkpoint, TTA and
     target sensitivity stay the same. ``run.spec`` is updated too.
@@ -376,7 +377,7 @@ def evaluate_run(
 
     MLflow: a run tracked in training (``RUN/mlflow_run.json``), or any run while tracking is on,
     gets the metrics with their intervals and the figures, ``metrics.json`` and the model card
-    (:func:`medclass.tracking.log_evaluation`).
+    (:func:`medclass.engine.tracking.log_evaluation`).
 
     Raises:
         TrackingError: MLflow tracking on but mlflow missing or its store unreachable.
@@ -428,7 +429,7 @@ def evaluate_run(
         with _step(f"subgroup metrics by {', '.join(subgroups)} ({n_bootstrap} resamples each)", progress=progress):
             metrics["subgroups"] = _subgroups(run, data, [decoded.samples[i] for i in idx], y[idx], probs[idx], subgroups,
                                               n_bootstrap, seed)
-    out = Path(out_dir) if out_dir else run.files.root / f"eval-{split}"
+    out = Path(out_dir) if out_dir else run.files.eval_dir(split)
     safe_dir(out)  # refuses a folder that is a symbolic link; every file below is written atomically
     cal_probs = probs
     has_valid = run.files.manifest.is_file() and bool(read_manifest(run.files.manifest).splits.get("valid"))
@@ -489,7 +490,10 @@ def evaluate_run(
                     + ",".join(f"{v:.6f}" for v in pr) + "\n")
     atomic_write_text(out / "predictions.csv", "".join(rows))
     metrics["out_dir"] = str(out)
-    log_evaluation(run.files, run.cfg, metrics, out)  # to the run's MLflow run, when it is tracked
+    from .model_card import build_model_card, render_model_card
+
+    log_evaluation(run.files, run.cfg, metrics, out,  # to the run's MLflow run, when it is tracked
+                   model_card=lambda: render_model_card(build_model_card(run.files.root)))
     return metrics
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from ..models import logits_to_probs  # noqa: E402
 
-from ..fileio import atomic_write, safe_dir
+from ..core.fileio import atomic_write, safe_dir
 
 __all__ = ["default_target_layer", "gradcam", "overlay", "save_explanations", "select_examples"]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     log_loss,
@@ -16,7 +15,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "auroc", "balanced_accuracy", "bootstrap_ci", "CI_METRICS"]
+from ..core.scoring import balanced_accuracy
+
+__all__ = ["classification_metrics", "auroc", "bootstrap_ci", "CI_METRICS"]
 
 
 def auroc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
@@ -80,17 +81,6 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, class_names
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
 
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """scikit-learn's balanced accuracy: the mean recall over the classes present in ``y``. Its
-    warnings that ``pred`` holds a class absent from ``y``, or that both hold a single class, are
-    silenced: in a small test split, its groups and most bootstrap resamples of one, that is
-    expected (and warned once per resample, hundreds of lines)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        warnings.filterwarnings("ignore", message="A single label was found in 'y_true' and 'y_pred'")
-        return float(balanced_accuracy_score(y, pred))
-
-
 def _point_metrics(y: np.ndarray, p: np.ndarray, k: int) -> dict[str, Optional[float]]:
     pred = p.argmax(1)
     labels = list(range(k))
@@ -121,7 +111,7 @@ def bootstrap_ci(
 
     Args:
         y_true: ``(N,)`` int labels. probs: ``(N, K)`` probabilities.
-        on_resample: called with 1 after each resample (progress, :meth:`medclass.progress.Progress.update`).
+        on_resample: called with 1 after each resample (progress, :meth:`medclass.core.progress.Progress.update`).
 
     Returns:
         ``{"n_resamples", "seed", "level", "metrics": {name: {"estimate", "low", "high",

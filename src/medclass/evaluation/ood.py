@@ -1,7 +1,7 @@
 """Out-of-distribution detection for a trained run: fitting the detector a run stores.
 
-The scores, the threshold rule and the stored :class:`~medclass.ood.OODDetector` are defined in the
-torch-free :mod:`medclass.ood` (so the ONNX Runtime backend uses them without PyTorch) and
+The scores, the threshold rule and the stored :class:`~medclass.core.ood.OODDetector` are defined in the
+torch-free :mod:`medclass.core.ood` (so the ONNX Runtime backend uses them without PyTorch) and
 re-exported here under their old names: :func:`energy_score` (Liu et al. 2020, arXiv:2010.03759),
 :func:`fit_mahalanobis` / :class:`MahalanobisModel` (Lee et al. 2018, arXiv:1807.03888, with the
 Ledoit-Wolf covariance), :func:`fit_detector` (their feature ensemble over the model's stages),
@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import __version__
+from ..core import __version__
 from ..engine import RunFiles, load_run
 from ..engine.inference import logits_and_layer_features, model_feature_layers
-from ..ood import (
+from ..core.ood import (
     DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_OOD_METHOD, DEFAULT_THRESHOLD_RULE, IN_DISTRIBUTION_QUANTILE,
     OOD_COMBINE_RULES, OOD_LAYER_CHOICES, OOD_METHODS, THRESHOLD_RULES, MahalanobisModel, OODDetector, energy_score,
     fit_detector, fit_mahalanobis, fit_threshold, ood_auroc, read_ood, write_ood,
 )
-from ..runs import RunError
+from ..core.runs import RunError
 
 __all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "DEFAULT_OOD_METHOD", "energy_score", "MahalanobisModel",
            "fit_mahalanobis", "fit_detector", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn",
@@ -57,11 +57,11 @@ def fit_run_ood(
     2. per layer, the Mahalanobis class means and shared Ledoit-Wolf precision are fitted on them
        (Lee et al. 2018 fit on the training set), and the **validation** images' scores give
        the layer's median and IQR; the layers' standardised scores are combined by ``combine``
-       (:func:`medclass.ood.fit_detector`);
+       (:func:`medclass.core.ood.fit_detector`);
     3. both scores (energy, Liu et al. 2020, temperature 1; the combined Mahalanobis) of the
        validation images set each method's threshold at ``quantile`` (95 %:
        :func:`fit_threshold` by ``threshold_rule``);
-    4. :func:`medclass.ood.write_ood` writes ``RUN/ood.json`` (method, threshold, quantile, both
+    4. :func:`medclass.core.ood.write_ood` writes ``RUN/ood.json`` (method, threshold, quantile, both
        thresholds, layers, their medians/IQRs and feature sizes, split sizes, checkpoint epoch)
        and ``RUN/ood.npz`` (per layer: means float64 ``(K, F_l)``, precision float64
        ``(F_l, F_l)``) atomically; the seconds it took go to ``train_summary.json`` under ``ood``
@@ -75,14 +75,14 @@ def fit_run_ood(
         quantile: share of validation images below the threshold, in (0, 1).
         layers: ``"stages"`` (every stage of the model, the default) or ``"penultimate"`` (the
             head's input only, as version 1 of ``ood.json``).
-        combine: one of :data:`medclass.ood.OOD_COMBINE_RULES`.
-        threshold_rule: one of :data:`medclass.ood.THRESHOLD_RULES`.
+        combine: one of :data:`medclass.core.ood.OOD_COMBINE_RULES`.
+        threshold_rule: one of :data:`medclass.core.ood.THRESHOLD_RULES`.
         batch_size: images per forward pass.
         progress: progress bars while decoding.
         log: where a one-line summary goes.
 
     Returns:
-        The stored :class:`~medclass.ood.OODDetector`.
+        The stored :class:`~medclass.core.ood.OODDetector`.
 
     Raises:
         RunError: an ensemble run (its members' features differ: no detector; see the README), not

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from ..fileio import atomic_write
+from ..core.fileio import atomic_write
 
 __all__ = ["plot_confusion_matrix", "plot_roc"]
 

@@ -1,7 +1,7 @@
 """One self-contained HTML report of a run: config, data and audit, curves, metrics with
 intervals, confusion matrix, ROC, reliability diagram and Grad-CAM examples; and, when the run
 has them, the results per patient/lesion/study, per subgroup, of the cross-validation it is the
-ensemble of, and its out-of-distribution warning (:mod:`medclass.result_sections`).
+ensemble of, and its out-of-distribution warning (:mod:`medclass.evaluation.result_sections`).
 
 Every figure is embedded as a base64 PNG ``data:`` URI, so the single file can be mailed or
 archived. Rendered with Jinja2 (autoescaped).
@@ -168,7 +168,7 @@ def build_report(
     share a CSV group; aggregated by ``group_how``, ``mean`` or ``max``), the subgroup results of
     the CSV columns ``subgroups`` (small subgroups flagged, the best-worst gap), the cross-validation summary when
     the run is the fold ensemble of ``medclass cv``, and the out-of-distribution detector's method
-    and threshold with the share of the split it flags (:mod:`medclass.result_sections`). The
+    and threshold with the share of the split it flags (:mod:`medclass.evaluation.result_sections`). The
     report re-evaluates into ``<run>/eval-<split>``: without ``subgroups`` / ``group_how`` it keeps
     those of the ``metrics.json`` already there (an earlier ``medclass evaluate --subgroups``).
 
@@ -178,7 +178,7 @@ def build_report(
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     tag = f"{split}{'-dedupe' if dedupe else ''}"
-    eval_dir = run_dir / f"eval-{tag}"
+    eval_dir = files.eval_dir(tag)
     earlier = _earlier_settings(eval_dir / "metrics.json")
     subgroups = tuple(subgroups) or earlier.get("subgroups", ())
     group_how = group_how or earlier.get("group_how") or "mean"
@@ -227,7 +227,7 @@ def build_report(
             history = list(csv.DictReader(f))
     from jinja2 import Environment
 
-    from ..result_sections import collect_sections, render_sections
+    from .result_sections import collect_sections, render_sections
 
     env = Environment(autoescape=True)
     html = env.from_string(_TEMPLATE).render(

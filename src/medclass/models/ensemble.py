@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import pipeline
+from ..core import pipeline
 
 __all__ = ["SoftVotingEnsemble", "logits_to_probs"]
 
@@ -15,7 +15,7 @@ __all__ = ["SoftVotingEnsemble", "logits_to_probs"]
 def logits_to_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Class probabilities ``(N, K)`` float32 from logits ``(N, K)`` (softmax) or a single logit
     ``(N, 1)`` (binary: ``[1 - sigmoid, sigmoid]``), logits divided by ``temperature`` first:
-    :func:`medclass.pipeline.probabilities`, the one conversion used everywhere."""
+    :func:`medclass.core.pipeline.probabilities`, the one conversion used everywhere."""
     return pipeline.probabilities(logits, temperature)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 _EXPORTS = {
     "export_onnx": "export",
     "onnx_session": "export",
-    "ModelSpec": "spec",  # medclass.spec, re-exported by medclass.serving.spec
+    "ModelSpec": "spec",  # medclass.core.spec, re-exported by medclass.serving.spec
     "probabilities_from_logits": "spec",
     "export_run": "export",
     "ExportResult": "export",

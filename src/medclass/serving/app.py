@@ -5,7 +5,7 @@ Routes:
 - ``POST /predict``: multipart form with one image in the field ``file`` (PNG, JPEG or DICOM);
   query ``explain=true`` adds a Grad-CAM overlay (base64 PNG) when the backend can explain.
   Returns :class:`PredictionOut` JSON; when the model has an out-of-distribution detector
-  (:mod:`medclass.ood`) its ``ood`` object says whether the image is unlike the training images. Every refused request gets a JSON body ``{"error": code,
+  (:mod:`medclass.core.ood`) its ``ood`` object says whether the image is unlike the training images. Every refused request gets a JSON body ``{"error": code,
   "detail": message}`` (:class:`ErrorOut`): bad uploads (see :mod:`medclass.serving.uploads`),
   a malformed form or a second ``file`` part (400), FastAPI's own validation errors (422), an
   unknown path (404), a body over the limit (413), a body that arrives too slowly (408) and a
@@ -67,10 +67,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .. import __version__
-from ..ood import OOD_METHODS
-from ..prediction import scored
-from ..spec import ModelSpec
+from ..core import __version__
+from ..core.ood import OOD_METHODS
+from .prediction import scored
+from ..core.spec import ModelSpec
 from .batching import BatchingOptions, DynamicBatcher
 from .uploads import UploadError, UploadLimits, check_filename, decode_cost, decode_upload
 
@@ -162,7 +162,7 @@ class Classifier(Protocol):
 
 
 class OODOut(BaseModel):
-    """The out-of-distribution answer (:class:`medclass.ood.OODResult`): is the image unlike the training images?"""
+    """The out-of-distribution answer (:class:`medclass.core.ood.OODResult`): is the image unlike the training images?"""
 
     score: float = Field(description="the method's score; higher means less like the training images")
     threshold: float = Field(description="flag above this score (95% of the validation images are at or below it)")
@@ -435,7 +435,7 @@ def create_app(
             :class:`~medclass.serving.batching.DynamicBatcher` (one worker thread, batches of up to
             ``options.max_batch``), ``explain`` one image at a time; a lock keeps them from
             overlapping (Grad-CAM hooks are not thread-safe, and on a CPU the cores are shared anyway).
-        model_card: from :func:`medclass.serving.model_card.build_model_card`; None gives a card
+        model_card: from :func:`medclass.evaluation.model_card.build_model_card`; None gives a card
             with the spec only.
         limits: upload limits (:class:`~medclass.serving.uploads.UploadLimits`; default values
             when None).
@@ -448,7 +448,7 @@ def create_app(
     Returns:
         The FastAPI app; run it with :func:`medclass.serving.service.serve`.
     """
-    from .model_card import INTENDED_USE, OUT_OF_SCOPE, render_model_card
+    from ..evaluation.model_card import INTENDED_USE, OUT_OF_SCOPE, render_model_card
     from .pages import INDEX_HTML, SCRIPT_JS, STYLE_CSS
 
     spec = classifier.spec
@@ -463,7 +463,7 @@ def create_app(
 
     def predict_batch(images: np.ndarray) -> list[tuple[np.ndarray, Optional[float]]]:
         """Per image of uint8 ``(N, H, W, C)``: its calibrated probabilities float32 ``(K,)`` and its OOD
-        score (None without a detector), from one forward pass (:func:`medclass.prediction.scored`)."""
+        score (None without a detector), from one forward pass (:func:`medclass.serving.prediction.scored`)."""
         probs, scores = scored(classifier, images)
         return [(p, None if scores is None else float(sc)) for p, sc in zip(probs, scores if scores is not None
                                                                              else [None] * len(probs))]

@@ -3,7 +3,7 @@
 Two kinds of export:
 
 * :func:`export_run` (``medclass export RUN``): a whole run, preprocessing and calibration baked
-  in, its :class:`~medclass.spec.ModelSpec` stored inside. Input ``"image"`` uint8
+  in, its :class:`~medclass.core.spec.ModelSpec` stored inside. Input ``"image"`` uint8
   ``(N, C, H, W)``; outputs ``"logits"`` and ``"probabilities"`` float32. ONNX or TorchScript.
   Opened by :func:`medclass.serving.onnx_backend.load_onnx_classifier` (without PyTorch) and
   :func:`medclass.serving.predictor.load_torchscript_classifier`.
@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import pipeline
-from ..progress import Progress
+from ..core import pipeline
+from ..core.progress import Progress
+from ..core.runs import EXPORT_FORMATS, RunFiles
 
 if TYPE_CHECKING:
-    from ..spec import ModelSpec
+    from ..core.spec import ModelSpec
 
 __all__ = ["export_onnx", "onnx_session", "INPUT_NAME", "OUTPUT_NAME", "export_run", "ExportResult",
            "default_export_path", "FORMATS"]
@@ -211,17 +212,17 @@ class _ClassifierGraph(nn.Module):
     """What an exported run computes: uint8 ``(N, C, H, W)`` -> ``(logits, probabilities)``, and
     ``ood_score`` third when the run has an OOD detector.
 
-    The functions of :mod:`medclass.pipeline`, traced into the graph: scales to [0, 1] and
+    The functions of :mod:`medclass.core.pipeline`, traced into the graph: scales to [0, 1] and
     normalises with the spec's mean/std (when it has them) or, with ``spec.intensity ==
     "per_image"``, standardises each image by its own statistics
-    (:func:`medclass.pipeline.normalize_intensity`), runs ``model``, and returns its float32
+    (:func:`medclass.core.pipeline.normalize_intensity`), runs ``model``, and returns its float32
     logits ``(N, K)`` (``(N, 1)`` single-logit) and the temperature-scaled probabilities ``(N, K)``
-    (softmax, or ``[1 - sigmoid, sigmoid]``). With ``ood`` (a :class:`medclass.ood.OODDetector`)
-    the score is traced in too, float32 ``(N,)``: :func:`medclass.ood.energy_score` of the logits,
-    or :func:`medclass.ood.layered_mahalanobis_score` of the pooled features of the detector's
+    (softmax, or ``[1 - sigmoid, sigmoid]``). With ``ood`` (a :class:`medclass.core.ood.OODDetector`)
+    the score is traced in too, float32 ``(N,)``: :func:`medclass.core.ood.energy_score` of the logits,
+    or :func:`medclass.core.ood.layered_mahalanobis_score` of the pooled features of the detector's
     layers (:meth:`medclass.models.ClassifierModel.forward_with_features`, which also gives the
     logits, in the same pass) with the detector's means, precisions, medians and IQRs as float32
-    buffers (:meth:`medclass.ood.OODDetector.tensors`): the function the detector scores numpy
+    buffers (:meth:`medclass.core.ood.OODDetector.tensors`): the function the detector scores numpy
     features with.
     """
 
@@ -253,7 +254,7 @@ class _ClassifierGraph(nn.Module):
                 self.register_buffer("ood_scale", t["scale"])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from ..ood import energy_score, layered_mahalanobis_score
+        from ..core.ood import energy_score, layered_mahalanobis_score
 
         x = pipeline.to_unit(image)
         fixed = (self.mean, self.std) if self.normalize else (None, None)
@@ -299,8 +300,7 @@ VERIFY_BATCH = 4
 VERIFY_TOLERANCE = 1e-4
 #: Relative OOD score difference (float32 graph against the float64 detector) above which it warns.
 VERIFY_OOD_TOLERANCE = 1e-3
-FORMATS = ("onnx", "torchscript")
-_DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = EXPORT_FORMATS
 
 
 def default_export_path(run_dir: Union[str, os.PathLike], fmt: str) -> Path:
@@ -309,9 +309,7 @@ def default_export_path(run_dir: Union[str, os.PathLike], fmt: str) -> Path:
     Raises:
         ValueError: ``fmt`` is not "onnx" or "torchscript".
     """
-    if fmt not in _DEFAULT_NAMES:
-        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return Path(run_dir) / "export" / _DEFAULT_NAMES[fmt]
+    return RunFiles(Path(run_dir)).export_path(fmt)
 
 
 def export_run(
@@ -332,7 +330,7 @@ def export_run(
     float32 ``(N, K)`` divided by the temperature before softmax/sigmoid. When the run has an
     OOD detector (``run.ood``, from ``RUN/ood.json``) the graph also outputs ``"ood_score"``
     float32 ``(N,)`` (see :class:`_ClassifierGraph`) and the spec carries the detector's method
-    and threshold in ``extra["ood"]`` (:meth:`medclass.ood.OODDetector.summary`). The
+    and threshold in ``extra["ood"]`` (:meth:`medclass.core.ood.OODDetector.summary`). The
     run's :class:`~medclass.spec.ModelSpec` (``run.spec``, with the checkpoint's epoch) is stored as JSON: ONNX ``metadata_props["medclass.spec"]``, TorchScript extra file
     ``medclass_spec.json``. Open the results with
     :func:`medclass.serving.onnx_backend.load_onnx_classifier` (no PyTorch needed) or
@@ -346,7 +344,7 @@ def export_run(
             atomically (temporary file + ``os.replace``), parent folders created.
         opset: ONNX opset version.
         progress: say each step (tracing and writing, checking) as it starts
-            (:class:`medclass.progress.Progress`: a line in a log).
+            (:class:`medclass.core.progress.Progress`: a line in a log).
         verify: load the written file back and compare its probabilities with eager PyTorch on
             :data:`VERIFY_BATCH` random images (``ExportResult.max_prob_diff``); a difference above
             :data:`VERIFY_TOLERANCE` raises a ``RuntimeWarning``.

@@ -6,16 +6,16 @@ An ONNX file written by ``medclass export RUN --format onnx``
 normalises with the run's mean/std (or per image: ``spec.intensity``), runs the network and outputs
 ``"logits"`` float32 ``(N, K)`` (``(N, 1)`` for a single-logit binary model) and ``"probabilities"``
 float32 ``(N, K)`` (temperature-scaled); a run exported with its out-of-distribution detector (``RUN/ood.json``) also
-outputs ``"ood_score"`` float32 ``(N,)`` (:mod:`medclass.ood`'s score, computed in the graph). The
-:class:`~medclass.spec.ModelSpec` (class names, image size, channels, DICOM window, temperature,
+outputs ``"ood_score"`` float32 ``(N,)`` (:mod:`medclass.core.ood`'s score, computed in the graph). The
+:class:`~medclass.core.spec.ModelSpec` (class names, image size, channels, DICOM window, temperature,
 threshold; the OOD method and threshold in ``extra["ood"]``) is stored as JSON in the model's
 ``metadata_props`` under :data:`SPEC_KEY`.
 
 This module imports only numpy, Pillow (through :mod:`medclass.data.io`), onnxruntime (when a model
-is opened) and the torch-free :mod:`medclass.spec`, :mod:`medclass.pipeline` and
-:mod:`medclass.prediction`. It also holds what every exported-model backend shares (test-time
+is opened) and the torch-free :mod:`medclass.core.spec`, :mod:`medclass.core.pipeline` and
+:mod:`medclass.serving.prediction`. It also holds what every exported-model backend shares (test-time
 augmentation by flips in numpy), which the TorchScript backend (:mod:`medclass.serving.predictor`)
-reuses; files are predicted by :func:`medclass.prediction.predict_files` (re-exported here).
+reuses; files are predicted by :func:`medclass.serving.prediction.predict_files` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..data.io import expand_image_paths
-from ..ood import OODDetector, ood_from_spec
-from ..pipeline import hwc_to_nchw
-from ..prediction import Prediction, predict_files
-from ..spec import ModelSpec
+from ..core.ood import OODDetector, ood_from_spec
+from ..core.pipeline import hwc_to_nchw
+from .prediction import Prediction, predict_files
+from ..core.spec import ModelSpec
 
 __all__ = [
     "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "OOD_OUTPUT", "TTA_FLIPS", "ModelFileError",
@@ -45,7 +45,7 @@ IMAGE_INPUT = "image"
 #: Graph outputs: raw logits ``(N, K)`` (``(N, 1)`` single-logit) and calibrated probabilities ``(N, K)``.
 LOGITS_OUTPUT = "logits"
 PROBS_OUTPUT = "probabilities"
-#: Optional graph output: the OOD score float32 ``(N,)`` of :mod:`medclass.ood` (higher = more foreign).
+#: Optional graph output: the OOD score float32 ``(N,)`` of :mod:`medclass.core.ood` (higher = more foreign).
 OOD_OUTPUT = "ood_score"
 
 #: Test-time augmentation views, as axes of an ``(N, H, W, C)`` batch to flip; the same views as
@@ -75,7 +75,7 @@ class ExportedClassifier:
 
     Attributes:
         spec: the model's :class:`ModelSpec`.
-        ood: the :class:`~medclass.ood.OODDetector` summary of ``spec.extra["ood"]`` (method,
+        ood: the :class:`~medclass.core.ood.OODDetector` summary of ``spec.extra["ood"]`` (method,
             threshold; the graph outputs the score), or None (exported without a detector).
         can_explain: False (no gradients through an exported graph: Grad-CAM needs the torch backend).
         tta: flip views averaged with the image (keys of :data:`TTA_FLIPS`).
@@ -220,7 +220,7 @@ def load_onnx_classifier(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ModelFileError: not an ONNX model; no ``medclass.spec`` metadata (not written by
+        ModelFileError: not an ONNX model; no ``medclass.core.spec`` metadata (not written by
             ``medclass export``) or an invalid one; a graph without the ``"image"`` uint8 input
             and ``"logits"`` output its spec implies.
         ValueError: an unknown TTA view, ``threads`` or ``batch_size`` < 1.
@@ -261,7 +261,7 @@ def load_onnx_classifier(
 
 def exported_ood(path: Path, spec: ModelSpec, has_output: bool) -> Optional[OODDetector]:
     """The OOD detector of an exported model: its spec's ``extra["ood"]``
-    (:func:`medclass.ood.ood_from_spec`) when the graph also has the :data:`OOD_OUTPUT` output;
+    (:func:`medclass.core.ood.ood_from_spec`) when the graph also has the :data:`OOD_OUTPUT` output;
     None when it has neither (exported before medclass stored one, or from a run without one).
 
     Raises:
@@ -278,6 +278,6 @@ def exported_ood(path: Path, spec: ModelSpec, has_output: bool) -> Optional[OODD
     return detector
 
 
-# ---- predicting files: the one loop of medclass.prediction, under this module's old names -----
+# ---- predicting files: the one loop of medclass.serving.prediction, under this module's old names -----
 
-FilePrediction = Prediction  # the result type shared by every backend (medclass.prediction.Prediction)
+FilePrediction = Prediction  # the result type shared by every backend (medclass.serving.prediction.Prediction)

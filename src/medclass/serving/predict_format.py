@@ -3,7 +3,7 @@
 Torch-free (the ONNX path of ``medclass predict`` never imports PyTorch). Works on any list of
 objects with ``path``, ``predicted``, ``probabilities`` (class name -> probability), ``error``,
 ``ood_score`` and ``ood_flag`` (None without an OOD detector) and a ``to_dict()``:
-:class:`medclass.prediction.Prediction` (also known as ``medclass.evaluation.predict.Prediction``
+:class:`medclass.serving.prediction.Prediction` (also known as ``medclass.serving.predict.Prediction``
 and :class:`medclass.serving.onnx_backend.FilePrediction`).
 """
 

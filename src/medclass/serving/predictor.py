@@ -4,13 +4,13 @@ file (:func:`load_torchscript_classifier`); :func:`spec_from_run` gives a loaded
 Every backend (these two and :class:`medclass.serving.onnx_backend.OnnxClassifier`) offers the same
 interface, used by ``medclass predict`` and the web service:
 
-* ``spec``: the :class:`~medclass.spec.ModelSpec` (class names, preprocessing, calibration);
+* ``spec``: the :class:`~medclass.core.spec.ModelSpec` (class names, preprocessing, calibration);
 * ``can_explain``: whether :meth:`TorchClassifier.explain` (Grad-CAM) is available;
 * ``predict_proba(images)``: uint8 ``(N, H, W, C)`` at ``spec.image_size`` -> float32 ``(N, K)``
   calibrated probabilities;
-* ``ood`` (a :class:`medclass.ood.OODDetector` or None) and ``predict_proba_ood(images)``: the
+* ``ood`` (a :class:`medclass.core.ood.OODDetector` or None) and ``predict_proba_ood(images)``: the
   probabilities and the OOD scores ``(N,)`` (None without a detector); see
-  :func:`medclass.prediction.classify`.
+  :func:`medclass.serving.prediction.classify`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 
 from ..engine import LoadedRun
 from ..engine.inference import TTA_VIEWS
-from ..pipeline import hwc_to_nchw
-from ..spec import ModelSpec
+from ..core.pipeline import hwc_to_nchw
+from ..core.spec import ModelSpec
 from .onnx_backend import ExportedClassifier, ModelFileError, exported_ood
 
 __all__ = ["spec_from_run", "TorchClassifier", "TorchScriptClassifier", "load_torchscript_classifier",
@@ -37,8 +37,8 @@ TORCHSCRIPT_SPEC_FILE = "medclass_spec.json"
 
 
 def spec_from_run(run: LoadedRun) -> ModelSpec:
-    """The :class:`~medclass.spec.ModelSpec` of a loaded run: ``run.spec``, the run folder's
-    ``model_spec.json`` written at training time (:func:`medclass.spec.read_spec`; for a run from
+    """The :class:`~medclass.core.spec.ModelSpec` of a loaded run: ``run.spec``, the run folder's
+    ``model_spec.json`` written at training time (:func:`medclass.core.spec.read_spec`; for a run from
     before it, rebuilt from ``config.yaml``, ``classes.json`` and ``calibration.json``), with the
     loaded checkpoint's epoch. What an exported or served copy needs to behave alike.
     """

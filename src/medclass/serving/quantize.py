@@ -19,7 +19,7 @@
    histograms are merged batch by batch, so memory does not grow with the number of images);
 3. both models are evaluated on the run's validation and test splits (accuracy of
    ``spec.decide``, images per second);
-4. the INT8 model is written (atomically, the run's :class:`~medclass.spec.ModelSpec` in its
+4. the INT8 model is written (atomically, the run's :class:`~medclass.core.spec.ModelSpec` in its
    metadata as in the FP32 file) only if it loses at most ``tolerance`` accuracy points against
    FP32 on each split, unless ``force``; otherwise :class:`QuantizationRefused` says by how much.
 
@@ -39,6 +39,8 @@ from typing import Optional, Union
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
+
+from ..core.runs import RunFiles
 
 __all__ = ["quantize_run", "QuantizeResult", "QuantizationRefused", "ValidationImages", "default_int8_path",
            "DEFAULT_TOLERANCE_POINTS", "CALIBRATION_IMAGES"]
@@ -64,7 +66,7 @@ class QuantizationRefused(ValueError):
 
 def default_int8_path(run_dir: Union[str, os.PathLike]) -> Path:
     """``RUN/export/model.int8.onnx``."""
-    return Path(run_dir) / "export" / "model.int8.onnx"
+    return RunFiles(Path(run_dir)).export_int8
 
 
 class ValidationImages(CalibrationDataReader):
@@ -155,7 +157,7 @@ def _split_arrays(run, split: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
 
 
 def _accuracy_and_speed(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    from ..pipeline import nchw_to_hwc
+    from ..core.pipeline import nchw_to_hwc
     from .onnx_backend import load_onnx_classifier
 
     clf = load_onnx_classifier(path, batch_size=32)

@@ -47,7 +47,7 @@ def build_app(run_dir: Path, backend: str = "torch", limits: Optional[UploadLimi
     """The FastAPI app (:func:`medclass.serving.app.create_app`) serving ``run_dir`` with its model
     card; ``options`` is a :class:`medclass.serving.app.ServeOptions` (None: the defaults)."""
     from .app import create_app
-    from .model_card import build_model_card
+    from ..evaluation.model_card import build_model_card
 
     classifier = load_classifier(run_dir, backend, checkpoint, device)
     card = build_model_card(Path(run_dir), classifier.spec) if Path(run_dir).is_dir() else None

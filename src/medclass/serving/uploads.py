@@ -41,7 +41,7 @@ What is checked, in order:
    JPEG) and other modes, and DICOM with SamplesPerPixel not 1 or 3 -> 422 ``unsupported_channels``.
 
 The result is what :func:`medclass.data.io.read_image` gives for the same file (the same
-:func:`~medclass.data.io.to_model_input`: channels, then the squash or pad rule to ``(size, size)``;
+:func:`~medclass.data.pixels.to_model_input`: channels, then the squash or pad rule to ``(size, size)``;
 the same :func:`~medclass.data.dicom.read_dicom`), as the tests check on real images.
 
 Pillow's global state is left alone: images are opened with the PNG/JPEG plugin directly and the
@@ -92,7 +92,7 @@ import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from medclass.data.dicom import DicomReadError, read_dicom, validate_window
-from medclass.data.io import to_model_input, validate_resize
+from medclass.data.pixels import to_model_input, validate_resize
 
 __all__ = [
     "DECODE_AMPLIFICATION",
@@ -647,7 +647,7 @@ def decode_upload(
     """Decode one uploaded file (PNG, JPEG or DICOM) into a uint8 array ``(size, size, channels)``
     (``(H, W, channels)`` when ``size`` is None), equal to
     :func:`medclass.data.io.read_image` of the same file with the same arguments (``resize``
-    ``"squash"`` or ``"pad"``, the model's rule: :func:`~medclass.data.io.to_model_input`).
+    ``"squash"`` or ``"pad"``, the model's rule: :func:`~medclass.data.pixels.to_model_input`).
 
     ``filename`` is the client's name for the file, used in messages only (checked by
     :func:`check_filename`; None is fine). ``dicom_window`` = ``(center, width)`` windows DICOM

@@ -1,14 +1,14 @@
 """Predicting image files with any backend: the one loop behind ``medclass predict`` (torch,
 ONNX and TorchScript), with one result type, :class:`Prediction`.
 
-A backend is any object with ``spec`` (a :class:`medclass.spec.ModelSpec`) and
+A backend is any object with ``spec`` (a :class:`medclass.core.spec.ModelSpec`) and
 ``predict_proba(images)`` (uint8 ``(N, H, W, C)`` at ``spec.image_size`` and ``spec.channels`` ->
 float32 calibrated probabilities ``(N, K)``): :class:`medclass.serving.predictor.TorchClassifier`,
 :class:`medclass.serving.onnx_backend.OnnxClassifier`,
 :class:`medclass.serving.predictor.TorchScriptClassifier`, or a loaded run
-(:func:`medclass.evaluation.predict.predict_images`).
+(:func:`medclass.serving.predict.predict_images`).
 
-A backend may also have ``ood`` (a :class:`medclass.ood.OODDetector`, or None) and
+A backend may also have ``ood`` (a :class:`medclass.core.ood.OODDetector`, or None) and
 ``predict_proba_ood(images)`` (-> probabilities and OOD scores ``(N,)`` or None); then every
 prediction carries the out-of-distribution score and flag, decided by :func:`classify`, the one
 place that turns a backend's outputs into classes and OOD results (``medclass predict`` and the
@@ -27,9 +27,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .data.io import ImageReadError, expand_image_paths, read_image
-from .ood import OODResult
-from .spec import ModelSpec
+from ..data.io import expand_image_paths, read_image
+from ..data.pixels import ImageReadError
+from ..core.ood import OODResult
+from ..core.spec import ModelSpec
 
 __all__ = ["Prediction", "read_files", "predict_files", "predict_read", "classify"]
 
@@ -43,7 +44,7 @@ class Prediction:
         predicted: the predicted class name (``spec.decide``), None when the file could not be read.
         probabilities: class name -> calibrated probability, None when the file could not be read.
         error: why the file could not be read, else None.
-        ood: the out-of-distribution result (:class:`medclass.ood.OODResult`: score, threshold,
+        ood: the out-of-distribution result (:class:`medclass.core.ood.OODResult`: score, threshold,
             flag, method), None when the model has no OOD detector or the file could not be read.
     """
 
@@ -105,7 +106,7 @@ def predict_files(classifier, paths: Sequence[Union[str, os.PathLike]]) -> list[
     operating threshold for a binary task that has one, else the arg-max).
 
     Args:
-        classifier: an object with ``spec`` (:class:`~medclass.spec.ModelSpec`) and
+        classifier: an object with ``spec`` (:class:`~medclass.core.spec.ModelSpec`) and
             ``predict_proba(images)`` (uint8 ``(N, H, W, C)`` -> float32 ``(N, K)``).
         paths: files and folders.
 
@@ -127,7 +128,7 @@ def scored(classifier, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndar
 def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, Optional[list[OODResult]]]:
     """A backend's answer for uint8 ``(N, H, W, C)`` images: calibrated probabilities float32
     ``(N, K)``, the classes int64 ``(N,)`` (``spec.decide``: the operating threshold of a binary
-    task that has one, else the arg-max), and one :class:`~medclass.ood.OODResult` per image
+    task that has one, else the arg-max), and one :class:`~medclass.core.ood.OODResult` per image
     (``classifier.ood.results`` of its scores: flagged above the stored threshold), or None when
     the backend has no OOD detector."""
     spec: ModelSpec = classifier.spec

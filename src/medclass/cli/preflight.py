@@ -3,11 +3,11 @@
 The CLI calls these before it imports PyTorch, MONAI, kornia or scikit-learn, so a wrong path or
 a bad ``--set`` is reported in a fraction of a second (``benchmarks/cli_latency.py`` times it)
 instead of after the several seconds those imports take. Every check raises the same error the
-later, heavy code would raise for the same fault (:class:`medclass.config.ConfigError`,
-:class:`medclass.data.sources.DataError`, :class:`medclass.runs.RunError`), with a message that
+later, heavy code would raise for the same fault (:class:`medclass.core.config.ConfigError`,
+:class:`medclass.data.sources.DataError`, :class:`medclass.core.runs.RunError`), with a message that
 names the path or key and says what to do.
 
-Torch-free on purpose: stdlib and yaml (through :mod:`medclass.config`); ``DataError`` is
+Torch-free on purpose: stdlib and yaml (through :mod:`medclass.core.config`); ``DataError`` is
 imported from :mod:`medclass.data.sources` (numpy, Pillow) only when a check fails.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .config import RunConfig, check_budget_config, check_recipe
-from .runs import RunError, RunFiles
+from ..core.config import RunConfig, check_budget_config, check_recipe
+from ..core.runs import RunError, RunFiles
 
 __all__ = ["check_data_source", "check_train_config", "check_run_folder", "check_resume", "check_choice"]
 
@@ -26,7 +26,7 @@ DATA_FILE_SUFFIXES = (".csv", ".npz")
 
 
 def _data_error(message: str) -> Exception:
-    from .data.sources import DataError  # numpy and Pillow, not torch
+    from ..data.sources import DataError  # numpy and Pillow, not torch
 
     return DataError(message)
 
@@ -57,7 +57,7 @@ def check_data_source(cfg: RunConfig) -> None:
 
 def _check_pretrained(cfg: RunConfig) -> None:
     """``model.pretrained`` that looks like a path (not an ImageNet weight name) exists."""
-    from .spec import IMAGENET_WEIGHT_NAMES  # numpy, yaml: no torch
+    from ..core.spec import IMAGENET_WEIGHT_NAMES  # numpy, yaml: no torch
 
     value = cfg.model.pretrained
     if not value or str(value).lower() in IMAGENET_WEIGHT_NAMES:
@@ -109,14 +109,14 @@ def check_run_folder(run: Path, checkpoint: Optional[str] = "best") -> RunFiles:
 
 
 def check_resume(runs_dir: Path, name: Optional[str]) -> tuple[Path, RunConfig]:
-    """The folder and saved configuration of a run to continue (:func:`medclass.runs.resume_run_dir`),
+    """The folder and saved configuration of a run to continue (:func:`medclass.core.runs.resume_run_dir`),
     after checking it holds ``checkpoints/last.pt``.
 
     Raises:
         RunError: no ``name``, no ``config.yaml`` or no ``last.pt`` in ``runs_dir / name``.
         ConfigError: an invalid ``config.yaml``.
     """
-    from .runs import resume_run_dir
+    from ..core.runs import resume_run_dir
 
     root, cfg = resume_run_dir(runs_dir, name)
     if not RunFiles(root).last.is_file():
@@ -149,7 +149,7 @@ def apply_resume_overrides(cfg: RunConfig, epochs: Optional[int] = None, time_bu
         ConfigError: ``epochs`` below 1, a bad duration, ``epochs`` for a budget run or
             ``time_budget`` for a run without one, or another option given (names it).
     """
-    from .config import ConfigError, parse_duration
+    from ..core.config import ConfigError, parse_duration
 
     given = [k for k, v in (ignored or {}).items() if v not in (None, [], ())]
     if given:

@@ -6,7 +6,7 @@ and operating threshold in it (:func:`update_calibration`), ``medclass export`` 
 object in ONNX / TorchScript files, and evaluation, prediction (every backend), the web service,
 the report, the model card and ensembles read it (:func:`read_spec`) and nothing else. The
 numbers it describes (scaling, normalisation, probabilities, decision) are computed by
-:mod:`medclass.pipeline`.
+:mod:`medclass.core.pipeline`.
 
 Runs written before ``model_spec.json`` existed still load: :func:`read_spec` builds their spec
 from ``config.yaml``, ``classes.json`` and ``calibration.json`` with the same rules.
@@ -72,12 +72,12 @@ class ModelSpec:
         channels: 1 (greyscale, Pillow mode ``"L"``) or 3 (RGB) channels the model takes.
         image_size: square input side in pixels.
         mean, std: per-channel normalisation applied after scaling uint8 to [0, 1]
-            (:func:`medclass.pipeline.preprocess`); ``None`` when the model takes [0, 1] input
+            (:func:`medclass.core.pipeline.preprocess`); ``None`` when the model takes [0, 1] input
             (also an ensemble, whose members normalise inside the model) or when :attr:`intensity`
             is ``"per_image"``.
         intensity: ``"fixed"`` (:attr:`mean`/:attr:`std`, or none) or ``"per_image"`` (each
             image and channel standardised by its own mean and standard deviation,
-            :func:`medclass.pipeline.normalize_intensity`), :data:`INTENSITY_RULES`
+            :func:`medclass.core.pipeline.normalize_intensity`), :data:`INTENSITY_RULES`
             (``data.intensity``); ``"fixed"`` for specs stored before version 4 and for an ensemble.
         dicom_window: ``[center, width]`` in modality units (HU for CT) for DICOM input, or
             ``None`` (the file's own window, else its min..max).
@@ -227,13 +227,13 @@ class ModelSpec:
 
     def probabilities(self, logits):
         """Calibrated class probabilities float32 ``(N, K)`` from logits ``(N, K)`` or ``(N, 1)``
-        (numpy or torch): :func:`medclass.pipeline.probabilities` at :attr:`temperature`."""
+        (numpy or torch): :func:`medclass.core.pipeline.probabilities` at :attr:`temperature`."""
         return pipeline.probabilities(logits, self.temperature)
 
     def decide(self, probs):
         """Predicted class indices ``(N,)`` int64 from probabilities ``(N, K)``: the operating
         threshold on ``P(class_names[1])`` for a binary task that has one, else the arg-max after
-        the :attr:`logit_adjustment` when there is one (:func:`medclass.pipeline.decide`)."""
+        the :attr:`logit_adjustment` when there is one (:func:`medclass.core.pipeline.decide`)."""
         return pipeline.decide(probs, self.threshold, self.logit_adjustment)
 
 
@@ -245,7 +245,7 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """float32 ``(N, K)`` probabilities from logits ``(N, K)`` (softmax) or ``(N, 1)`` (binary:
-    ``[1 - sigmoid, sigmoid]``), after dividing by ``temperature``: :func:`medclass.pipeline.probabilities`
+    ``[1 - sigmoid, sigmoid]``), after dividing by ``temperature``: :func:`medclass.core.pipeline.probabilities`
     (kept under its old name)."""
     return pipeline.probabilities(logits, temperature)
 
@@ -256,7 +256,7 @@ def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> n
 def normalization_of(cfg: RunConfig) -> tuple[Optional[list[float]], Optional[list[float]]]:
     """The fixed mean/std a run's model takes, the one rule: ``(None, None)`` with
     ``data.intensity: per_image`` (each image is standardised by its own statistics instead,
-    :func:`medclass.pipeline.normalize_intensity`); else ``data.mean``/``data.std`` when
+    :func:`medclass.core.pipeline.normalize_intensity`); else ``data.mean``/``data.std`` when
     ``data.normalize`` is on; else ImageNet's (:data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`) when
     ``model.pretrained`` names ImageNet weights (:data:`IMAGENET_WEIGHT_NAMES`), which expect
     that input (one channel: the means of the three, 0.449 and 0.226, as the stem's filters are summed
@@ -289,7 +289,7 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
     window, intensity rule from ``cfg.data``; mean/std from :func:`normalization_of`; task kind and architecture
     from ``cfg.model``; uncalibrated (temperature 1.0, no threshold); provenance ``run_name``,
     ``epoch`` and this medclass's version. ``cfg`` is not changed. ``data.image_size: auto``
-    without a time budget is :data:`~medclass.config.DEFAULT_IMAGE_SIZE`.
+    without a time budget is :data:`~medclass.core.config.DEFAULT_IMAGE_SIZE`.
 
     Raises:
         ValueError: a field out of range (see :class:`ModelSpec`), or ``image_size: auto`` with a
@@ -320,7 +320,7 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
         arch=str(cfg.model.arch),
         resize=str(d.resize),
         medclass_version=__version__,
-        # binary tasks: the class sensitivity/specificity are about (medclass.positive_class), when chosen
+        # binary tasks: the class sensitivity/specificity are about (medclass.core.positive_class), when chosen
         extra={"positive_class": str(d.positive_class)} if getattr(d, "positive_class", None) is not None else {},
     )
 

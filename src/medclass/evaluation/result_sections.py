@@ -13,13 +13,13 @@ missing section):
 * **cross-validation** (``cv.json`` beside the run, for the fold ensemble ``RUN/ensemble`` of
   ``medclass cv``): fold count, per-fold figures with their mean and standard deviation, the
   out-of-fold figures with intervals, the ensemble on test;
-* **out-of-distribution warning** (``RUN/ood.json``, :mod:`medclass.ood`): method, threshold,
+* **out-of-distribution warning** (``RUN/ood.json``, :mod:`medclass.core.ood`): method, threshold,
   quantile, what it was fitted on, and the share of the evaluated images it flags
   (``metrics.json["ood"]``).
 
 :func:`collect_sections` gathers them as plain data (JSON-serialisable, what
 ``/model-card.json`` returns); :func:`render_sections` turns them into HTML (Jinja2,
-autoescaped) that :mod:`medclass.evaluation.report` and :mod:`medclass.serving.model_card` embed.
+autoescaped) that :mod:`medclass.evaluation.report` and :mod:`medclass.evaluation.model_card` embed.
 Torch-free (json, Jinja2).
 """
 

@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from .config import RunConfig
 
-__all__ = ["RunError", "RunFiles", "new_run_dir", "resume_run_dir", "resume_cv_dir", "CV_FILE"]
+__all__ = ["RunError", "RunFiles", "new_run_dir", "resume_run_dir", "resume_cv_dir", "CV_FILE", "EVAL_PREFIX",
+           "EXPORT_FORMATS"]
 
 #: A cross-validation's record, ``RUN/cv.json`` (:mod:`medclass.evaluation.cv`).
 CV_FILE = "cv.json"
+#: ``RUN/eval-<split>/``: the folder of one split's evaluation (:meth:`RunFiles.eval_dir`).
+EVAL_PREFIX = "eval-"
+#: What ``medclass export`` writes (:meth:`RunFiles.export_path`).
+EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 class RunError(RuntimeError):
@@ -50,9 +55,34 @@ class RunFiles:
     ensemble = _run_file("ensemble.json")  # only in ensemble runs: members and weights
     calibration = _run_file("calibration.json")
     dedupe = _run_file("dedupe.json")
-    spec = _run_file("model_spec.json")  # the run contract (medclass.spec.ModelSpec)
-    ood = _run_file("ood.json")  # the out-of-distribution detector (medclass.ood), optional
+    spec = _run_file("model_spec.json")  # the run contract (medclass.core.spec.ModelSpec)
+    ood = _run_file("ood.json")  # the out-of-distribution detector (medclass.core.ood), optional
     ood_params = _run_file("ood.npz")  # its Mahalanobis class means and precision matrix
+    budget = _run_file("budget.json")  # a time budget's plan and clock (medclass.engine.budget)
+    resumes = _run_file("resumes.json")  # what each --resume changed
+    running = _run_file("running.json")  # while a training process works here (pid, host, start time)
+    failed = _run_file("failed.json")  # training failed: the error and the last saved epoch
+    cv = _run_file(CV_FILE)  # a cross-validation's record (medclass.evaluation.cv)
+    export_dir = _run_file("export")
+    export_onnx = _run_file("export", "model.onnx")  # medclass export --format onnx
+    export_torchscript = _run_file("export", "model.pt")  # medclass export --format torchscript
+    export_int8 = _run_file("export", "model.int8.onnx")  # medclass export --quantize int8
+
+    def eval_dir(self, split: str) -> Path:
+        """``RUN/eval-<split>``: what ``medclass evaluate`` writes for ``split`` (test, val, ...)."""
+        return self.root / f"{EVAL_PREFIX}{split}"
+
+    def export_path(self, fmt: str) -> Path:
+        """``RUN/export/model.onnx`` (``fmt`` "onnx") or ``RUN/export/model.pt`` ("torchscript").
+
+        Raises:
+            ValueError: another ``fmt``.
+        """
+        if fmt == "onnx":
+            return self.export_onnx
+        if fmt == "torchscript":
+            return self.export_torchscript
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
 
 
 def new_run_dir(runs_dir: Path, name: Optional[str], cfg: "RunConfig", world_size: Optional[int] = None,
@@ -85,7 +115,7 @@ def resume_run_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfi
 
     Raises:
         RunError: no ``name``; no ``config.yaml`` in the folder.
-        medclass.config.ConfigError: the ``config.yaml`` is not a valid configuration.
+        medclass.core.config.ConfigError: the ``config.yaml`` is not a valid configuration.
     """
     from .config import RunConfig
 
@@ -104,7 +134,7 @@ def resume_cv_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfig
 
     Raises:
         RunError: no ``name``; the folder holds no ``cv.json`` or ``config.yaml``.
-        medclass.config.ConfigError: the ``config.yaml`` is not a valid configuration.
+        medclass.core.config.ConfigError: the ``config.yaml`` is not a valid configuration.
     """
     import json
 
@@ -113,7 +143,8 @@ def resume_cv_dir(runs_dir: Path, name: Optional[str]) -> "tuple[Path, RunConfig
     if not name:
         raise RunError("--resume needs the --name of the cross-validation to continue")
     root = Path(runs_dir) / name
-    if not (root / CV_FILE).is_file() or not (root / "config.yaml").is_file():
+    files = RunFiles(root)
+    if not files.cv.is_file() or not files.config.is_file():
         raise RunError(f"{root} holds no interrupted cross-validation ({CV_FILE}, config.yaml)")
-    settings = json.loads((root / CV_FILE).read_text())["settings"]
-    return root, RunConfig.load(root / "config.yaml"), settings["folds"], settings["group_pattern"]
+    settings = json.loads(files.cv.read_text())["settings"]
+    return root, RunConfig.load(files.config), settings["folds"], settings["group_pattern"]

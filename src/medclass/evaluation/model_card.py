@@ -3,9 +3,9 @@
 Follows the sections of Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model
 details, intended use, data, metrics (with confidence intervals), caveats. Everything is read from
 the run folder: the model's contract (classes, input, calibration) from the spec
-(:func:`medclass.spec.read_spec`, or the served one), the rest from ``config.yaml``,
+(:func:`medclass.core.spec.read_spec`, or the served one), the rest from ``config.yaml``,
 ``train_summary.json`` and the newest ``eval-*/metrics.json`` written by ``medclass evaluate``;
-and the results of :mod:`medclass.result_sections` when the run has them: per patient/lesion/study,
+and the results of :mod:`medclass.evaluation.result_sections` when the run has them: per patient/lesion/study,
 per subgroup (small ones flagged, the best-worst gap), the cross-validation of a fold ensemble,
 and the out-of-distribution warning (``ood.json``). Nothing is invented: a section whose source
 file is missing says so, or is left out. Torch-free (json, yaml, Jinja2).
@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 import yaml
 
-from ..result_sections import collect_sections, render_sections
-from ..runs import RunError
-from ..spec import calibration_record, read_spec
+from .result_sections import collect_sections, render_sections
+from ..core.runs import EVAL_PREFIX, RunError, RunFiles
+from ..core.spec import calibration_record, read_spec
 
 __all__ = ["build_model_card", "render_model_card", "INTENDED_USE", "OUT_OF_SCOPE"]
 
@@ -50,7 +50,7 @@ def _read_json(path: Path) -> Optional[Any]:
 
 def _latest_eval(root: Path) -> Optional[dict]:
     """The metrics of the test split if evaluated, else of the newest ``eval-*`` folder."""
-    candidates = sorted(root.glob("eval-*/metrics.json"), key=lambda p: (p.parent.name != "eval-test", -p.stat().st_mtime))
+    candidates = sorted(root.glob(f"{EVAL_PREFIX}*/metrics.json"), key=lambda p: (p.parent != RunFiles(root).eval_dir("test"), -p.stat().st_mtime))
     for path in candidates:
         metrics = _read_json(path)
         if isinstance(metrics, dict):
@@ -64,13 +64,13 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
 
     Args:
         run_dir: a run folder (``medclass train`` output).
-        spec: the served :class:`~medclass.spec.ModelSpec` (image size, channels, temperature,
-            threshold actually in use); None: the run folder's (:func:`medclass.spec.read_spec`),
+        spec: the served :class:`~medclass.core.spec.ModelSpec` (image size, channels, temperature,
+            threshold actually in use); None: the run folder's (:func:`medclass.core.spec.read_spec`),
             if it has a readable one.
 
     Returns:
         A dict with keys ``name``, ``model``, ``data``, ``training``, ``metrics`` (or None),
-        ``calibration`` (or None), ``results`` (:func:`medclass.result_sections.collect_sections`:
+        ``calibration`` (or None), ``results`` (:func:`medclass.evaluation.result_sections.collect_sections`:
         ``group_level``, ``subgroups``, ``cv``, ``ood``, each None when absent), ``intended_use``,
         ``out_of_scope``, ``caveats``.
     """

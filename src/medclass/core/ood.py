@@ -38,7 +38,7 @@ traceable; :meth:`OODDetector.tensors` gives its float32 constants) and stores :
 (no matrices) in its spec's ``extra["ood"]``. Runs without ``ood.json`` (trained before it
 existed, ensembles) have no detector: every consumer treats it as optional.
 
-Like :mod:`medclass.pipeline`, the score functions take numpy arrays or torch tensors and return
+Like :mod:`medclass.core.pipeline`, the score functions take numpy arrays or torch tensors and return
 the same kind, and this module never imports PyTorch (numpy, scikit-learn when fitting), so the
 ONNX Runtime backend uses it in a process without PyTorch.
 """
@@ -622,7 +622,7 @@ def fit_detector(
 
 
 def _atomic_write(path: Path, write) -> None:
-    """:func:`medclass.fileio.atomic_write` of ``write(tmp)`` onto ``path``, with the OOD files' errors.
+    """:func:`medclass.core.fileio.atomic_write` of ``write(tmp)`` onto ``path``, with the OOD files' errors.
 
     Raises:
         RunError: a symbolic link sits at ``path`` (nothing is written through it, nor is the link
@@ -706,7 +706,7 @@ def read_ood(run_dir: Union[str, os.PathLike]) -> Optional[OODDetector]:
 
 
 def ood_from_spec(spec) -> Optional[OODDetector]:
-    """The detector summary an exported model's :class:`~medclass.spec.ModelSpec` carries in
+    """The detector summary an exported model's :class:`~medclass.core.spec.ModelSpec` carries in
     ``extra["ood"]`` (no matrices: the graph outputs the score), or None when it has none.
 
     Raises:

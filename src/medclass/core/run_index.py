@@ -1,4 +1,4 @@
-"""The table of runs in a folder (``medclass runs``): what each run is, how it ended, how it scored.
+"""What a run folder says about itself, read from its files alone: is it a run, its status, its summary row.
 
 Each run is read from the files its folder holds, never by loading a model, so listing a hundred
 runs takes a fraction of a second and works on copies without checkpoints (``results/``):
@@ -14,36 +14,23 @@ runs takes a fraction of a second and works on copies without checkpoints (``res
   ``last.pt`` without a summary: continue it with ``--resume``), ``not started`` (set up, no
   epoch ended).
 
-Torch-free (stdlib, yaml): ``medclass runs`` answers at once.
+Torch-free (stdlib, yaml). Read by ``medclass runs`` (:mod:`medclass.cli.runs_table`) and ``medclass compare``.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import yaml
 
 from .runs import CV_FILE, RunError, RunFiles
 
-__all__ = ["RUN_COLUMNS", "RUNS_FORMATS", "FAILED_FILE", "RUNNING_FILE", "is_run_folder", "find_runs",
-           "run_status", "describe_run", "runs_table", "format_runs"]
-
-#: Columns of the table, in order (``--sort`` takes any of them).
-RUN_COLUMNS = ("name", "status", "data", "model", "image_size", "epochs", "budget", "wall_seconds",
-               "test_accuracy", "balanced_accuracy", "auroc", "path")
-#: Columns sorted best-first (descending) by ``--sort``; the others ascending.
-DESCENDING = frozenset({"test_accuracy", "balanced_accuracy", "auroc", "epochs", "image_size", "wall_seconds"})
-RUNS_FORMATS = ("table", "csv", "json")
-#: The error marker :func:`medclass.engine.train` writes in a run folder when training fails.
-FAILED_FILE = "failed.json"
-#: Written while a training process works in the folder (pid, host, start time); removed at its end.
-RUNNING_FILE = "running.json"
+__all__ = ["is_run_folder", "find_runs", "run_status", "describe_run"]
 
 
 def is_run_folder(path: Path) -> bool:
@@ -95,12 +82,12 @@ def run_status(run_dir: Path) -> str:
     machine counts as running.
     """
     f = RunFiles(Path(run_dir))
-    running = _json(f.root / RUNNING_FILE)
+    running = _json(f.running)
     if isinstance(running, dict):
         same_host = running.get("host") == socket.gethostname()
         if not same_host or _pid_alive(int(running.get("pid", -1))):
             return "running"
-    if (f.root / FAILED_FILE).is_file():
+    if (f.failed).is_file():
         return "failed"
     cv = _json(f.root / CV_FILE)
     if isinstance(cv, dict):  # a cross-validation: done once its out-of-fold figures are written
@@ -146,7 +133,7 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
     train = cfg_dict.get("train") or {}
     spec = _json(f.spec) or {}
     summary = _json(f.summary) or {}
-    test = _json(f.root / "eval-test" / "metrics.json") or {}
+    test = _json(f.eval_dir("test") / "metrics.json") or {}
     ensemble = _json(f.ensemble) if f.ensemble.is_file() else None
     cv = _json(f.root / CV_FILE)
     if isinstance(cv, dict):  # the fold models' ensemble on the test split (cv.json: ensemble_test)
@@ -190,65 +177,3 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
         "auroc": test.get("auroc"),
         "path": str(f.root),
     }
-
-
-def runs_table(runs_dir: Path, sort: Optional[str] = None) -> list[dict[str, Any]]:
-    """:func:`describe_run` of every run in ``runs_dir`` (:func:`find_runs`), sorted by the column
-    ``sort`` (metrics, epochs, size and time best/largest first, the others A-Z; missing values
-    last) or by name.
-
-    Raises:
-        RunError: see :func:`find_runs`.
-        ValueError: ``sort`` is not a column of :data:`RUN_COLUMNS` (the message lists them).
-    """
-    if sort is not None and sort not in RUN_COLUMNS:
-        raise ValueError(f"--sort must be one of {', '.join(RUN_COLUMNS)}, got {sort!r}")
-    rows = [describe_run(p) for p in find_runs(runs_dir)]
-    if sort:
-        present = [r for r in rows if r[sort] is not None]
-        missing = [r for r in rows if r[sort] is None]
-        present.sort(key=lambda r: r[sort], reverse=sort in DESCENDING)
-        rows = present + missing
-    return rows
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if column in ("test_accuracy", "balanced_accuracy", "auroc"):
-        return f"{value:.3f}"
-    if column == "wall_seconds":
-        return f"{value / 60:.1f} min" if value >= 60 else f"{value:.0f} s"
-    return str(value)
-
-
-_HEADERS = {"image_size": "size", "wall_seconds": "time", "test_accuracy": "test acc",
-            "balanced_accuracy": "bal acc", "auroc": "AUROC"}
-
-
-def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
-    """The rows as text ending in a newline: an aligned ``table`` (no path column; numbers to
-    three decimals, time in minutes), ``csv`` (every column, raw values) or ``json`` (a list of objects).
-
-    Raises:
-        ValueError: ``fmt`` is not one of :data:`RUNS_FORMATS`.
-    """
-    if fmt == "json":
-        return json.dumps(list(rows), indent=1) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=RUN_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: ("" if r[k] is None else r[k]) for k in RUN_COLUMNS} for r in rows)
-        return buf.getvalue()
-    if fmt != "table":
-        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
-    columns = [c for c in RUN_COLUMNS if c != "path"]
-    cells = [[_HEADERS.get(c, c) for c in columns]] + [[_cell(c, r[c]) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    numeric = {"image_size", "epochs", "wall_seconds", "test_accuracy", "balanced_accuracy", "auroc"}
-    lines = ["  ".join(v.rjust(w) if c in numeric else v.ljust(w) for c, v, w in zip(columns, row, widths)).rstrip()
-             for row in cells]
-    if not rows:
-        lines.append("(no runs)")
-    return "\n".join(lines) + "\n"
