@@ -33,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import hardware_info, write_json  # noqa: E402
 
-from medclass.config import RunConfig  # noqa: E402
+from medclass.core.config import RunConfig  # noqa: E402
 from medclass.data import Preprocess, build_augmentation, build_index, decode_split  # noqa: E402
 from medclass.engine.trainer import make_loader  # noqa: E402
 from medclass.models import resnet50  # noqa: E402

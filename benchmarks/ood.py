@@ -11,8 +11,8 @@ For every trained run (``medclass train`` folders, e.g. one per shared data set)
 2. the foreign images: up to ``--per-set`` images of each ``--foreign`` data set that is not the
    run's own (decoded as the run takes its inputs: its size, channels and resize rule), and three
    corruptions of its own test images: blank (all zeros), uniform noise, and inverted (255 - x);
-3. the detector variants, each fitted by :func:`medclass.ood.fit_detector` (the function
-   ``medclass train`` / ``ood-fit`` use) and scored by :meth:`medclass.ood.OODDetector.score`
+3. the detector variants, each fitted by :func:`medclass.core.ood.fit_detector` (the function
+   ``medclass train`` / ``ood-fit`` use) and scored by :meth:`medclass.core.ood.OODDetector.score`
    (what every prediction path uses), nothing written to the run folder:
 
    - ``energy``: the energy of the logits (Liu et al. 2020);
@@ -48,12 +48,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, markdown_table, run_metadata, write_json  # noqa: E402
 
-from medclass.config import DataConfig  # noqa: E402
+from medclass.core.config import DataConfig  # noqa: E402
 from medclass.data import build_index, decode_split  # noqa: E402
 from medclass.data.sources import read_manifest  # noqa: E402
 from medclass.engine.inference import logits_and_layer_features, model_feature_layers  # noqa: E402
 from medclass.engine.run import load_run  # noqa: E402
-from medclass.ood import OODDetector, energy_score, fit_detector, fit_threshold, ood_auroc  # noqa: E402
+from medclass.core.ood import OODDetector, energy_score, fit_detector, fit_threshold, ood_auroc  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CORRUPTIONS = ("blank", "noise", "inverted")
@@ -124,7 +124,7 @@ def model_feature_layers_of(names: tuple[str, ...], layers: str) -> tuple[str, .
 
 def fit_variant(name: str, train, valid, num_classes: int, names: tuple[str, ...]) -> OODDetector:
     """The detector of variant ``name`` (:data:`VARIANTS`) fitted on ``train = (labels, feats)``
-    and ``valid = (logits, feats)``: :func:`medclass.ood.fit_detector`; ``split`` variants then
+    and ``valid = (logits, feats)``: :func:`medclass.core.ood.fit_detector`; ``split`` variants then
     take the threshold from the odd validation positions, after standardising on the even ones."""
     layers, combine, rule, split = VARIANTS[name]
     labels, tf = train

@@ -88,7 +88,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RunMonitor, log, markdown_table, run_metadata, set_threads, write_json  # noqa: E402
 
-from medclass.config import RunConfig, TrainConfig  # noqa: E402
+from medclass.core.config import RunConfig, TrainConfig  # noqa: E402
 from medclass.data import build_index, write_manifest  # noqa: E402
 from medclass.data.sources import NPZ_SEP  # noqa: E402
 from medclass.evaluation.metrics import bootstrap_ci, classification_metrics  # noqa: E402

@@ -75,6 +75,30 @@ def tiny_run(tmp_path_factory):
     return run, data
 
 
+def _run_files(root):
+    """Every file of a run folder, relative, without the ones that differ by nature (TensorBoard events,
+    the decode cache)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and "tensorboard" not in p.parts and "cache" not in p.parts)
+
+
+def test_a_run_trained_from_python_has_the_files_of_one_trained_by_the_cli(tiny_run, tmp_path):
+    """One workflow (medclass.workflow.train_run) behind both: the API's run has its OOD detector too."""
+    from typer.testing import CliRunner
+
+    from medclass.cli import app
+
+    run, data = tiny_run
+    runs = tmp_path / "runs"
+    r = CliRunner().invoke(app, ["train", str(data), "--name", "tiny", "--runs-dir", str(runs), "--image-size", "16",
+                                 "--epochs", "2", "--batch-size", "4", "--set", "model.stem=small",
+                                 "--set", "train.max_steps_per_epoch=2", "--set", "train.progress=false"])
+    assert r.exit_code == 0, r.output
+    api_files, cli_files = _run_files(run.path), _run_files(runs / "tiny")
+    assert "ood.json" in api_files and "ood.npz" in api_files and "eval-test/metrics.json" in api_files
+    assert api_files == cli_files
+
+
 def test_train_returns_a_run_with_its_history_and_evaluation(tiny_run):
     run, data = tiny_run
     assert isinstance(run, medclass.Run) and run.name == "tiny" and os.fspath(run) == str(run.path)

@@ -265,11 +265,12 @@ def test_train_stores_the_detector_with_the_run(ood_run):
 
 def test_blank_and_noise_images_are_flagged_and_own_test_images_mostly_not(ood_run):
     from medclass.engine import load_run
-    from medclass.evaluation import predict_images
+    from medclass.serving.prediction import predict_files
+    from medclass.serving.predictor import TorchClassifier
 
     run_dir, data, foreign = ood_run
     run = load_run(run_dir)
-    preds = predict_images(run, [*foreign, data / "test"])
+    preds = predict_files(TorchClassifier(run), [*foreign, data / "test"])
     odd, own = preds[: len(foreign)], preds[len(foreign):]
     assert len(own) == 20 and all(p.ood is not None and p.ood.method == "mahalanobis" for p in preds)
     assert [p.ood_flag for p in odd] == [True] * len(odd), [p.ood_score for p in odd]

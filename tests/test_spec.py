@@ -109,8 +109,8 @@ def test_a_broken_spec_or_calibration_names_the_file(tmp_path):
 
 
 def test_spec_module_and_pipeline_do_not_import_torch():
-    code = ("import sys; import medclass.core.spec, medclass.core.pipeline, medclass.serving.prediction, medclass.serving.spec; "
-            "import numpy as np; from medclass import pipeline as p; "
+    code = ("import sys; import medclass.core.spec, medclass.core.pipeline, medclass.serving.prediction; "
+            "import numpy as np; from medclass.core import pipeline as p; "
             "p.decide(p.probabilities(np.zeros((2, 3)), 2.0)); p.preprocess(np.zeros((1, 1, 2, 2), np.uint8), [0.5], [0.2]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -253,9 +253,10 @@ def test_train_does_not_mutate_its_config_with_imagenet_weights(tmp_path, monkey
 
 def test_evaluate_stores_calibration_in_the_spec_and_every_path_uses_it(tmp_path):
     from medclass.engine import load_run, train
-    from medclass.evaluation import evaluate_run, predict_images
+    from medclass.evaluation import evaluate_run
     from medclass.serving.predictor import TorchClassifier
     from medclass.serving.prediction import predict_files
+    from medclass.workflow import predict
 
     data = make_folder_dataset(tmp_path / "data", per_class=16)
     run_dir = tmp_path / "run"
@@ -270,8 +271,9 @@ def test_evaluate_stores_calibration_in_the_spec_and_every_path_uses_it(tmp_path
     run = load_run(run_dir)
     assert run.spec == dataclasses.replace(spec, checkpoint_epoch=run.checkpoint_epoch) and run.checkpoint_epoch == 1
     files = sorted((data / "dark").iterdir())[:3] + sorted((data / "bright").iterdir())[:3]
-    torch_preds = predict_images(run, files)
+    torch_preds, names = predict(run_dir, files)  # `medclass predict RUN FILES`: load_predictor, then predict_files
     backend_preds = predict_files(TorchClassifier(run), files)
+    assert names == spec.class_names
     assert [p.to_dict() for p in torch_preds] == [p.to_dict() for p in backend_preds]
     probs = np.array([[p.probabilities[n] for n in spec.class_names] for p in torch_preds])
     decided = [spec.class_names[k] for k in pipeline.decide(probs, spec.threshold)]
@@ -323,8 +325,8 @@ def test_logit_adjustment_in_the_spec_is_used_by_every_path(tmp_path):
     """A stored adjustment that favours one class by a huge offset decides every prediction, in
     predict, the serving backend and evaluate's as-deployed figures; it survives the JSON round trip."""
     from medclass.engine import load_run, train
-    from medclass.evaluation import evaluate_run, predict_images
-    from medclass.serving.prediction import predict_files
+    from medclass.evaluation import evaluate_run
+    from medclass.serving.prediction import load_predictor, predict_files
     from medclass.serving.predictor import TorchClassifier
     from medclass.core.spec import update_calibration
 
@@ -337,7 +339,7 @@ def test_logit_adjustment_in_the_spec_is_used_by_every_path(tmp_path):
     run = load_run(run_dir)
     files = sorted((data / "dark").iterdir())[:3] + sorted((data / "bright").iterdir())[:3]
     favoured = spec.class_names[1]
-    assert {p.predicted for p in predict_images(run, files)} == {favoured}
+    assert {p.predicted for p in predict_files(load_predictor(run_dir), files)} == {favoured}
     assert {p.predicted for p in predict_files(TorchClassifier(run), files)} == {favoured}
     m = evaluate_run(run_dir, progress=False, n_bootstrap=20, calibrate=False)
     assert m["as_deployed"]["rule"] == "logit_adjustment"

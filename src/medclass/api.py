@@ -14,12 +14,13 @@
 
     run = medclass.load("runs/ct-r18")    # any run folder written by the CLI or the API
 
-What each call runs: :func:`train` is ``medclass train`` (:func:`medclass.engine.train` on a new
-run folder from :func:`medclass.engine.new_run_dir`), :meth:`Run.evaluate` is ``medclass evaluate``
+What each call runs: :func:`train` is ``medclass train`` (the workflow :func:`medclass.workflow.train_run`:
+train, fit the OOD detector, evaluate when asked, on a new run folder from
+:func:`medclass.core.runs.new_run_dir`), :meth:`Run.evaluate` is ``medclass evaluate``
 (:func:`medclass.evaluation.evaluate_run`), :meth:`Run.predict` is ``medclass predict``
-(:func:`medclass.evaluation.predict_images`), :meth:`Run.explain` is Grad-CAM
+(:func:`medclass.serving.prediction.predict_files`), :meth:`Run.explain` is Grad-CAM
 (:func:`medclass.evaluation.gradcam`), :meth:`Run.export` is ``medclass export``
-(:func:`medclass.serving.export.export_run`), :meth:`Run.report` is ``medclass report``
+(:func:`medclass.workflow.export`), :meth:`Run.report` is ``medclass report``
 (:func:`medclass.evaluation.build_report`). Files land in the run folder exactly as with the CLI.
 
 Configuration: :func:`configure` builds a :class:`~medclass.core.config.RunConfig` from keyword arguments
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from .core.config import PRESETS, ConfigError, RunConfig, check_budget_config
-from .core.runs import RunError, RunFiles, resume_cv_dir
+from .core.runs import RunError, RunFiles, new_run_dir, resume_cv_dir
 
 __all__ = ["configure", "train", "load", "Run", "Evaluation", "Predictions", "Explanation", "Figure", "Report"]
 
@@ -532,13 +533,12 @@ class Run:
             ValueError: an array that is not uint8 or has another shape.
         """
         from .serving.prediction import predict_read
+        from .serving.predictor import TorchClassifier
 
         loaded = self._load(checkpoint)
-        from .serving.predict import _RunBackend
-
         results, arrays, ok = self._read(images, loaded.spec)
-        return Predictions(predict_read(_RunBackend(loaded, ("hflip",) if tta else (), batch_size), results, arrays, ok),
-                           loaded.class_names)
+        predictor = TorchClassifier(loaded, ("hflip",) if tta else (), batch_size)  # as `medclass predict`'s
+        return Predictions(predict_read(predictor, results, arrays, ok), loaded.class_names)
 
     def explain(self, image: Any, *, target_class: Optional[str] = None, target_layer: Optional[str] = None,
                 checkpoint: str = "best") -> Explanation:
@@ -597,12 +597,9 @@ class Run:
             ValueError: an unknown format. ImportError: onnx/onnxruntime missing.
         """
         _heavy_imports()
-        from .engine import load_run
-        from .serving.export import FORMATS, export_run
+        from .workflow import export
 
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        return export_run(load_run(self.path, checkpoint=checkpoint, device="cpu"), format, out)
+        return export(self.path, format, out, checkpoint=checkpoint).export  # as `medclass export`
 
     def report(self, split: str = "test", out: Optional[PathLike] = None, *, explain: int = 2, bootstrap: int = 1000,
                tta: bool = False, dedupe: bool = False, progress: bool = False) -> Report:
@@ -712,18 +709,14 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
         cfg.train.progress = False
     check_tracking(cfg)
     _heavy_imports()
-    from .engine import new_run_dir, train as run_training
+    from .workflow import train_run
 
-    run_dir = new_run_dir(Path(runs_dir), name, cfg)
-    result = run_training(cfg, run_dir)
-    run = Run(run_dir, result)
-    if evaluate:
-        from .evaluation.evaluate import final_split
-
-        split, warning = final_split(run_dir)  # test; valid, with a warning, when the data has no test split
-        if warning:
-            warnings.warn(warning, stacklevel=2)
-        run.evaluate(split, progress=cfg.train.progress)
+    # the workflow of `medclass train`: train, fit the OOD detector (RUN/ood.json), evaluate when asked
+    outcome = train_run(cfg, new_run_dir(Path(runs_dir), name, cfg), evaluate=evaluate, log=print,
+                        warn=lambda m: warnings.warn(m, stacklevel=3))
+    run = Run(outcome.run_dir, outcome.result)
+    if outcome.metrics is not None:
+        run.last_evaluation = Evaluation(outcome.metrics)
     return run
 
 
@@ -763,7 +756,6 @@ def cv(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike, No
     elif not sys.stderr.isatty():
         cfg.train.progress = False
     _heavy_imports()
-    from .engine import new_run_dir
     from .evaluation.cv import cross_validate
 
     if not resume:

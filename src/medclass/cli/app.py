@@ -168,32 +168,15 @@ def train(
             check_train_config(cfg)  # before a run folder is named
             check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
-        from ..data.pixels import ImageReadError
-        from ..engine import train as run_training
-        from ..evaluation import evaluate_run
-        from ..evaluation.evaluate import final_split, format_breastmnist_comparison, format_metrics
-        from ..evaluation.ood import fit_run_ood_or_warn
+        from ..evaluation.evaluate import format_breastmnist_comparison, format_metrics
+        from ..workflow import train_run
 
-        result = run_training(cfg, run_dir, resume=resume)
-        if not result.is_main:  # DDP ranks other than 0: rank 0 reports and evaluates
-            return
-        typer.echo(f"best epoch {result.best_epoch} ({cfg.train.monitor} {result.best_value:.4f}); run in {run_dir}")
-        if ood:
-            fit_run_ood_or_warn(run_dir, progress=cfg.train.progress, log=typer.echo,
-                                warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
-        if evaluate_test:
-            split, warning = final_split(run_dir)  # test; valid (said) when the data has no test split
-            if warning:
-                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-            try:
-                metrics = evaluate_run(run_dir, split=split, progress=cfg.train.progress)
-            except ImageReadError as e:  # the model is trained and saved: say so, and how to evaluate it
-                raise ImageReadError(e.path, e.reason, f"the model is trained and saved in {run_dir}; replace or "
-                                     f"remove the file and run `medclass evaluate {run_dir}`, or run `medclass "
-                                     f"evaluate {run_dir} --skip-corrupt` to leave unreadable images out") from e
-            typer.echo(format_metrics(metrics))
+        outcome = train_run(cfg, run_dir, resume=resume, fit_ood=ood, evaluate=evaluate_test, log=typer.echo,
+                            warn=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
+        if outcome.metrics is not None:
+            typer.echo(format_metrics(outcome.metrics))
             if cfg.data.source is None:
-                typer.echo(format_breastmnist_comparison(metrics))
+                typer.echo(format_breastmnist_comparison(outcome.metrics))
 
 
 @app.command()
@@ -359,40 +342,18 @@ def predict(
         _fail(f"--format must be table, csv or json, got {fmt!r}")
     if backend not in ("torch", "onnx", "torchscript"):
         _fail(f"--backend must be torch, onnx or torchscript, got {backend!r}")
-    tta_ops = ("hflip",) if tta else ()
-    if backend == "torch":
-        if run.is_file() and run.suffix.lower() in (".onnx", ".pt"):
-            other = "onnx" if run.suffix.lower() == ".onnx" else "torchscript"
-            _fail(f"{run} is an exported model, not a run folder: add --backend {other}")
+    if explain is not None and backend != "torch":
+        _fail(f"--explain needs the torch backend (Grad-CAM takes gradients through the PyTorch model); "
+              f"drop --backend {backend}, or drop --explain")
+    if backend == "torch" and not run.is_file():
         with _user_errors():
             check_run_folder(run, "best")
-            from ..engine import load_run
-            from ..evaluation import predict_images
+    # No PyTorch import for onnx: only numpy, Pillow and onnxruntime (medclass.serving.prediction.load_predictor).
+    from ..workflow import predict as predict_workflow
 
-            loaded = load_run(run)
-            preds = predict_images(loaded, paths, tta=tta_ops, explain_dir=explain, target_layer=target_layer)
-        names = loaded.class_names
-    else:
-        # No PyTorch import on this path for onnx: only numpy, Pillow and onnxruntime.
-        from ..serving.onnx_backend import load_onnx_classifier, predict_files
-
-        if explain is not None:
-            _fail(f"--explain needs the torch backend (Grad-CAM takes gradients through the PyTorch model); "
-                  f"drop --backend {backend}, or drop --explain")
-        suffix, fmt_name = (".onnx", "onnx") if backend == "onnx" else (".pt", "torchscript")
-        model_path = run / "export" / f"model{suffix}" if run.is_dir() else run
-        if run.is_dir() and not model_path.is_file():
-            _fail(f"{run} has no {fmt_name} export ({model_path} is missing): run "
-                  f"`medclass export {run} --format {fmt_name}` first, or give the exported file")
-        with _user_errors(FileNotFoundError, ImportError):
-            if backend == "onnx":
-                classifier = load_onnx_classifier(model_path, tta=tta_ops)
-            else:
-                from ..serving.predictor import load_torchscript_classifier
-
-                classifier = load_torchscript_classifier(model_path, tta=tta_ops)
-            preds = predict_files(classifier, paths)
-        names = classifier.spec.class_names
+    with _user_errors(FileNotFoundError, ImportError, ValueError):
+        preds, names = predict_workflow(run, paths, backend=backend, tta=("hflip",) if tta else (),
+                                        explain_dir=explain, target_layer=target_layer)
     if not preds:
         _fail("no image files found in the given paths")
     text = format_predictions(preds, names, fmt)
@@ -445,14 +406,15 @@ def export(
 
     with _user_errors():
         check_run_folder(run, checkpoint)
-    from ..engine import load_run
-    from ..serving.export import VERIFY_TOLERANCE, export_run
+    from ..serving.export import VERIFY_TOLERANCE
+    from ..workflow import export as export_workflow
 
     with _user_errors(ImportError, OSError), warnings.catch_warnings():
-        loaded = load_run(run, checkpoint=checkpoint, device="cpu")
         # a mismatch is reported below, as a CLI warning
         warnings.filterwarnings("ignore", message=r"the exported model .* differs", category=RuntimeWarning)
-        result = export_run(loaded, fmt, None if quantize else out, progress=True)
+        outcome = export_workflow(run, fmt, out, checkpoint=checkpoint, progress=True, quantize=quantize,
+                                  tolerance_points=tolerance, force=force)
+    result, q = outcome.export, outcome.int8
     spec = result.spec
     size_mb = result.path.stat().st_size / 1e6
     typer.echo(f"exported {run} (epoch {spec.checkpoint_epoch}, {len(spec.class_names)} classes, "
@@ -464,12 +426,7 @@ def export(
                         f"(tolerance {VERIFY_TOLERANCE:.0e})", fg=typer.colors.YELLOW, err=True)
         else:
             typer.echo(f"checked: probabilities match PyTorch within {result.max_prob_diff:.1e}")
-    if quantize:
-        from ..serving.quantize import quantize_run
-
-        typer.echo("quantizing to INT8 (static, QDQ) on the validation images ...")
-        with _user_errors(ImportError, OSError):
-            q = quantize_run(loaded, result.path, out, tolerance_points=tolerance, force=force)
+    if q is not None:
         for split, a in q.accuracy.items():
             typer.echo(f"{split} accuracy (n={a['n']}): FP32 {a['fp32']:.4f}  INT8 {a['int8']:.4f}  "
                        f"({100 * (a['int8'] - a['fp32']):+.2f} points)")

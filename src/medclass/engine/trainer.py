@@ -739,164 +739,231 @@ def _record_failure(files: RunFiles, error: BaseException, created: bool) -> Non
         pass
 
 
-def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -> TrainResult:
-    """The body of :func:`train`; appends to ``started`` once the run folder is set up and marked running."""
-    t_start = time.time()
-    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
+@dataclass
+class _Session:
+    """What every stage of one :func:`train` call shares: the run's settings, its folder, where it runs."""
+
+    cfg: RunConfig
+    files: RunFiles
+    resume: bool
+    t_start: float  # time.time() when the call began: the budget's clock reads the same
+    ctx: DistContext
+    device: torch.device
+    budget: Optional[Budget]  # train.time_budget (None without, or for a linear probe)
+    budget_changed: bool  # --resume with another --time-budget
+    probe: bool  # model.finetune linear_probe: features once, a logistic regression, no epochs to plan
+
+    @property
+    def main(self) -> bool:
+        return self.ctx.is_main
+
+    def log(self, *args, **kwargs) -> None:  # rank 0 speaks
+        if self.main:
+            print(*args, **kwargs)
+
+
+def _start_session(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool], t_start: float) -> _Session:
+    """Check the config, join the DDP group, set up and mark the run folder (rank 0), seed, pick the device.
+
+    Raises:
+        ConfigError, TrackingError, RunError: a bad config, MLflow on but missing, an unusable folder.
+    """
     check_budget_config(cfg)
     check_recipe(cfg)
     tc = cfg.train
-    # the budget's clock is the one t_start and the epochs' wall times are read from
-    probe = cfg.model.finetune == "linear_probe"  # features once, a logistic regression: no epochs to plan
+    probe = cfg.model.finetune == "linear_probe"
     budget = (Budget(parse_duration(tc.time_budget), start=t_start, clock=time.time)
               if tc.time_budget is not None and not probe else None)
     ctx = init_distributed(tc.device)
-    main = ctx.is_main
-    log = print if main else _quiet
     budget_changed = False
     if resume and files.config.is_file():  # every rank reads it before rank 0 records the new values there
         budget_changed = "time_budget" in _record_resume_settings(cfg, files, None)
-    if main:
+    if ctx.is_main:
         check_tracking(cfg)  # MLflow on but not installed: the error before any work (TrackingError)
         prepare_run_dir(files, resume)
         _mark_running(files)
         started.append(True)
         if resume:  # another --epochs / --time-budget than config.yaml: recorded there
-            _record_resume_settings(cfg, files, log)
+            _record_resume_settings(cfg, files, print)
     barrier(ctx)
     torch.manual_seed(tc.seed)
     device = ctx.device if ctx.enabled else select_device(tc.device)
+    return _Session(cfg, files, resume, t_start, ctx, device, budget, budget_changed, probe)
 
-    # ---- data: index and split (the saved manifest when resuming), check the disks, decode once (cached)
-    if resume:
-        cfg.data.manifest = str(files.manifest)
+
+def _index_and_settle(s: _Session):
+    """Index and split the data (the saved manifest when resuming), then settle what the config left open:
+    the positive class of a binary task, ``model.arch: auto``, the image size and the intensity rule.
+    Returns ``(index, intensity_reason)``.
+
+    Raises:
+        DataError: fewer than 2 classes. ConfigError: a positive class that does not fit the task.
+    """
+    cfg, log = s.cfg, s.log
+    if s.resume:
+        cfg.data.manifest = str(s.files.manifest)
     index = build_index(cfg.data)
-    for note in index.notes if not resume else ():  # e.g. masks inside class folders
+    for note in index.notes if not s.resume else ():  # e.g. masks inside class folders
         log(f"warning: {note}")
     if index.num_classes < 2:
         raise DataError(f"{cfg.data.source or 'the data'}: found only the class {index.class_names}; a classifier needs "
                         "at least 2 classes (one folder per class, or 2 labels in the CSV)")
-    if index.num_classes == 2 and not resume:  # the class sensitivity etc. are about, recorded in the run
+    if index.num_classes == 2 and not s.resume:  # the class sensitivity etc. are about, recorded in the run
         try:
             positive, reason = choose_positive_class(index.class_names, cfg.data.positive_class)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         cfg.data.positive_class = index.class_names[positive]
         log(reason)
-    elif cfg.data.positive_class is not None and not resume:
+    elif cfg.data.positive_class is not None and not s.resume:
         raise ConfigError(f"data.positive_class ({cfg.data.positive_class!r}) is for binary tasks; this data has "
                           f"{index.num_classes} classes")
     model_reason = resolve_auto_model(cfg)  # arch auto: pretrained EfficientNet-Lite0 (or ResNet-18 from scratch)
-    if model_reason and not resume:
+    if model_reason and not s.resume:
         log(model_reason)
-    if probe:
-        tc.epochs = 1
+    if s.probe:
+        cfg.train.epochs = 1
         if cfg.data.image_size == "auto":
             cfg.data.image_size = DEFAULT_IMAGE_SIZE
-        if tc.time_budget is not None:
+        if cfg.train.time_budget is not None:
             log("linear probe: the features are computed once and a logistic regression fitted; the time budget "
                 "is not needed")
     fixed_image_size(cfg)  # auto without a budget: DEFAULT_IMAGE_SIZE
     intensity_reason = resolve_intensity(cfg, index.splits["train"], log)  # auto: greyscale -> per_image
     if cfg.data.image_size == "auto":  # with a budget (a resumed run's config.yaml holds the size chosen)
-        _choose_image_size(cfg, index, budget, device, ctx, log)
-    # the run contract (medclass.core.spec): preprocessing, classes, task kind; ImageNet weights bring
-    # ImageNet normalisation there (spec_from_config), the config itself is not changed
-    spec = read_spec(files.root) if resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
-    if main:
+        _choose_image_size(cfg, index, s.budget, s.device, s.ctx, log)
+    return index, intensity_reason
+
+
+def _record_contract(s: _Session, index):
+    """The run contract (:mod:`medclass.core.spec`; ImageNet weights bring ImageNet normalisation there,
+    the config itself is not changed), the disk checks, the leakage check (``data.dedupe``), and what
+    rank 0 writes before the first epoch. Returns ``(index, spec)``: the index without left-out duplicates."""
+    cfg, files = s.cfg, s.files
+    spec = read_spec(files.root) if s.resume else spec_from_config(cfg, index.class_names, files.root.resolve().name)
+    if s.main:
         removed = remove_stale_temp_files(files)
         if removed:
-            log(f"removed {len(removed)} temporary files left by an interrupted save: {', '.join(p.name for p in removed)}")
-        check_disk_space(cfg, files, index, resume)
-    if not resume:
-        index = _check_leakage(cfg, index, files, main)
+            s.log(f"removed {len(removed)} temporary files left by an interrupted save: "
+                  f"{', '.join(p.name for p in removed)}")
+        check_disk_space(cfg, files, index, s.resume)
+    if not s.resume:
+        index = _check_leakage(cfg, index, files, s.main)
         cfg.data.manifest = None  # the manifest is part of the run; the config keeps the source
-    if main:
-        _record_run(cfg, index, spec, files, resume)
+    if s.main:
+        _record_run(cfg, index, spec, files, s.resume)
         note = small_validation_note(index)
-        if note and not resume:
-            log(f"warning: {note}")
-    train_split, val_split = _decode_splits(cfg, index, ctx, log)
-    preprocess = Preprocess.from_spec(spec).to(device)
-    augment = build_augmentation(cfg.data)
+        if note and not s.resume:
+            s.log(f"warning: {note}")
+    return index, spec
 
-    # ---- model, loss, optimizer, schedule; the resume point
+
+def _build_fit(s: _Session, index, spec, train_split: DecodedSplit) -> tuple[Fit, DataLoader, torch.Generator, int]:
+    """Model (pretrained weights recorded in the spec), loss, optimizer, loader, LR schedule, EMA and mixup.
+    Returns ``(fit, loader, generator, steps_per_epoch)``; ``generator`` is the sampler's, reseeded every epoch."""
+    cfg, tc, device = s.cfg, s.cfg.train, s.device
     channels_last = channels_last_wanted(device, cfg.data.image_size)
-    model, net, loaded = setup_model(cfg, index, resume, ctx, device, channels_last, log)
-    if loaded is not None and main:  # where the weights came from, in the run contract
+    model, net, loaded = setup_model(cfg, index, s.resume, s.ctx, device, channels_last, s.log)
+    if loaded is not None and s.main:  # where the weights came from, in the run contract
         spec.extra["pretrained"] = pretrained_record(loaded)
-        write_spec(spec, files.root)
-    criterion = make_loss(cfg, train_split.labels, index.num_classes).to(device)
+        write_spec(spec, s.files.root)
     optimizer = make_optimizer(cfg, model)
-    generator = torch.Generator()  # the sampler's: reseeded every epoch
-    loader = make_loader(cfg, train_split, generator, ctx, device)
+    generator = torch.Generator()
+    loader = make_loader(cfg, train_split, generator, s.ctx, device)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
     ema, mixup = make_recipe(cfg, model, index.num_classes)
-    fit = Fit(model=model, net=net, criterion=criterion, optimizer=optimizer,
-               schedule=LRSchedule(tc, optimizer, steps_per_epoch), preprocess=preprocess, augment=augment,
-               device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last,
-               ema=ema, mixup=mixup)
+    fit = Fit(model=model, net=net, criterion=make_loss(cfg, train_split.labels, index.num_classes).to(device),
+              optimizer=optimizer, schedule=LRSchedule(tc, optimizer, steps_per_epoch),
+              preprocess=Preprocess.from_spec(spec).to(device), augment=build_augmentation(cfg.data), device=device,
+              amp_dtype=torch.bfloat16 if device.type == "cuda" else None, channels_last=channels_last,
+              ema=ema, mixup=mixup)
+    return fit, loader, generator, steps_per_epoch
+
+
+def _resumed_budget(s: _Session, fit: Fit, history: list[dict[str, float]], saved_epoch: int,
+                    steps_per_epoch: int) -> Budget:
+    """A resumed budget run: the plan its restored schedule holds, the time earlier invocations spent, and
+    (``--resume --time-budget``) the epochs and schedule re-planned for the new total."""
+    tc = s.cfg.train
+    tc.epochs = max(saved_epoch, round(fit.schedule.total_steps / steps_per_epoch))
+    budget = Budget.resume_from(s.files.root, s.budget.seconds, s.t_start, history, tc.epochs, clock=time.time)
+    s.log(f"time budget {format_duration(budget.seconds)}: {format_duration(budget.elapsed())} spent before this "
+          f"resume; plan {tc.epochs} epochs")
+    if s.budget_changed:
+        before = tc.epochs
+        planned = _agree(budget.replan(saved_epoch), s.ctx, s.device)
+        if planned > saved_epoch:
+            budget.planned_epochs = tc.epochs = planned
+            fit.schedule.replan(planned * steps_per_epoch)
+        s.log(f"time budget changed: plan {before} -> {max(planned, saved_epoch)} epochs; the LR schedule re-planned "
+              f"for {max(planned, saved_epoch)} epochs (LR now {fit.schedule.lr:.2e})")
+    return budget
+
+
+def _end_epoch(s: _Session, fit: Fit, tracker: EarlyStopping, history: list[dict[str, float]], row: dict,
+               saved_epoch: int, class_names: list[str], writer, mlflow_run) -> int:
+    """Record an epoch's row: the schedule's epoch step, early stopping, then on rank 0 ``best.pt``,
+    ``last.pt`` (the resume point), ``metrics.csv``, TensorBoard and MLflow. Returns the epoch ``last.pt``
+    now holds."""
+    history.append(row)
+    monitored = row[s.cfg.train.monitor]
+    if fit.schedule is not None and not s.probe:
+        fit.schedule.step_epoch(monitored)
+    improved = tracker.update(monitored, row["epoch"])
+    if s.main:
+        saved_epoch = save_epoch(s.files, fit, tracker, history, improved, s.cfg, class_names, saved_epoch)
+        _log_scalars(writer, row)
+        mlflow_run.log_epoch(row)
+    return saved_epoch
+
+
+def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -> TrainResult:
+    """The body of :func:`train`; appends to ``started`` once the run folder is set up and marked running."""
+    s = _start_session(copy.deepcopy(cfg), files, resume, started, time.time())  # the caller's config stays
+    cfg, tc, ctx, log = s.cfg, s.cfg.train, s.ctx, s.log
+    index, intensity_reason = _index_and_settle(s)
+    index, spec = _record_contract(s, index)
+    train_split, val_split = _decode_splits(cfg, index, ctx, log)
+    fit, loader, generator, steps_per_epoch = _build_fit(s, index, spec, train_split)
     tracker = EarlyStopping(tc.monitor, tc.patience if tc.early_stopping else None, tc.min_delta)
     history, saved_epoch = _restore(files.last, fit, tracker) if resume else ([], 0)  # saved: what last.pt holds
-    if resume and budget is None:  # --epochs on resume: a new total, the schedule re-planned for it
-        _replan_resumed(fit, tracker, tc, saved_epoch, steps_per_epoch, files, main, log)
+    if resume and s.budget is None:  # --epochs on resume: a new total, the schedule re-planned for it
+        _replan_resumed(fit, tracker, tc, saved_epoch, steps_per_epoch, files, s.main, log)
     val_shard = torch.arange(ctx.rank, len(val_split), ctx.world_size)
     val_images = val_split.images[val_shard] if ctx.enabled else val_split.images
-    log(
-        f"medclass: {cfg.model.arch} ({count_parameters(model):,} parameters) on {device}"
+    log(f"medclass: {cfg.model.arch} ({count_parameters(fit.model):,} parameters) on {s.device}"
         + (f" x {ctx.world_size} processes (DDP, global batch {tc.batch_size})" if ctx.enabled else "")
         + f"; {index.num_classes} classes; train {len(train_split)}, valid {len(val_split)} images"
-        f" at {cfg.data.image_size} px"
-    )
+        f" at {cfg.data.image_size} px")
+    budget = s.budget
     if budget is not None and not resume:  # measure, plan the epochs, size the schedule to them
         _plan_budget(budget, cfg, fit, loader, generator, steps_per_epoch, val_images, ctx, log)
-    elif budget is not None:  # the plan the restored schedule holds; the time earlier invocations spent
-        tc.epochs = max(saved_epoch, round(fit.schedule.total_steps / steps_per_epoch))
-        budget = Budget.resume_from(files.root, budget.seconds, t_start, history, tc.epochs, clock=time.time)
-        log(f"time budget {format_duration(budget.seconds)}: {format_duration(budget.elapsed())} spent before this "
-            f"resume; plan {tc.epochs} epochs")
-        if budget_changed:  # --resume --time-budget: a new total budget; re-plan the epochs and the schedule now
-            before = tc.epochs
-            planned = _agree(budget.replan(saved_epoch), ctx, device)
-            if planned > saved_epoch:
-                budget.planned_epochs = tc.epochs = planned
-                fit.schedule.replan(planned * steps_per_epoch)
-            log(f"time budget changed: plan {before} -> {max(planned, saved_epoch)} epochs; the LR schedule re-planned "
-                f"for {max(planned, saved_epoch)} epochs (LR now {fit.schedule.lr:.2e})")
-    clock = RunClock(cfg, t_start, steps_per_epoch, len(val_split), tqdm.write if main else _quiet,
+    elif budget is not None:
+        budget = _resumed_budget(s, fit, history, saved_epoch, steps_per_epoch)
+    clock = RunClock(cfg, s.t_start, steps_per_epoch, len(val_split), tqdm.write if s.main else _quiet,
                      warn=budget is None)
-    bar = tc.progress and main and is_terminal()  # a bar on a terminal; else a line every train.log_interval s
-    report = TrainProgress(steps_per_epoch, tc.batch_size, t_start, bar=bar, interval=tc.log_interval,
-                           enabled=tc.progress and main)
-
-    # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
-    stopped_early = tracker.should_stop
-    epoch = saved_epoch
+    bar = tc.progress and s.main and is_terminal()  # a bar on a terminal; else a line every train.log_interval s
+    report = TrainProgress(steps_per_epoch, tc.batch_size, s.t_start, bar=bar, interval=tc.log_interval,
+                           enabled=tc.progress and s.main)
+    say = tqdm.write if s.main else _quiet  # inside an epoch: below the progress bar
 
     def rewrite_last() -> None:  # a budget stop re-sized the schedule: last.pt and budget.json record it
-        if main and history and saved_epoch == history[-1]["epoch"]:
+        if s.main and history and saved_epoch == history[-1]["epoch"]:
             try:
                 save_checkpoint(_last_state(fit, tracker, history, cfg, index.class_names), files.last)
                 budget.save(files.root, saved_epoch)
             except OSError as e:
                 raise write_failed(e, files.last, files, saved_epoch) from e
 
-    say = tqdm.write if main else _quiet  # inside an epoch: below the progress bar
-    # TensorBoard and, when on, MLflow (medclass.engine.tracking): the same rows, after every epoch
-    with _tensorboard(files if main else None) as writer, \
-            open_tracker(cfg, files if main else None, resume) as mlflow_run:
-        if probe and epoch == 0:  # model.finetune linear_probe: one "epoch" that fits the head
-            t0 = time.time()
-            fit.ema = None  # the head is fitted, not trained: no average of weights to keep
-            row = _linear_probe_epoch(fit, cfg, train_split, val_split, index.num_classes, log)
-            row["seconds"] = time.time() - t0
-            history.append(row)
-            improved = tracker.update(row[tc.monitor], 1)
-            epoch = 1
-            if main:
-                saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
-                _log_scalars(writer, row)
-                mlflow_run.log_epoch(row)
+    # ---- the epochs: train, validate, step the schedule, checkpoint and log, stop early
+    stopped_early, epoch = tracker.should_stop, saved_epoch
+    with _tensorboard(files if s.main else None) as writer, \
+            open_tracker(cfg, files if s.main else None, resume) as mlflow_run:
+        if s.probe and epoch == 0:  # model.finetune linear_probe: one "epoch" that fits the head
+            t0, fit.ema = time.time(), None  # the head is fitted, not trained: no average of weights to keep
+            row = {**_linear_probe_epoch(fit, cfg, train_split, val_split, index.num_classes, log)}
+            row["seconds"], epoch = time.time() - t0, 1
+            saved_epoch = _end_epoch(s, fit, tracker, history, row, saved_epoch, index.class_names, writer, mlflow_run)
             log(f"linear probe: val_acc {row['val_accuracy']:.4f}  val_balanced_acc {row['val_balanced_accuracy']:.4f}"
                 f"  ({row['seconds']:.1f}s)")
         while not stopped_early:
@@ -906,8 +973,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
                 break
             if epoch >= tc.epochs:
                 break
-            epoch += 1
-            t0 = time.time()
+            epoch, t0 = epoch + 1, time.time()
             eta = clock.eta(tc.epochs - epoch + 1)
             desc = f"epoch {epoch}/{tc.epochs}" + (f" (run ETA {format_duration(eta)})" if eta is not None else "")
             report.start_epoch(epoch, tc.epochs, clock.walls)
@@ -920,41 +986,38 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
             val_loss, val_acc, val_bal = validate(fit, val_images, val_shard, val_split.labels, ctx, 2 * tc.batch_size)
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "val_balanced_accuracy": val_bal, "lr": fit.schedule.lr, "seconds": time.time() - t0}
-            history.append(row)
-            fit.schedule.step_epoch(row[tc.monitor])
-            improved = tracker.update(row[tc.monitor], epoch)
-            if main:  # best.pt, then last.pt (the resume point), then metrics.csv
-                saved_epoch = save_epoch(files, fit, tracker, history, improved, cfg, index.class_names, saved_epoch)
-                _log_scalars(writer, row)
-                mlflow_run.log_epoch(row)
+            saved_epoch = _end_epoch(s, fit, tracker, history, row, saved_epoch, index.class_names, writer, mlflow_run)
             clock.epoch_done(time.time() - t0, tc.epochs - epoch)  # wall time, checkpoints included
             if budget is not None:
                 budget.note_epoch(clock.walls[-1], tail_seconds=clock.walls[-1] - train_seconds)
-                if main:
+                if s.main:
                     try:
                         budget.save(files.root, epoch)
                     except OSError as e:
                         raise write_failed(e, files.budget, files, saved_epoch) from e
             eta = clock.eta(tc.epochs - epoch)
-            log(
-                f"epoch {epoch:3d}/{tc.epochs}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "
+            log(f"epoch {epoch:3d}/{tc.epochs}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "
                 f"val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                 + (f"  ETA {format_duration(eta)}" if eta and epoch < tc.epochs else "")
-                + ("  *" if tracker.best_epoch == epoch else ""),
-                flush=True,
-            )
+                + ("  *" if tracker.best_epoch == epoch else ""), flush=True)
             stopped_early = tracker.should_stop
             if stopped_early:
                 log(f"early stopping: no improvement of {tc.monitor} for {tc.patience} epochs")
+    return _finish(s, history, tracker, stopped_early, (train_split, val_split), budget, intensity_reason, mlflow_run)
 
-    seconds = time.time() - t_start
-    if main:
-        write_summary(files, history, tracker, stopped_early, seconds, (train_split, val_split), device, ctx, cfg,
+
+def _finish(s: _Session, history: list[dict[str, float]], tracker: EarlyStopping, stopped_early: bool,
+            splits: tuple[DecodedSplit, DecodedSplit], budget: Optional[Budget], intensity_reason,
+            mlflow_run) -> TrainResult:
+    """``train_summary.json`` and MLflow's end of training (rank 0), the DDP group left; the result."""
+    seconds = time.time() - s.t_start
+    if s.main:
+        write_summary(s.files, history, tracker, stopped_early, seconds, splits, s.device, s.ctx, s.cfg,
                       budget=None if budget is None else budget.summary(budget.elapsed()),
                       intensity_reason=intensity_reason)
         mlflow_run.end_training()  # curves, metrics.csv, summary and config as artifacts; FINISHED
-    if ctx.enabled:
-        barrier(ctx)
+    if s.ctx.enabled:
+        barrier(s.ctx)
         torch.distributed.destroy_process_group()
-    skipped = train_split.skipped + val_split.skipped
-    return TrainResult(files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped, main)
+    skipped = splits[0].skipped + splits[1].skipped
+    return TrainResult(s.files, history, tracker.best_epoch, tracker.best, stopped_early, seconds, skipped, s.main)

@@ -1,8 +1,8 @@
 """Serving: export a trained classifier (ONNX, TorchScript), run it without PyTorch (ONNX Runtime),
 and serve it over HTTP (FastAPI) with a web page.
 
-Names are imported lazily (PEP 562), so ``medclass.serving.spec`` and the ONNX Runtime backend can
-be used in a process that never imports PyTorch.
+Names are imported lazily (PEP 562), so the ONNX Runtime backend can be used in a process that never
+imports PyTorch. :func:`load_predictor` opens a run folder or an exported file as a :class:`Predictor`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 _EXPORTS = {
     "export_onnx": "export",
     "onnx_session": "export",
-    "ModelSpec": "spec",  # medclass.core.spec, re-exported by medclass.serving.spec
-    "probabilities_from_logits": "spec",
     "export_run": "export",
     "ExportResult": "export",
     "default_export_path": "export",
@@ -26,8 +24,10 @@ _EXPORTS = {
     "OnnxClassifier": "onnx_backend",
     "load_onnx_classifier": "onnx_backend",
     "ModelFileError": "onnx_backend",
-    "FilePrediction": "onnx_backend",
-    "predict_files": "onnx_backend",
+    "Prediction": "prediction",
+    "Predictor": "prediction",
+    "load_predictor": "prediction",
+    "predict_files": "prediction",
     "quantize_run": "quantize",
     "QuantizeResult": "quantize",
     "QuantizationRefused": "quantize",

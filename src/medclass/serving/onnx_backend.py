@@ -13,9 +13,10 @@ threshold; the OOD method and threshold in ``extra["ood"]``) is stored as JSON i
 
 This module imports only numpy, Pillow (through :mod:`medclass.data.io`), onnxruntime (when a model
 is opened) and the torch-free :mod:`medclass.core.spec`, :mod:`medclass.core.pipeline` and
-:mod:`medclass.serving.prediction`. It also holds what every exported-model backend shares (test-time
+and :mod:`medclass.core.ood`. It also holds what every exported-model backend shares (test-time
 augmentation by flips in numpy), which the TorchScript backend (:mod:`medclass.serving.predictor`)
-reuses; files are predicted by :func:`medclass.serving.prediction.predict_files` (re-exported here).
+reuses; files are predicted by :func:`medclass.serving.prediction.predict_files`, opened by
+:func:`medclass.serving.prediction.load_predictor`.
 """
 
 from __future__ import annotations
@@ -26,16 +27,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.io import expand_image_paths
 from ..core.ood import OODDetector, ood_from_spec
 from ..core.pipeline import hwc_to_nchw
-from .prediction import Prediction, predict_files
 from ..core.spec import ModelSpec
 
 __all__ = [
     "SPEC_KEY", "IMAGE_INPUT", "LOGITS_OUTPUT", "PROBS_OUTPUT", "OOD_OUTPUT", "TTA_FLIPS", "ModelFileError",
     "ExportedClassifier", "OnnxClassifier", "load_onnx_classifier", "open_onnx_session",
-    "FilePrediction", "expand_image_paths", "predict_files",
 ]
 
 #: ONNX ``metadata_props`` key holding the :class:`ModelSpec` JSON.
@@ -276,8 +274,3 @@ def exported_ood(path: Path, spec: ModelSpec, has_output: bool) -> Optional[OODD
         raise ModelFileError(f"{path}: its spec {'has' if detector else 'lacks'} an OOD record but the graph "
                              f"{'lacks' if detector else 'has'} the {OOD_OUTPUT!r} output; {hint}")
     return detector
-
-
-# ---- predicting files: the one loop of medclass.serving.prediction, under this module's old names -----
-
-FilePrediction = Prediction  # the result type shared by every backend (medclass.serving.prediction.Prediction)

@@ -4,7 +4,7 @@ Torch-free (the ONNX path of ``medclass predict`` never imports PyTorch). Works 
 objects with ``path``, ``predicted``, ``probabilities`` (class name -> probability), ``error``,
 ``ood_score`` and ``ood_flag`` (None without an OOD detector) and a ``to_dict()``:
 :class:`medclass.serving.prediction.Prediction` (also known as ``medclass.serving.predict.Prediction``
-and :class:`medclass.serving.onnx_backend.FilePrediction`).
+and :class:`medclass.serving.prediction.Prediction`).
 """
 
 from __future__ import annotations

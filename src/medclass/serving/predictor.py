@@ -2,7 +2,9 @@
 file (:func:`load_torchscript_classifier`); :func:`spec_from_run` gives a loaded run's :class:`ModelSpec`.
 
 Every backend (these two and :class:`medclass.serving.onnx_backend.OnnxClassifier`) offers the same
-interface, used by ``medclass predict`` and the web service:
+interface (:class:`medclass.serving.prediction.Predictor`; opened by
+:func:`medclass.serving.prediction.load_predictor`), used by ``medclass predict``, the web service and
+the API:
 
 * ``spec``: the :class:`~medclass.core.spec.ModelSpec` (class names, preprocessing, calibration);
 * ``can_explain``: whether :meth:`TorchClassifier.explain` (Grad-CAM) is available;
@@ -102,6 +104,16 @@ class TorchClassifier:
             ValueError: images of another dtype or shape.
         """
         return self.run.predict_proba_ood(self._check_images(images), self.tta, self.batch_size)
+
+    def save_explanations(self, images: np.ndarray, names: Sequence[str], out_dir: Path,
+                          target_layer: Optional[str] = None) -> None:
+        """A Grad-CAM figure per image of uint8 ``images`` ``(N, H, W, C)`` into ``out_dir``, named after
+        ``names`` (:func:`medclass.evaluation.explain.save_explanations`)."""
+        from ..evaluation.explain import save_explanations
+
+        run = self.run
+        save_explanations(run.model, torch.from_numpy(hwc_to_nchw(self._check_images(images))), run.preprocess,
+                          run.device, out_dir, list(names), run.class_names, target_layer=target_layer)
 
     def explain(self, image: np.ndarray, target_layer: Optional[str] = None,
                 class_idx: Optional[int] = None) -> np.ndarray:

@@ -26,20 +26,11 @@ def load_classifier(run_dir: Path, backend: str = "torch", checkpoint: str = "be
         RunError, CheckpointError, FileNotFoundError: no usable run, checkpoint or export; the
             message names the file and what to run.
     """
-    run_dir = Path(run_dir)
-    if backend == "torch":
-        from ..engine import load_run
-        from .predictor import TorchClassifier
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from .prediction import load_predictor  # the one adapter, as `medclass predict` uses
 
-        return TorchClassifier(load_run(run_dir, checkpoint=checkpoint, device=device))
-    if backend == "onnx":
-        from .onnx_backend import load_onnx_classifier
-
-        path = run_dir / "export" / "model.onnx" if run_dir.is_dir() else run_dir
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX export at {path}: run `medclass export {run_dir} --format onnx` first")
-        return load_onnx_classifier(path)
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return load_predictor(Path(run_dir), backend, checkpoint=checkpoint, device=device)
 
 
 def build_app(run_dir: Path, backend: str = "torch", limits: Optional[UploadLimits] = None,
