@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..core.config import RunConfig
 from ..core.fileio import sha256_of_file
+from ..core.runs import RunFiles
 from ..core.scoring import balanced_accuracy as core_balanced_accuracy
 from ..data import DecodedSplit, Preprocess, cache_dir_for, decode_split
 from ..data.transforms import resize_batch
@@ -198,7 +199,7 @@ def setup_model(cfg: RunConfig, index, resume: bool, ctx: DistContext, device: t
     model = build_model(cfg.model, index.num_classes, cfg.data.channels)
     report = None
     if pretrained and not resume:  # a resumed run takes its weights from last.pt
-        source_classes = Path(pretrained) / "classes.json"
+        source_classes = RunFiles(Path(pretrained)).classes
         other_task = source_classes.is_file() and json.loads(source_classes.read_text()) != index.class_names
         # a run of another task: its classifier means other classes, even with the same count
         report = model.load_pretrained_weights(pretrained, index.num_classes, reset_head=other_task)

@@ -148,14 +148,14 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
         earlier = json.loads(record_path.read_text())["settings"]
         if earlier != settings:
             raise RunError(f"{root} was started with {earlier}, not {settings}; resume it with the same settings")
-        index = read_manifest(root / "manifest.csv")
+        index = read_manifest(RunFiles(root).manifest)
     else:
         if root.exists() and any(root.iterdir()):
             raise RunError(f"{root} already exists; choose another --name, or --resume it")
         root.mkdir(parents=True, exist_ok=True)
         index = build_index(copy.deepcopy(cfg).data)
-        write_manifest(index, root / "manifest.csv")
-        cfg.save(root / "config.yaml")  # what --resume reads back
+        write_manifest(index, RunFiles(root).manifest)
+        cfg.save(RunFiles(root).config)  # what --resume reads back
     pool = list(index.splits.get("train", [])) + list(index.splits.get("valid", []))
     test = list(index.splits.get("test", []))
     groups = group_ids(pool, group_pattern)

@@ -77,7 +77,7 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
     root = Path(run_dir)
     cfg = {}
     try:
-        cfg = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(RunFiles(root).config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         pass
     data_cfg, model_cfg, train_cfg = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
@@ -88,7 +88,7 @@ def build_model_card(run_dir: Path, spec: Optional[Any] = None) -> dict[str, Any
         except (RunError, ValueError):
             pass
     classes = list(spec.class_names) if spec is not None else []
-    summary = _read_json(root / "train_summary.json") or {}
+    summary = _read_json(RunFiles(root).summary) or {}
     calibration = calibration_record(spec) if spec is not None else None
     metrics = _latest_eval(root)
 

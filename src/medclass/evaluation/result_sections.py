@@ -29,6 +29,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.runs import RunFiles
+
 __all__ = ["collect_sections", "render_sections", "cv_record_of", "ood_record_of", "CV_FILE"]
 
 #: The record ``medclass cv`` writes in its folder (:data:`medclass.evaluation.cv.CV_FILE`).
@@ -49,7 +51,7 @@ def cv_record_of(run_dir: Path) -> Optional[dict[str, Any]]:
     of ``medclass cv``, an ensemble run beside ``cv.json``), or None (any other run, or an
     unreadable record)."""
     root = Path(run_dir)
-    if not (root / "ensemble.json").is_file():
+    if not RunFiles(root).ensemble.is_file():
         return None
     record = _read_json(root.parent / CV_FILE)
     return record if isinstance(record, dict) and "out_of_fold" in record else None
@@ -58,7 +60,7 @@ def cv_record_of(run_dir: Path) -> Optional[dict[str, Any]]:
 def ood_record_of(run_dir: Path) -> Optional[dict[str, Any]]:
     """The summary in ``RUN/ood.json`` (method, threshold, quantile, thresholds, split sizes; the
     matrices are not read), or None when the run has none or it is not readable."""
-    record = _read_json(Path(run_dir) / "ood.json")
+    record = _read_json(RunFiles(Path(run_dir)).ood)
     return record if isinstance(record, dict) and "method" in record and "threshold" in record else None
 
 

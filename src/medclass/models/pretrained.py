@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core.fileio import sha256_of_file
+from ..core.runs import RunFiles
 
 __all__ = [
     "resolve_source",
@@ -393,7 +394,7 @@ def resolve_source(source: Any, download: bool) -> tuple[dict[str, Tensor], Opti
             return load_state_dict_file(path), path
     path = Path(source)
     if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
+        best = RunFiles(path).best
         if not best.is_file():
             raise PretrainedError(f"{path} is a folder but not a medclass run: no {best}")
         return load_state_dict_file(best), best
