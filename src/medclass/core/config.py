@@ -442,7 +442,10 @@ class RunConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML at ``path``, atomically (:func:`medclass.core.fileio.atomic_write_text`)."""
+        from .fileio import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

@@ -44,6 +44,7 @@ from ..core.config import (
     resolve_auto_model,
 )
 from .tracking import check_tracking, open_tracker
+from ..core.fileio import atomic_write, atomic_write_text
 from ..core.runs import RunError, RunFiles
 from ..data import (
     DataError, DecodedSplit, Preprocess, build_augmentation, build_index, cache_dir_for, native_side,
@@ -132,19 +133,16 @@ def _linear_probe_epoch(fit: "Fit", cfg: RunConfig, train_split: DecodedSplit, v
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
-    """Write the history as ``metrics.csv`` (the columns of :data:`METRIC_COLUMNS`) through a
-    temporary file and ``os.replace``; on an error the temporary file is removed."""
-    tmp = path.with_suffix(".tmp")
-    try:
+    """Write the history as ``metrics.csv`` (the columns of :data:`METRIC_COLUMNS`) atomically
+    (:func:`medclass.core.fileio.atomic_write`)."""
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             w.writeheader()
             for row in history:
                 w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})  # rows of older runs lack a column
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -205,7 +203,7 @@ def _check_leakage(cfg: RunConfig, index, files: RunFiles, main: bool):
     by_split = {s: sum(r["split"] == s for r in removed) for s in ("valid", "test")}
     if cfg.data.dedupe:
         if main:
-            files.dedupe.write_text(json.dumps(removed, indent=1))
+            atomic_write_text(files.dedupe, json.dumps(removed, indent=1))
             print(f"dedupe: left out {by_split['valid']} valid and {by_split['test']} test images that duplicate "
                   f"an earlier split (listed in {files.dedupe})")
         return deduped
@@ -223,7 +221,7 @@ def _record_run(cfg: RunConfig, index, spec, files: RunFiles, resume: bool) -> N
     if not resume:
         write_manifest(index, files.manifest)
         recorded_config(cfg, spec).save(files.config)  # with the normalisation trained with (ImageNet's...)
-        files.classes.write_text(json.dumps(index.class_names, indent=1))
+        atomic_write_text(files.classes, json.dumps(index.class_names, indent=1))
         write_spec(spec, files.root)  # before the first epoch: every later stage reads it
     elif not files.spec.is_file():  # a run from before model_spec.json: give it one
         write_spec(spec, files.root)
@@ -470,9 +468,7 @@ def _record_resume_settings(cfg: RunConfig, files: RunFiles, log) -> list[str]:
             changes.append(f"train.{key} {old} -> {new}")
             keys.append(key)
     if changes and log is not None:
-        tmp = files.config.with_name(f".{files.config.name}.tmp")
-        saved.save(tmp)
-        os.replace(tmp, files.config)
+        saved.save(files.config)  # atomic (RunConfig.save)
         log(f"resume: {', '.join(changes)} (recorded in {files.config})")
     return keys
 
@@ -703,14 +699,8 @@ def _unmark_running(files: RunFiles) -> None:
 
 
 def _write_json_atomic(path: Path, record: Any) -> None:
-    """``record`` as JSON at ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``record`` as JSON at ``path``, atomically (:func:`medclass.core.fileio.atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _record_failure(files: RunFiles, error: BaseException, created: bool) -> None:
