@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from medclass.cli.app import app
 from medclass.data import DataError, Sample
-from medclass.engine import RunError
+from medclass.core.runs import RunError
 from medclass.evaluation.cv import cross_validate, fold_assignments, group_ids
 
 from helpers import make_folder_dataset, tiny_config

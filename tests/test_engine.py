@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from medclass.core.config import RunConfig, TrainConfig
+from medclass.core.runs import RunError
 from medclass.engine import (
     CheckpointError,
     EarlyStopping,
     LRSchedule,
-    RunError,
     load_checkpoint,
     load_run,
     save_checkpoint,

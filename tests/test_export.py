@@ -25,7 +25,8 @@ pytest.importorskip("onnxruntime")
 from medclass.cli.app import app  # noqa: E402
 from medclass.core.config import RunConfig  # noqa: E402
 from medclass.data import Preprocess, read_image  # noqa: E402
-from medclass.engine import LoadedRun, RunFiles, load_run, train  # noqa: E402
+from medclass.engine import LoadedRun, load_run, train  # noqa: E402
+from medclass.core.runs import RunFiles
 from medclass.models import resnet18  # noqa: E402
 from medclass.serving import (  # noqa: E402
     ModelFileError, ModelSpec, TorchClassifier, export_onnx, export_run, load_onnx_classifier,

@@ -33,7 +33,8 @@ from typer.testing import CliRunner
 
 from medclass.cli.app import app
 from medclass.core.config import RunConfig
-from medclass.engine import RunError, load_checkpoint, train
+from medclass.engine import load_checkpoint, train
+from medclass.core.runs import RunError
 from medclass.engine import checkpoint as checkpoint_module
 from medclass.engine import fit as fit_module
 from medclass.engine import run_folder as run_folder_module

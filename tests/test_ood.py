@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclass.evaluation.ood import energy_score, fit_mahalanobis, fit_threshold, ood_auroc
+from medclass.core.ood import energy_score, fit_mahalanobis, fit_threshold, ood_auroc
 from medclass.core.ood import combine_layer_scores, fit_detector, layered_mahalanobis_score, robust_scale
 
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from helpers import make_folder_dataset, tiny_config
 from medclass.cli.app import app
 from medclass.core.config import ConfigError, RunConfig
-from medclass.engine import RunError, load_checkpoint, train
+from medclass.engine import load_checkpoint, train
+from medclass.core.runs import RunError
 from medclass.engine import budget as budget_module
 from medclass.engine import trainer as trainer_module
 from medclass.cli.preflight import apply_resume_overrides

@@ -18,7 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from medclass.cli.app import app
-from medclass.engine import CheckpointError, RunError, load_checkpoint, load_run, train
+from medclass.engine import CheckpointError, load_checkpoint, load_run, train
+from medclass.core.runs import RunError
 from medclass.engine import checkpoint as checkpoint_module
 from medclass.core.spec import read_spec
 

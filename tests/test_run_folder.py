@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from medclass.cli.app import _user_errors, app
 from medclass.core.config import RunConfig
-from medclass.engine import RunError, train
+from medclass.engine import train
+from medclass.core.runs import RunError
 from medclass.core.runs import new_run_dir, resume_run_dir
 
 from helpers import make_folder_dataset, tiny_config

@@ -28,6 +28,11 @@ ARCH_HELP = ("Architecture: auto (the default: EfficientNet-Lite0 fine-tuned fro
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use medical image classifiers.")
 
+# A command's docstring is its --help: each paragraph is ONE source line, paragraphs are separated
+# by a blank line. Typer (rich markup) rewraps only the first paragraph of a command's own help and
+# none of its line in the command list, so a line break inside a paragraph shows as a line cut
+# mid-sentence (tests/test_cli_help.py).
+
 #: medclass's errors whose message is written for the user, as (module, class name): a
 #: ``with _user_errors():`` block prints them as one ``error: ...`` line and exits with code 2.
 _USER_ERRORS = (
@@ -99,7 +104,7 @@ def train(
     data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz; none: the bundled BreastMNIST."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name: the run goes to RUNS_DIR/NAME."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder of runs: the run folder is made in it."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (ignored with --time-budget: planned)."),
     image_size: Optional[str] = typer.Option(
@@ -110,8 +115,8 @@ def train(
         None, "--time-budget", help="Wall-clock budget of the training, e.g. 90s, 15m, 1.5h: the epochs and the "
         "LR schedule are planned from the measured speed to end within it (train.time_budget)."
     ),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per optimisation step (train.batch_size)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (train.lr); `medclass lr-find` suggests one."),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     single_logit: Optional[bool] = typer.Option(None, "--single-logit/--softmax", help="Binary: one logit + BCE."),
     pretrained: Optional[str] = typer.Option(
@@ -124,7 +129,10 @@ def train(
         "head alone for model.head_epochs, then all), feature-extraction (the head alone), or linear-probe (the "
         "frozen backbone's features once, a logistic regression head with C chosen on validation: seconds)."
     ),
-    skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--fail-on-corrupt"),
+    skip_corrupt: Optional[bool] = typer.Option(
+        None, "--skip-corrupt/--fail-on-corrupt", help="Leave unreadable images out, or stop at the first "
+        "(data.skip_corrupt)."
+    ),
     dedupe: Optional[bool] = typer.Option(
         None, "--dedupe/--keep-duplicates", help="Leave out valid/test images that duplicate an earlier split."
     ),
@@ -143,9 +151,7 @@ def train(
 ) -> None:
     """Train a model; fit its out-of-distribution detector; then evaluate it on the test split.
 
-    With --resume, --epochs gives the run a new total of epochs (more or fewer; the LR schedule is
-    re-planned to end there) and --time-budget a new total budget for a time-budgeted run (the time
-    already spent counts)."""
+    With --resume, --epochs gives the run a new total of epochs (more or fewer; the LR schedule is re-planned to end there) and --time-budget a new total budget for a time-budgeted run (the time already spent counts)."""
     with _user_errors():
         # argument, path and config checks first: no PyTorch import before they pass
         if resume:
@@ -184,7 +190,8 @@ def cv(
     data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz; none: the bundled BreastMNIST."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
     name: Optional[str] = typer.Option(None, "--name", help="The cross-validation goes to RUNS_DIR/NAME."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder of runs: the cross-validation's folder is "
+                                  "made in it."),
     folds: int = typer.Option(5, "--folds", help="K: folds over the training and validation images."),
     group_pattern: Optional[str] = typer.Option(
         None, "--group-pattern", help="Regex whose first group, searched in each file name, names its patient/lesion."
@@ -263,21 +270,21 @@ def evaluate(
 @app.command("ood-fit")
 def ood_fit(
     run: Path = typer.Argument(..., help="Run folder (not an ensemble)."),
-    method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: "
-                                         "medclass.core.ood.DEFAULT_OOD_METHOD); both thresholds are stored."),
+    # the defaults named in these help strings are medclass.core.ood's DEFAULT_OOD_METHOD,
+    # DEFAULT_OOD_LAYERS, DEFAULT_OOD_COMBINE and DEFAULT_THRESHOLD_RULE (tests/test_cli_help.py
+    # checks they agree; core.ood is not imported here: it loads numpy)
+    method: Optional[str] = typer.Option(None, "--method", help="energy or mahalanobis (default: mahalanobis); both "
+                                         "thresholds are stored."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     layers: Optional[str] = typer.Option(None, "--layers", help="stages (every stage of the model, Lee et al.'s "
                                          "feature ensemble), stages+std (and each stage's spatial standard deviation) "
-                                         "or penultimate (the head's input only); default: "
-                                         "medclass.core.ood.DEFAULT_OOD_LAYERS."),
+                                         "or penultimate (the head's input only); default: stages+std."),
     combine: Optional[str] = typer.Option(None, "--combine", help="max or sum of the layers' standardised scores "
-                                          "(default: medclass.core.ood.DEFAULT_OOD_COMBINE)."),
+                                          "(default: sum)."),
     threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="quantile or conformal (default: "
-                                                 "medclass.core.ood.DEFAULT_THRESHOLD_RULE)."),
+                                                 "conformal)."),
 ) -> None:
-    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance of each stage's
-    features on its training images, each stage's score standardised on its validation images,
-    thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
+    """(Re)fit a run's out-of-distribution detector: Mahalanobis means and covariance of each stage's features on its training images, each stage's score standardised on its validation images, thresholds at 95% of its validation images; written to RUN/ood.json and RUN/ood.npz."""
     from ..evaluation.ood import fit_run_ood
     from ..core.ood import DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_THRESHOLD_RULE
 
@@ -293,11 +300,11 @@ def ood_fit(
 def report(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report-SPLIT[-dedupe].html)."),
-    split: str = typer.Option("test", "--split"),
+    split: str = typer.Option("test", "--split", help="train, valid or test."),
     dedupe: bool = typer.Option(False, "--dedupe", help="Leave out images that duplicate an earlier split."),
     explain: int = typer.Option(2, "--explain", help="Grad-CAM examples: N right and N wrong per class."),
-    bootstrap: int = typer.Option(1000, "--bootstrap"),
-    tta: bool = typer.Option(False, "--tta"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+    tta: bool = typer.Option(False, "--tta", help="Average the logits of each image and its horizontal flip."),
     group_aggregation: Optional[str] = typer.Option(
         None, "--group-aggregation", help="Per-group results: mean or max (default: the earlier evaluation's, else mean)."
     ),
@@ -305,8 +312,7 @@ def report(
         None, "--subgroups", help="Comma-separated CSV columns for subgroup results (default: the earlier evaluation's)."
     ),
 ) -> None:
-    """Write one self-contained HTML report (figures embedded) of a run: metrics, figures, groups,
-    subgroups, cross-validation and the out-of-distribution warning when the run has them."""
+    """Write one self-contained HTML report (figures embedded) of a run: metrics, figures, groups, subgroups, cross-validation and the out-of-distribution warning when the run has them."""
     with _user_errors():
         check_choice("--split", split, ("train", "valid", "test"))
         check_run_folder(run, "best")
@@ -334,8 +340,7 @@ def predict(
 ) -> None:
     """Predict the class of unseen images; unreadable files get an error line, the rest are predicted.
 
-    Exits with 1 when any file could not be predicted (saying how many), 2 on a usage error (bad
-    option, not a run, no export)."""
+    Exits with 1 when any file could not be predicted (saying how many), 2 on a usage error (bad option, not a run, no export)."""
     from ..serving.predict_format import PREDICTION_FORMATS, format_predictions
 
     if fmt not in PREDICTION_FORMATS:
@@ -390,10 +395,9 @@ def export(
 ) -> None:
     """Export a run for deployment: preprocessing, calibration and class names travel inside the file.
 
-    The exported model takes uint8 images (N, C, H, W) as decoded and resized, and outputs logits and
-    calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it. With
-    --quantize int8 the FP32 ONNX file is written as usual and an INT8 one beside it (--out names the
-    INT8 file then), after its accuracy is compared with FP32's."""
+    The exported model takes uint8 images (N, C, H, W) as decoded and resized, and outputs logits and calibrated probabilities; `medclass predict FILE --backend onnx|torchscript` uses it.
+
+    With --quantize int8 the FP32 ONNX file is written as usual and an INT8 one beside it (--out names the INT8 file then), after its accuracy is compared with FP32's."""
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format must be onnx or torchscript, got {fmt!r}")
     if quantize is not None and quantize != "int8":
@@ -446,7 +450,8 @@ def export(
 def ensemble(
     runs: List[Path] = typer.Argument(..., help="Member run folders (same data split, classes and image size)."),
     name: str = typer.Option(..., "--name", help="The ensemble run goes to RUNS_DIR/NAME."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder of runs: the ensemble run's folder is made "
+                                  "in it."),
     weights: str = typer.Option("equal", "--weights", help="equal, auto (fit on validation) or w1,w2,..."),
     evaluate_test: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate it on the test split."),
 ) -> None:
@@ -481,8 +486,9 @@ def runs_command(
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
 ) -> None:
-    """List the runs in a folder: data, model, size, epochs, budget, time, test metrics and status
-    (finished, interrupted, failed, running, not started). Any of them can go to `medclass compare`."""
+    """List the runs in a folder: data, model, size, epochs, budget, time, test metrics and status (finished, interrupted, failed, running, not started).
+
+    Any of them can go to `medclass compare`."""
     from .runs_table import RUNS_FORMATS, format_runs, runs_table
 
     with _user_errors():
@@ -577,9 +583,9 @@ def serve(
                                          "request head; idle connections are closed after it."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds an upload may take to arrive (then 408)."),
 ) -> None:
-    """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card,
-    the API schema at /docs. No authentication: keep the default loopback host, or put it behind a
-    reverse proxy that authenticates users and terminates TLS."""
+    """Serve a run over HTTP: POST /predict, GET /health, a web page at /, the model card at /model-card, the API schema at /docs.
+
+    No authentication: keep the default loopback host, or put it behind a reverse proxy that authenticates users and terminates TLS."""
     from ..serving.service import BACKENDS, build_app, is_loopback, serve as run_server
     from ..serving.uploads import UploadLimits
 
@@ -633,7 +639,7 @@ def lr_find_command(
     data: Optional[str] = typer.Argument(None, help="Folder, CSV manifest or .npz (as for train); none: the bundled BreastMNIST."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sections data/model/train)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training size in pixels."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per optimisation step (train.batch_size)."),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     sets: List[str] = typer.Option([], "--set", help="Override any config key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.json "
@@ -644,8 +650,7 @@ def lr_find_command(
     suggest: str = typer.Option("valley", "--suggest", help="Rule of the suggested LR: steep (fastest fall of the "
                                 "smoothed loss), valley (fastai's longest valley) or minimum (a tenth of the LR at the lowest loss)."),
 ) -> None:
-    """Learning-rate range test (Smith 2017): train a throwaway model while the LR grows from
-    --start-lr to --end-lr, plot the loss against the LR and suggest a learning rate for `train --lr`."""
+    """Learning-rate range test (Smith 2017): train a throwaway model while the LR grows from --start-lr to --end-lr, plot the loss against the LR and suggest a learning rate for `train --lr`."""
     import shlex
 
     with _user_errors():

@@ -23,7 +23,9 @@ summary) ends within the budget. :func:`medclass.engine.train` does, with the pi
    schedule ends on it. While an epoch runs, after each optimisation step but its last, the same
    question is asked again from the pace so far (:meth:`Budget.replan_during_epoch`): an epoch
    that runs slower than planned becomes the last one while it runs, and the cosine reaches its
-   minimum at its end.
+   minimum at its end. Every re-plan is recorded (``replans`` in ``budget.json``); the log says
+   one only when it decides the last epoch or moves the plan by more than
+   :data:`REPLAN_NOTE_FRACTION` from the plan it said last (:func:`replan_note`).
 4. When not one more epoch fits, the run stops and says so; the plan and the LR schedule are then
    made to end at the epochs run (``planned_epochs`` = epochs run; the schedule's total steps =
    epochs run x steps per epoch, rewritten into ``last.pt``). Only a stop that neither look-ahead
@@ -71,7 +73,7 @@ __all__ = [
     "RESOLUTION_CANDIDATES", "PRETRAINED_CANDIDATES", "PRETRAINED_MIN_SIDE", "MIN_EPOCHS_PRETRAINED", "THUMBNAIL_STEMS", "MIN_EPOCHS_FOR_SIZE", "MIN_EPOCHS_FOR_THUMBNAIL_STEM", "auto_candidates", "END_SECONDS", "LONG_RUN_SECONDS", "MAX_PLANNED_EPOCHS",
     "MAX_WARMUP_FRACTION", "VALIDATION_SPEEDUP", "epochs_that_fit", "choose_resolution", "measure_candidate_speeds", "measure_affordable_speeds",
     "measure_throughput", "preserved_state", "estimate_save_seconds", "format_duration", "long_run_message",
-    "plan_message", "RunClock",
+    "plan_message", "RunClock", "REPLAN_NOTE_FRACTION", "replan_note",
 ]
 
 #: The candidates of ``data.image_size: auto`` as ``(image_size, model.stem)``, most compute per
@@ -126,6 +128,10 @@ RECENT_EPOCHS = 3
 
 #: Checkpoint writing speed assumed by :func:`estimate_save_seconds` (bytes per second).
 SAVE_BYTES_PER_SECOND = 200e6
+
+#: The log says a re-plan only when the plan moved by more than this fraction of the last plan it
+#: said (and by more than one epoch), or when the re-plan decides the last epoch (:func:`replan_note`).
+REPLAN_NOTE_FRACTION = 0.1
 
 
 def format_duration(seconds: float) -> str:
@@ -495,6 +501,38 @@ def measure_affordable_speeds(
 # --------------------------------------------------------------------------- the plan
 
 
+def replan_note(reported: int, before: int, planned: int, epochs_done: int, reason: Optional[str] = None,
+                during_epoch: Optional[int] = None) -> Optional[str]:
+    """The log line of a re-plan from ``before`` to ``planned`` total epochs after ``epochs_done``
+    epochs (while epoch ``during_epoch`` runs, when given), or ``None`` when the log should not say
+    it. ``reported`` is the last plan the log said (before any re-plan line: the first plan, or
+    the plan a resume printed); ``reason`` is the re-plan's reason (its ``replans`` entry).
+
+    A re-plan is said when, and only when, the plan changed (``planned != before``), the run goes on
+    (``planned > epochs_done``; a stop is logged with ``Budget.stop_reason`` instead) and either
+
+    * it decides the last epoch: ``planned == epochs_done + 1``, i.e. the epoch about to run (after
+      an epoch) or the one running (``during_epoch``, whose ``epochs_done`` is ``during_epoch - 1``)
+      is the last; the plan cannot change after that, so this is said once per run; or
+    * the plan has moved from ``reported`` by more than :data:`REPLAN_NOTE_FRACTION` (10 %) of
+      ``reported`` and by more than one epoch (the noise of epoch times: a plan that swings
+      between 51 and 47 epochs after a line that said 51 is not said again).
+
+    The line gives the change from ``reported`` (what the log said last), so the log reads as one
+    story; every re-plan, said or not, is in ``budget.json``'s ``replans``."""
+    if planned == before or planned <= epochs_done:
+        return None
+    final = planned == epochs_done + 1
+    moved = abs(planned - reported)
+    if not final and not (moved > REPLAN_NOTE_FRACTION * reported and moved > 1):
+        return None
+    when = f" during epoch {during_epoch}" if during_epoch is not None else ""
+    why = f" ({reason})" if reason else ""
+    if planned == reported:  # the last epoch decided, on the plan the log said
+        return f"time budget: the plan of {planned} epochs holds{when}{why}"
+    return f"time budget: re-planned from {reported} to {planned} epochs{when}{why}"
+
+
 @dataclass
 class Budget:
     """The time budget of one run: the plan, the time spent, the re-plans.
@@ -524,6 +562,8 @@ class Budget:
     recent_epoch_seconds: list[float] = field(default_factory=list)
     tail_seconds: Optional[float] = None
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    # the last plan the log said (:meth:`replan_log_line`); None: the plan before the first re-plan
+    reported_epochs: Optional[int] = field(default=None, compare=False)
 
     def elapsed(self) -> float:
         """Seconds of the budget spent so far (earlier invocations and this one)."""
@@ -667,6 +707,22 @@ class Budget:
                              "epoch_seconds": round(next_est, 3), "reason": reason})
         self.planned_epochs = epoch
         return epoch
+
+    def replan_log_line(self, before: int, planned: int, epochs_done: int,
+                        during_epoch: Optional[int] = None) -> Optional[str]:
+        """The log line of the re-plan from ``before`` to ``planned`` epochs just made (by
+        :meth:`replan` after ``epochs_done`` epochs, or by :meth:`replan_during_epoch` while epoch
+        ``during_epoch`` runs, ``epochs_done`` = ``during_epoch - 1``), or ``None``: the rule of
+        :func:`replan_note`, against the last plan said (``reported_epochs``; before the first
+        re-plan, ``before``). A line said makes ``planned`` the last plan said. Only the log is
+        thinned: the re-plan is in ``replans`` either way."""
+        if self.reported_epochs is None:
+            self.reported_epochs = before
+        line = replan_note(self.reported_epochs, before, planned, epochs_done,
+                           self.replans[-1].get("reason") if self.replans else None, during_epoch)
+        if line is not None:
+            self.reported_epochs = planned
+        return line
 
     def record(self, epochs_done: int) -> dict[str, Any]:
         """The state written to ``RUN/budget.json`` after an epoch (see :meth:`resume_from`)."""

@@ -73,7 +73,7 @@ from .budget import (
 )
 from .schedules import LRSchedule
 
-__all__ = ["train", "TrainResult", "train_one_epoch", "validate", "save_epoch", "write_summary", "RunFiles", "RunError"]
+__all__ = ["train", "TrainResult", "train_one_epoch", "validate", "save_epoch", "write_summary"]
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr", "seconds")
 

@@ -36,7 +36,8 @@ import numpy as np
 from ..core.config import RunConfig, parse_duration
 from ..core.runs import CV_FILE
 from ..data import DataError, DataIndex, build_index, cache_dir_for, decode_split, read_manifest, write_manifest
-from ..engine import RunError, RunFiles, load_run, logits_to_probs, predict_logits, train
+from ..engine import load_run, logits_to_probs, predict_logits, train
+from ..core.runs import RunError, RunFiles
 from ..core.progress import Progress
 from .metrics import bootstrap_ci, classification_metrics
 

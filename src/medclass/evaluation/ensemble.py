@@ -12,7 +12,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..data import DataError, cache_dir_for, decode_split, read_manifest
-from ..engine import RunError, RunFiles, load_run, predict_logits
+from ..engine import load_run, predict_logits
+from ..core.runs import RunError, RunFiles
 from ..engine import logits_to_probs
 from ..core.spec import ENSEMBLE_ARCH, write_spec
 from ..core import __version__

@@ -1,11 +1,11 @@
 """Out-of-distribution detection for a trained run: fitting the detector a run stores.
 
 The scores, the threshold rule and the stored :class:`~medclass.core.ood.OODDetector` are defined in the
-torch-free :mod:`medclass.core.ood` (so the ONNX Runtime backend uses them without PyTorch) and
-re-exported here under their old names: :func:`energy_score` (Liu et al. 2020, arXiv:2010.03759),
-:func:`fit_mahalanobis` / :class:`MahalanobisModel` (Lee et al. 2018, arXiv:1807.03888, with the
-Ledoit-Wolf covariance), :func:`fit_detector` (their feature ensemble over the model's stages),
-:func:`fit_threshold` and :func:`ood_auroc`.
+torch-free :mod:`medclass.core.ood` (so the ONNX Runtime backend uses them without PyTorch):
+:func:`~medclass.core.ood.energy_score` (Liu et al. 2020, arXiv:2010.03759),
+:func:`~medclass.core.ood.fit_mahalanobis` (Lee et al. 2018, arXiv:1807.03888, with the Ledoit-Wolf
+covariance), :func:`~medclass.core.ood.fit_detector` (their feature ensemble over the model's stages),
+:func:`~medclass.core.ood.fit_threshold` and :func:`~medclass.core.ood.ood_auroc`.
 
 This module adds :func:`fit_run_ood`: the detector of one run, fitted on its own images and
 written to ``RUN/ood.json`` + ``RUN/ood.npz``. ``medclass train`` calls it after training, and
@@ -21,18 +21,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..core import __version__
-from ..engine import RunFiles, load_run
+from ..engine import load_run
+from ..core.runs import RunFiles
 from ..engine.inference import logits_and_layer_features, model_feature_layers
 from ..core.ood import (
     DEFAULT_OOD_COMBINE, DEFAULT_OOD_LAYERS, DEFAULT_OOD_METHOD, DEFAULT_THRESHOLD_RULE, IN_DISTRIBUTION_QUANTILE,
-    OOD_COMBINE_RULES, OOD_LAYER_CHOICES, OOD_METHODS, THRESHOLD_RULES, MahalanobisModel, OODDetector, energy_score,
-    fit_detector, fit_mahalanobis, fit_threshold, ood_auroc, read_ood, write_ood,
+    OOD_COMBINE_RULES, OOD_LAYER_CHOICES, OOD_METHODS, THRESHOLD_RULES, OODDetector, fit_detector, write_ood,
 )
 from ..core.runs import RunError
 
-__all__ = ["IN_DISTRIBUTION_QUANTILE", "OOD_METHODS", "DEFAULT_OOD_METHOD", "energy_score", "MahalanobisModel",
-           "fit_mahalanobis", "fit_detector", "fit_threshold", "ood_auroc", "fit_run_ood", "fit_run_ood_or_warn",
-           "read_ood", "write_ood"]
+__all__ = ["fit_run_ood", "fit_run_ood_or_warn"]
 
 
 def fit_run_ood(

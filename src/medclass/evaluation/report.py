@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from ..data import read_manifest
 from ..data.audit import audit as audit_index
-from ..engine import RunFiles
+from ..core.runs import RunFiles
 from .evaluate import evaluate_run
 
 __all__ = ["build_report"]

@@ -98,7 +98,7 @@ def predict(model: PathLike, paths: Sequence[PathLike], *, backend: str = "torch
     (:func:`medclass.serving.prediction.load_predictor`: the run's checkpoint; its
     ``export/model.onnx`` / ``export/model.pt`` or the given file with ``onnx`` / ``torchscript``, which
     import no PyTorch for ONNX); the images are read by its spec and predicted
-    (:func:`medclass.serving.prediction.predict_paths`; a file that cannot be read gets its own error).
+    (:func:`medclass.serving.prediction.predict_files`; a file that cannot be read gets its own error).
 
     Returns:
         ``(predictions, class_names)``: one :class:`~medclass.serving.prediction.Prediction` per
@@ -109,10 +109,10 @@ def predict(model: PathLike, paths: Sequence[PathLike], *, backend: str = "torch
         FileNotFoundError: no export where one is needed (the message says what to run).
         RunError, CheckpointError, ModelFileError: not a run, no checkpoint, not an exported model.
     """
-    from ..serving.prediction import load_predictor, predict_paths
+    from ..serving.prediction import load_predictor, predict_files
 
     predictor = load_predictor(model, backend, tta=tta, checkpoint=checkpoint, batch_size=batch_size)
-    preds = predict_paths(predictor, paths, explain_dir=None if explain_dir is None else Path(explain_dir),
+    preds = predict_files(predictor, paths, explain_dir=None if explain_dir is None else Path(explain_dir),
                           target_layer=target_layer)
     return preds, list(predictor.spec.class_names)
 
