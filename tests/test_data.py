@@ -357,7 +357,7 @@ def test_manifest_round_trip(unsplit_folder, tmp_path):
     # and as the manifest of a run
     again = build_index(DataConfig(source="/does/not/matter", manifest=str(path)))
     assert again.splits == index.splits
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic_write's temporary files: .<stem>.<random>.tmp<suffix>
 
 
 def test_manifest_round_trip_with_groups_and_odd_paths(tmp_path):

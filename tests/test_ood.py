@@ -260,7 +260,7 @@ def test_train_stores_the_detector_with_the_run(ood_run):
     assert [m.shape for m in detector.means] == [(2, f) for f in record["feature_dims"]]
     assert [p.shape for p in detector.precisions] == [(f, f) for f in record["feature_dims"]]
     assert detector.checkpoint_epoch == summary["best_epoch"]
-    assert not list(run_dir.glob(".ood*.tmp"))
+    assert not list(run_dir.glob(".*.tmp*"))  # atomic_write's temporary files: .<stem>.<random>.tmp<suffix>
 
 
 def test_blank_and_noise_images_are_flagged_and_own_test_images_mostly_not(ood_run):

@@ -14,7 +14,6 @@ from .preflight import (
     apply_resume_overrides, check_choice, check_data_source, check_resume, check_run_folder, check_train_config,
 )
 from ..core.runs import new_run_dir
-from ..engine.tracking import check_tracking
 
 # This module and what it imports at module level stay free of PyTorch, MONAI, kornia and
 # scikit-learn: every command checks its arguments, paths and config (medclass.cli.preflight) first
@@ -172,6 +171,8 @@ def train(
                    "model.finetune": finetune.replace("-", "_") if finetune else None},
             )
             check_train_config(cfg)  # before a run folder is named
+            from ..engine.tracking import check_tracking  # the medclass.engine package loads PyTorch
+
             check_tracking(cfg)
             run_dir = new_run_dir(runs_dir, name, cfg)
         from ..evaluation.evaluate import format_breastmnist_comparison, format_metrics

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -34,6 +33,7 @@ from . import pipeline
 from .config import (  # RESIZE_RULES: squash | pad (data.resize); INTENSITY_RULES: fixed | per_image (data.intensity)
     DEFAULT_IMAGE_SIZE, INTENSITY_RULES, RESIZE_RULES, ConfigError, RunConfig,
 )
+from .fileio import atomic_write_text
 from .runs import RunError, RunFiles
 
 __all__ = [
@@ -326,8 +326,9 @@ def spec_from_config(cfg: RunConfig, class_names: Sequence[str], run_name: str, 
 
 
 def write_spec(spec: ModelSpec, run_dir: Union[str, os.PathLike]) -> Path:
-    """Write ``spec`` to ``RUN/model_spec.json`` atomically (a temporary file in the run folder,
-    then ``os.replace``), so a reader never sees half a spec. Returns the path written.
+    """Write ``spec`` to ``RUN/model_spec.json`` atomically (:func:`medclass.core.fileio.atomic_write_text`:
+    a temporary file in the run folder renamed into place), so a reader never sees half a spec.
+    Returns the path written.
 
     Raises:
         RunError: a symbolic link sits at ``model_spec.json`` (the spec is not written through
@@ -337,15 +338,9 @@ def write_spec(spec: ModelSpec, run_dir: Union[str, os.PathLike]) -> Path:
     if path.is_symlink():
         raise RunError(f"{path} is a symbolic link; refusing to write the model spec through it (remove the link)")
     text = json.dumps(json.loads(spec.to_json()), indent=1, sort_keys=True) + "\n"
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise RunError(f"cannot write the model spec {path}: {e}") from e
     return path
 

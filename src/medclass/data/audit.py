@@ -42,6 +42,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+from ..core.fileio import atomic_write_text
 from ..core.progress import Progress
 
 from .dataset import _npz_images, file_digest
@@ -635,8 +636,8 @@ def write_audit(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path
     try:
         out.mkdir(parents=True, exist_ok=True)
         json_path, md_path = out / "audit.json", out / "audit.md"
-        json_path.write_text(json.dumps(report, indent=1))
-        md_path.write_text(audit_markdown(report))
+        atomic_write_text(json_path, json.dumps(report, indent=1))
+        atomic_write_text(md_path, audit_markdown(report))
     except OSError as e:
         raise OSError(f"cannot write the audit report into {out}: {e}; give a writable --out folder") from e
     return json_path, md_path

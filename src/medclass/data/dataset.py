@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.fileio import atomic_write, atomic_write_text
 from ..core.progress import Progress
 from .dicom import validate_window
 from .io import read_image
@@ -291,30 +292,35 @@ def decode_split(
                     return _result(images, samples, meta["kept"], skipped, npy, hit=True)
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry: decode again and replace it
-    tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npy"
+    decoded: list = []  # (kept, skipped) once the temporary file is open; later errors are not the cache's
+
+    def decode_to(tmp: Path) -> None:
+        buf = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
+        decoded.append(None)
+        decoded[:] = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window,
+                                  resize)
+        buf.flush()
+        del buf
+
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        buf = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
+        # the cache folder may be a link the user made (MEDCLASS_CACHE_DIR, data.cache_dir): the files go
+        # into the folder it names (atomic_write refuses to write through a linked folder, a rule for runs)
+        real_dir = Path(os.path.realpath(cache_dir))
+        atomic_write(real_dir / npy.name, decode_to)  # a temporary file beside it, renamed into place
     except OSError as e:
+        if decoded:
+            raise
         raise OSError(
             f"cannot write the decode cache in {cache_dir} ({e}); set data.cache_dir to a writable folder "
             "(or MEDCLASS_CACHE_DIR), or data.cache=false to decode into memory"
         ) from e
-    try:
-        kept, skipped = _decode_into(buf, samples, channels, size, skip_corrupt, desc, progress, threads, window,
-                                     resize)
-        buf.flush()
-        del buf
-        os.replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
+    kept, skipped = decoded
     meta = {"version": CACHE_VERSION, "channels": channels, "size": size, "resize": resize,
             "dicom_window": list(window) if window is not None else None, "n_samples": n, "kept": kept,
             "skipped": [list(s) for s in skipped], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "first_file": samples[0].path if samples else None}
-    tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
+    atomic_write_text(real_dir / meta_path.name, json.dumps(meta))
     images = torch.from_numpy(np.load(npy, mmap_mode="c"))[: len(kept)]
     return _result(images, samples, kept, skipped, npy)
 

@@ -18,6 +18,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ..core.config import DataConfig
+from ..core.fileio import atomic_write
 from .io import IMAGE_EXTENSIONS, find_images, is_ignored_name
 from .splits import stratified_split
 
@@ -612,15 +613,17 @@ MANIFEST_COLUMNS = ("split", "path", "label", "class_name", "group")
 
 
 def write_manifest(index: DataIndex, path: Path) -> None:
-    """Write the split as CSV (columns ``split, path, label, class_name, group``)."""
-    tmp = Path(path).with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(MANIFEST_COLUMNS)
-        for split, items in index.splits.items():
-            for s in items:
-                w.writerow([split, s.path, s.label, index.class_names[s.label], s.group or ""])
-    tmp.replace(path)
+    """Write the split as CSV (columns ``split, path, label, class_name, group``), atomically
+    (:func:`medclass.core.fileio.atomic_write`)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(MANIFEST_COLUMNS)
+            for split, items in index.splits.items():
+                for s in items:
+                    w.writerow([split, s.path, s.label, index.class_names[s.label], s.group or ""])
+
+    atomic_write(path, write)
 
 
 def read_manifest(path: Path) -> DataIndex:

@@ -31,13 +31,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from ..core.fileio import atomic_write, atomic_write_text
 
 __all__ = [
     "LRFindResult", "SUGGESTIONS", "exponential_lrs", "smooth_losses", "range_test", "suggest_steep",
@@ -234,18 +235,6 @@ def suggest_lrs(lrs: Sequence[float], smoothed: Sequence[float], num_iter: int) 
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it into place:
-    a reader sees the old file or the whole new one. On an error the temporary file is removed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     """``lr_find.png``: raw and smoothed loss against LR (log x axis, matplotlib Agg), the
     suggested LR marked with a point and a vertical line, the other suggestions as dotted lines.
@@ -283,7 +272,7 @@ def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        return _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)
 
@@ -298,7 +287,7 @@ def write_lr_find(result: LRFindResult, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result.to_dict(), indent=1)
-    json_path = _atomic_write(out_dir / "lr_find.json", lambda tmp: tmp.write_text(text))
+    json_path = atomic_write_text(out_dir / "lr_find.json", text)
     png_path = plot_lr_find(result, out_dir / "lr_find.png")
     return json_path, png_path
 

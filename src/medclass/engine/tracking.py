@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from ..core.config import ConfigError, RunConfig
+from ..core.fileio import atomic_write_text
 from ..core.runs import EVAL_PREFIX, RunFiles
 
 __all__ = ["ENV_VAR", "RECORD", "TrackingError", "tracking_enabled", "check_tracking", "import_mlflow",
@@ -235,7 +236,7 @@ class RunTracker:
                     tags["medclass.data"] = str(cfg.data.source or "bundled breastmnist")
                 run = client.create_run(_experiment_id(client, mlflow), run_name=files.root.resolve().name, tags=tags)
                 run_id = run.info.run_id
-                (files.root / RECORD).write_text(json.dumps(
+                atomic_write_text(files.root / RECORD, json.dumps(
                     {"run_id": run_id, "experiment_id": run.info.experiment_id, "tracking_uri": uri}, indent=1))
             tracker = cls(client, run_id, uri, files)
             if cfg is not None:

@@ -593,11 +593,11 @@ def _replan(budget: Budget, fit: "Fit", tc, done: int, steps_per_epoch: int, ctx
                 on_resized()
         return False
     fit.schedule.set_total_steps(planned * steps_per_epoch)
-    # a change of one epoch either way is the noise of epoch times (the epoch lines show the new
-    # total, train_summary.json lists every re-plan); larger ones and the last epoch are said
-    if planned != before and (abs(planned - before) > 1 or planned == done + 1):
-        log(f"time budget: re-planned from {before} to {planned} epochs"
-            + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
+    # said only when it decides the last epoch or moves the plan by > 10 % since the last line said
+    # (medclass.engine.budget.replan_note); budget.json and train_summary.json list every re-plan
+    line = budget.replan_log_line(before, planned, done)
+    if line:
+        log(line)
     tc.epochs = planned
     return True
 
@@ -616,8 +616,9 @@ def _replan_during_epoch(budget: Budget, fit: "Fit", tc, epoch: int, seconds: fl
         return
     before, budget.planned_epochs, tc.epochs = tc.epochs, planned, planned
     fit.schedule.set_total_steps(planned * steps_per_epoch)
-    log(f"time budget: re-planned from {before} to {planned} epochs during epoch {epoch}"
-        + (f" ({budget.replans[-1]['reason']})" if budget.replans else ""))
+    line = budget.replan_log_line(before, planned, epoch - 1, during_epoch=epoch)
+    if line:
+        log(line)
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> TrainResult:

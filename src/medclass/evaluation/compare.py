@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..core.config import RunConfig  # noqa: E402
+from ..core.fileio import atomic_write, atomic_write_text  # noqa: E402
 from ..models import build_model, count_parameters  # noqa: E402
 from ..core.runs import RunError, RunFiles  # noqa: E402
 from ..core.run_index import describe_run, is_run_folder  # noqa: E402
@@ -140,10 +141,14 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
     rows = [_row(Path(r), progress) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out / "comparison.csv", write_csv)
 
     def fmt(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -160,7 +165,7 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
             f"{fmt(r['balanced_accuracy'])} | {fmt(r['auroc'])} | "
             f"{'n/a' if r['train_seconds'] is None else format(r['train_seconds'] / 60, '.1f') + ' min'} |"
         )
-    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
 
     keys = ("test_accuracy", "balanced_accuracy", "auroc")
     x = np.arange(len(rows))
@@ -175,6 +180,6 @@ def compare_runs(runs: Sequence[Path], out_dir: Path, progress: bool = True) -> 
     ax.legend(loc="lower right")
     ax.set_title("Runs compared")
     fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=110)
+    atomic_write(out / "comparison.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return rows

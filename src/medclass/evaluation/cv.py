@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..core.config import RunConfig, parse_duration
+from ..core.fileio import atomic_write, atomic_write_text
 from ..core.runs import CV_FILE
 from ..data import DataError, DataIndex, build_index, cache_dir_for, decode_split, read_manifest, write_manifest
 from ..engine import load_run, logits_to_probs, predict_logits, train
@@ -110,9 +111,7 @@ def _settings(cfg: RunConfig, folds: int, group_pattern: Optional[str]) -> dict[
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, group_pattern: Optional[str] = None,
@@ -223,13 +222,16 @@ def cross_validate(cfg: RunConfig, run_dir: Path, folds: int = DEFAULT_FOLDS, gr
     oof_metrics = classification_metrics(y, oof, index.class_names)
     with Progress("cv: out-of-fold bootstrap", 1000, "resamples", enabled=progress) as p:
         oof_metrics["confidence_intervals"] = bootstrap_ci(y, oof, on_resample=p.update)
-    with open(root / ".oof_predictions.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "group", "fold", "label", "predicted", *[f"p_{c}" for c in index.class_names]])
-        for s, g, fo, p in zip(pool, groups, assign, oof):
-            w.writerow([s.path, g, int(fo) + 1, index.class_names[s.label], index.class_names[int(p.argmax())],
-                        *[f"{v:.6f}" for v in p]])
-    (root / ".oof_predictions.csv.tmp").replace(root / "oof_predictions.csv")
+
+    def write_oof(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "group", "fold", "label", "predicted", *[f"p_{c}" for c in index.class_names]])
+            for s, g, fo, p in zip(pool, groups, assign, oof):
+                w.writerow([s.path, g, int(fo) + 1, index.class_names[s.label], index.class_names[int(p.argmax())],
+                            *[f"{v:.6f}" for v in p]])
+
+    atomic_write(root / "oof_predictions.csv", write_oof)
     spread = {k: {"mean": float(np.mean([f[k] for f in per_fold if f[k] is not None])),
                   "std": float(np.std([f[k] for f in per_fold if f[k] is not None], ddof=1))}
               for k in FOLD_METRICS if sum(f[k] is not None for f in per_fold) >= 2}

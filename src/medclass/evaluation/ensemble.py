@@ -12,6 +12,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..data import DataError, cache_dir_for, decode_split, read_manifest
+from ..core.fileio import atomic_write, atomic_write_text
 from ..engine import load_run, predict_logits
 from ..core.runs import RunError, RunFiles
 from ..engine import logits_to_probs
@@ -114,10 +115,10 @@ def make_ensemble(
         "weights_from": weights if isinstance(weights, str) else "given",
         "checkpoint": checkpoint,
     }
-    out.ensemble.write_text(json.dumps(ensemble, indent=1))
-    shutil.copyfile(first.files.config, out.config)
-    shutil.copyfile(first.files.manifest if manifest is None else manifest, out.manifest)
-    out.classes.write_text(json.dumps(first.class_names, indent=1))
+    atomic_write_text(out.ensemble, json.dumps(ensemble, indent=1))
+    atomic_write(out.config, lambda tmp: shutil.copyfile(first.files.config, tmp))
+    atomic_write(out.manifest, lambda tmp: shutil.copyfile(first.files.manifest if manifest is None else manifest, tmp))
+    atomic_write_text(out.classes, json.dumps(first.class_names, indent=1))
     # its own run contract: the members' input, soft-voted probabilities, no normalisation outside
     # the model (each member normalises inside it), uncalibrated until `medclass evaluate`
     write_spec(dataclasses.replace(

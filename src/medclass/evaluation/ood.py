@@ -15,12 +15,12 @@ written to ``RUN/ood.json`` + ``RUN/ood.npz``. ``medclass train`` calls it after
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..core import __version__
+from ..core.fileio import atomic_write_text
 from ..engine import load_run
 from ..core.runs import RunFiles
 from ..engine.inference import logits_and_layer_features, model_feature_layers
@@ -151,12 +151,9 @@ def _record_seconds(files: RunFiles, detector: OODDetector, seconds: float) -> N
     if not isinstance(summary, dict):
         return
     summary["ood"] = {"method": detector.method, "threshold": detector.threshold, "seconds": seconds}
-    tmp = files.summary.with_name(f".{files.summary.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, files.summary)
+        atomic_write_text(files.summary, json.dumps(summary, indent=1))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise RunError(f"cannot update {files.summary}: {e}") from e
 
 

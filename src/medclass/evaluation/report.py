@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 from ..data import read_manifest
 from ..data.audit import audit as audit_index
+from ..core.fileio import atomic_write_text
 from ..core.runs import RunFiles
 from .evaluate import evaluate_run
 
@@ -193,7 +194,7 @@ def build_report(
             counts[s][c] = counts[s].get(c, 0) + 1
     audit_report = audit_index(index, progress=progress) if audit else None
     if audit_report is not None:
-        (eval_dir / "audit.json").write_text(json.dumps(audit_report, indent=1, default=str))
+        atomic_write_text(eval_dir / "audit.json", json.dumps(audit_report, indent=1, default=str))
     ci = m["confidence_intervals"]
     names = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC"}
     ci_rows = [
@@ -240,7 +241,5 @@ def build_report(
         sections_html=render_sections(collect_sections(run_dir, m), heading_level=2),
     )
     out = Path(out) if out else run_dir / f"report-{tag}.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, html)
     return out

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..core import pipeline
+from ..core.fileio import atomic_write
 from ..core.progress import Progress
 from ..core.runs import EXPORT_FORMATS, RunFiles
 
@@ -81,7 +81,8 @@ def export_onnx(
         path: destination ``.onnx`` file; parent folders are created. The weights are stored
             inside the file (no external ``.data`` file), which caps a model at the 2 GB protobuf
             limit (ResNet-152 is ~240 MB). The file is written to a temporary file in the same
-            folder and moved into place with ``os.replace``, so ``path`` is never half-written.
+            folder and moved into place (:func:`medclass.core.fileio.atomic_write`), so ``path``
+            is never half-written.
         image_size: height and width of the input, in pixels (fixed in the graph).
         channels: image channels (1 or 3), fixed in the graph.
         opset: ONNX opset version (default 18).
@@ -113,27 +114,10 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with _atomic_file(path) as tmp:
-            _write_onnx(model, example, tmp, INPUT_NAME, [OUTPUT_NAME], opset, dynamo)
+        atomic_write(path, lambda tmp: _write_onnx(model, example, tmp, INPUT_NAME, [OUTPUT_NAME], opset, dynamo))
     finally:
         model.train(was_training)
     return path
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary file next to ``path`` (parents created) that replaces ``path`` (mode 0644) when
-    the block succeeds and is removed when it raises, so ``path`` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_onnx(
@@ -341,7 +325,7 @@ def export_run(
         fmt: "onnx" (dynamo exporter, legacy fallback as in :func:`export_onnx`) or "torchscript"
             (``torch.jit.trace``).
         out: destination file; default :func:`default_export_path` of the run folder. Written
-            atomically (temporary file + ``os.replace``), parent folders created.
+            atomically (:func:`medclass.core.fileio.atomic_write`), parent folders created.
         opset: ONNX opset version.
         progress: say each step (tracing and writing, checking) as it starts
             (:class:`medclass.core.progress.Progress`: a line in a log).
@@ -386,7 +370,8 @@ def export_run(
             import onnx
         except ImportError as exc:
             raise ImportError('ONNX export needs onnx and onnxscript: pip install -c constraints.txt -e "."') from exc
-        with _atomic_file(path) as tmp:
+
+        def write_onnx(tmp: Path) -> None:
             _write_onnx(graph, example, tmp, IMAGE_INPUT, outputs, opset, dynamo=True)
             proto = onnx.load(str(tmp))
             for prop in [p for p in proto.metadata_props if p.key == SPEC_KEY]:
@@ -396,12 +381,18 @@ def export_run(
                                 f"{IMAGE_INPUT!r} uint8 (N, {spec.channels}, {spec.image_size}, {spec.image_size}); "
                                 f"outputs {', '.join(map(repr, outputs))}; spec in metadata {SPEC_KEY!r}")
             onnx.save(proto, str(tmp))
+
+        atomic_write(path, write_onnx)
     else:
-        with _atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            traced = torch.jit.trace(graph, (example,), check_trace=False)
-            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
+
+        def write_torchscript(tmp: Path) -> None:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                traced = torch.jit.trace(graph, (example,), check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
+
+        atomic_write(path, write_torchscript)
     step.close()
     seconds = time.perf_counter() - t0
     diff = ood_diff = None

@@ -204,7 +204,7 @@ def quantize_run(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .export import _atomic_file
+    from ..core.fileio import atomic_write
     from .onnx_backend import SPEC_KEY
 
     if not tolerance_points >= 0:
@@ -261,8 +261,7 @@ def quantize_run(
                 f"the INT8 model loses {loss:.2f} accuracy points ({lines}), more than the tolerance of "
                 f"{tolerance_points:g}; nothing written to {path}. Keep the FP32 model, allow more loss with "
                 "--tolerance, or write it anyway with --force")
-        with _atomic_file(path) as tmp:
-            tmp.write_bytes((work / "int8.onnx").read_bytes())
+        atomic_write(path, lambda tmp: tmp.write_bytes((work / "int8.onnx").read_bytes()))
     result.path = path
     result.forced = loss > tolerance_points
     return result
