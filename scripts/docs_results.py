@@ -331,7 +331,8 @@ def jitter_table() -> list[str]:
 
 
 THREE_SIDES = [f"benchmarks/results/recipe_vs_monai-{n}.json"
-               for n in ("chest-ct", "breastmnist", "brain-tumor-mri-yn", "ham10000-subset")]
+               for n in ("chest-ct", "chest-ct-dedupe", "breastmnist", "brain-tumor-mri-yn", "all-leukemia",
+                         "ham10000-subset")]
 
 
 def three_sides_table() -> list[str]:
@@ -515,6 +516,31 @@ def throughput_table() -> list[str]:
                                 + sources([rel])]
 
 
+def model_speed_table() -> list[str]:
+    """Issue 23, point 5: training and inference img/s of each model and size, with the fraction of the
+    machine's matmul rate (``benchmarks/model_throughput.py``, layout model_throughput/2)."""
+    rel = "benchmarks/results/model_throughput_issue23.json"
+    rec = load(rel)
+    rows = []
+    for e in rec["results"]:
+        tr, inf = e.get("train") or {}, e.get("inference") or {}
+        rows.append([e["model"], f"{e['size']} px", f"{e['parameters'] / 1e6:.1f} M",
+                     f"{e['forward_flops_per_image'] / 1e9:.2f}",
+                     _rate(tr["images_per_s_median"]) if tr else "-",
+                     f"{100 * tr['fraction_of_matmul']:.1f} %" if tr else "-",
+                     _rate(inf["images_per_s_median"]) if inf else "-",
+                     f"{100 * inf['fraction_of_matmul']:.1f} %" if inf else "-"])
+    c, s = rec["matmul_canary"], rec["settings"]
+    head = ["model", "size", "parameters", "forward GFLOPs/image", "training img/s", "of matmul rate",
+            "inference img/s", "of matmul rate"]
+    return table(head, rows) + ["", f"Median of {s['rounds']} rounds x {s['steps']} steps, batch {s['batch_size']}, "
+                                f"{rec['hardware']['cpu_model']} ({rec['hardware']['usable_cores']} cores), "
+                                f"{s['dtype']}; FLOPs per image from a counted forward "
+                                f"(`torch.utils.flop_counter.FlopCounterMode`, training = 3 x forward) over the "
+                                f"matmul canary's mean {c['gflops_mean']:.1f} GFLOP/s ({c['gflops_start']:.1f} at "
+                                f"the start, {c['gflops_end']:.1f} at the end). " + sources([rel])]
+
+
 def _ms(x: float) -> str:
     return f"{x:.1f}" if x < 100 else f"{n0(x)}"
 
@@ -615,7 +641,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "ablation-crop": crop_table, "ablation-jitter": jitter_table, "three-sides": three_sides_table,
     "before-issue23": before_issue23_table, "previous-default": previous_default_table, "seed1": seed1_table,
     "subgroups": subgroups_table, "cv": cv_table, "ood": ood_table,
-    "model-throughput": throughput_table, "inference-backends": backends_table, "input-pipeline": pipeline_table,
+    "model-throughput": throughput_table, "model-speed": model_speed_table, "inference-backends": backends_table, "input-pipeline": pipeline_table,
     "quantize-int8": quantize_table, "serve-load": serve_load_table, "serve-bombs": bombs_table,
     "readme-three-sides": readme_three_sides_table,
 }

@@ -28,8 +28,9 @@ from medclass.data import Preprocess, read_image  # noqa: E402
 from medclass.engine import LoadedRun, load_run, train  # noqa: E402
 from medclass.core.runs import RunFiles
 from medclass.models import resnet18  # noqa: E402
+from medclass.core.spec import ModelSpec  # noqa: E402
 from medclass.serving import (  # noqa: E402
-    ModelFileError, ModelSpec, TorchClassifier, export_onnx, export_run, load_onnx_classifier,
+    ModelFileError, TorchClassifier, export_onnx, export_run, load_onnx_classifier,
     load_torchscript_classifier, onnx_session, spec_from_run,
 )
 from medclass.serving.onnx_backend import SPEC_KEY  # noqa: E402

@@ -1,16 +1,35 @@
 """Engine: the training loop and its one step (:mod:`~medclass.engine.fit`), the time budget, LR schedules, early
-stopping, checkpoints, loading runs, tracking. The run folder's layout is :mod:`medclass.core.runs`."""
+stopping, checkpoints, loading runs, tracking. The run folder's layout is :mod:`medclass.core.runs`.
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .early_stopping import EarlyStopping
-from .inference import logits_to_probs, predict_logits, select_device
-from .run import LoadedRun, load_run
-from .schedules import SCHEDULES, LRSchedule, cosine_factor, monitor_mode
-from .fit import make_loss, predicted_class
-from .trainer import TrainResult, train
+Names are imported lazily (PEP 562): ``import medclass.engine.tracking`` (torch-free, the CLI checks MLflow
+with it before it imports PyTorch) does not import the trainer, PyTorch or tqdm.
+"""
 
-__all__ = [
-    "CheckpointError", "load_checkpoint", "save_checkpoint", "EarlyStopping", "logits_to_probs",
-    "predict_logits", "select_device", "LoadedRun", "load_run", "SCHEDULES", "LRSchedule",
-    "cosine_factor", "monitor_mode", "TrainResult", "make_loss", "predicted_class", "train",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "EarlyStopping": "early_stopping",
+    "logits_to_probs": "inference", "predict_logits": "inference", "select_device": "inference",
+    "LoadedRun": "run", "load_run": "run",
+    "SCHEDULES": "schedules", "LRSchedule": "schedules", "cosine_factor": "schedules", "monitor_mode": "schedules",
+    "make_loss": "fit", "predicted_class": "fit",
+    "TrainResult": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """``medclass.engine.train`` and the other names, imported from their module on first access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'medclass.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
