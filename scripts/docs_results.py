@@ -120,16 +120,16 @@ def runs_table() -> list[str]:
                                 "`python scripts/collect_results.py`, which also writes `results/table.json`).")]
 
 
-def compare_table() -> list[str]:
-    rel = "results/chest-ct-compare/comparison.csv"
+def compare_table(folder: str = "results/chest-ct-compare") -> list[str]:
+    rel = f"{folder}/comparison.csv"
     with open(ROOT / rel, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    md = (ROOT / "results/chest-ct-compare/comparison.md").read_text().strip().splitlines()
+    md = (ROOT / f"{folder}/comparison.md").read_text().strip().splitlines()
     # comparison.md is what `medclass compare` wrote from the runs; check it agrees with its CSV
     if len(md) != len(rows) + 2:
         raise SystemExit(f"{rel} and comparison.md disagree ({len(rows)} rows against {len(md) - 2})")
-    return md + ["", sources(["results/chest-ct-compare/comparison.md", rel])
-                 + " Written by `medclass compare` (commands in `results/chest-ct-compare/commands.txt`)."]
+    return md + ["", sources([f"{folder}/comparison.md", rel])
+                 + f" Written by `medclass compare` (commands in `{folder}/commands.txt`)."]
 
 
 def leakage_table() -> list[str]:
@@ -635,7 +635,8 @@ def bombs_table() -> list[str]:
 
 
 TABLES: dict[str, Callable[[], list[str]]] = {
-    "runs": runs_table, "chest-ct-compare": compare_table, "leakage": leakage_table,
+    "runs": runs_table, "chest-ct-compare": compare_table,
+    "chest-ct-compare-lite0": lambda: compare_table("results/chest-ct-compare-lite0"), "leakage": leakage_table,
     "ablation-budget": budget_table, "ablation-size": size_table, "ablation-techniques": techniques_table,
     "ablation-intensity": intensity_table, "intensity-auto": intensity_auto_table, "ablation-pad": pad_table,
     "ablation-crop": crop_table, "ablation-jitter": jitter_table, "three-sides": three_sides_table,
