@@ -354,8 +354,8 @@ def readme_three_sides_table() -> list[str]:
             else:
                 last = cells[0]
             rows.append(cells)
-    return table(head, rows) + ["", ("Source: `benchmarks/results/recipe_vs_monai-{chest-ct,breastmnist,"
-                                "brain-tumor-mri-yn,ham10000-subset}.json`.")]
+    names = ",".join(Path(rel).stem.removeprefix("recipe_vs_monai-") for rel in THREE_SIDES)
+    return table(head, rows) + ["", f"Source: `benchmarks/results/recipe_vs_monai-{{{names}}}.json`."]
 
 
 RULES = {"threshold": "Youden threshold", "logit_adjustment": "logit adjustment"}
