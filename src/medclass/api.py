@@ -40,7 +40,6 @@ import io
 import json
 import os
 import sys
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -712,8 +711,7 @@ def train(data: Optional[PathLike] = None, *, config: Union[RunConfig, PathLike,
     from .workflow import train_run
 
     # the workflow of `medclass train`: train, fit the OOD detector (RUN/ood.json), evaluate when asked
-    outcome = train_run(cfg, new_run_dir(Path(runs_dir), name, cfg), evaluate=evaluate, log=print,
-                        warn=lambda m: warnings.warn(m, stacklevel=3))
+    outcome = train_run(cfg, new_run_dir(Path(runs_dir), name, cfg), evaluate=evaluate)  # warnings.warn, print
     run = Run(outcome.run_dir, outcome.result)
     if outcome.metrics is not None:
         run.last_evaluation = Evaluation(outcome.metrics)

@@ -275,8 +275,8 @@ def train_one_epoch(fit: Fit, cfg: RunConfig, epoch: int, loader: DataLoader, ge
     torch.manual_seed(tc.seed * 100_003 + epoch + 7_919 * ctx.rank)
     generator.manual_seed(tc.seed * 100_003 + epoch)
     set_epoch_trainable(fit, cfg, epoch)
-    side = progressive_size(epoch, tc.epochs, cfg.data.image_size, tc.progressive_resize)
-    side = side if tc.progressive_resize is not None else None
+    side = (progressive_size(epoch, tc.epochs, cfg.data.image_size, tc.progressive_resize)
+            if tc.progressive_resize is not None else None)
     sum_loss = torch.zeros((), device=fit.device)  # summed on the device: read back when reported
     n_correct = torch.zeros((), dtype=torch.long, device=fit.device)
     n_seen = 0
@@ -952,7 +952,7 @@ def _train(cfg: RunConfig, files: RunFiles, resume: bool, started: list[bool]) -
             open_tracker(cfg, files if s.main else None, resume) as mlflow_run:
         if s.probe and epoch == 0:  # model.finetune linear_probe: one "epoch" that fits the head
             t0, fit.ema = time.time(), None  # the head is fitted, not trained: no average of weights to keep
-            row = {**_linear_probe_epoch(fit, cfg, train_split, val_split, index.num_classes, log)}
+            row = _linear_probe_epoch(fit, cfg, train_split, val_split, index.num_classes, log)
             row["seconds"], epoch = time.time() - t0, 1
             saved_epoch = _end_epoch(s, fit, tracker, history, row, saved_epoch, index.class_names, writer, mlflow_run)
             log(f"linear probe: val_acc {row['val_accuracy']:.4f}  val_balanced_acc {row['val_balanced_accuracy']:.4f}"
